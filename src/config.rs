@@ -1,0 +1,417 @@
+//! Configuration: a TOML file, validated at start-up into `Settings`. Every problem names its key.
+//! Secrets are never written in the file: it names an environment variable or a file instead.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::ddm::{ClientOptions, Credential, RetryPolicy};
+use crate::inventory::{Limits, Target, TargetSource};
+
+/// DDM's public endpoints (the official SDK's region table).
+pub fn default_endpoint(region: &str) -> Option<String> {
+    const DOT_COM: &[&str] = &[
+        "cn-north-1", "cn-north-4", "cn-north-9", "cn-east-2", "cn-east-3", "cn-south-1",
+        "cn-south-2", "cn-southwest-2", "ap-southeast-1", "ap-southeast-3", "la-north-2",
+        "la-south-2", "sa-brazil-1", "my-kualalumpur-1", "ru-moscow-1", "ae-ad-1",
+    ];
+    if DOT_COM.contains(&region) {
+        Some(format!("https://ddm.{region}.myhuaweicloud.com"))
+    } else if region == "eu-west-101" {
+        Some("https://ddm.eu-west-101.myhuaweicloud.eu".into())
+    } else {
+        None
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    regions: BTreeMap<String, RawRegion>,
+    #[serde(default)]
+    credentials: BTreeMap<String, RawCredential>,
+    #[serde(default)]
+    projects: Vec<RawProject>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCache {
+    ttl_seconds: u64,
+    max_bytes: u64,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            ttl_seconds: 60,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_concurrent_requests: usize,
+    max_concurrent_targets: usize,
+    max_pages_per_target: usize,
+    request_timeout_ms: u64,
+    max_attempts: u32,
+    retry_base_delay_ms: u64,
+    retry_max_delay_ms: u64,
+    throttle_delay_ms: u64,
+    max_body_bytes: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let limits = Limits::default();
+        let client = ClientOptions::default();
+        RawLimits {
+            max_concurrent_requests: limits.max_concurrent_requests,
+            max_concurrent_targets: limits.max_concurrent_targets,
+            max_pages_per_target: limits.max_pages_per_target,
+            request_timeout_ms: client.request_timeout.as_millis() as u64,
+            max_attempts: client.retry.max_attempts,
+            retry_base_delay_ms: client.retry.base_delay.as_millis() as u64,
+            retry_max_delay_ms: client.retry.max_delay.as_millis() as u64,
+            throttle_delay_ms: client.retry.throttle_delay.as_millis() as u64,
+            max_body_bytes: client.max_body_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    endpoint: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    kind: String,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    id: String,
+    name: Option<String>,
+    region: String,
+    credential: String,
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub cache_ttl: Duration,
+    pub cache_max_bytes: u64,
+    pub limits: Limits,
+    pub client: ClientOptions,
+    pub targets: Vec<Target>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+impl Settings {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path.display().to_string(), format!("cannot read: {e}")))?;
+        Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Parses and validates a configuration; relative `token_file`s are read from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let key = e.span().map(|s| key_at(text, s.start)).unwrap_or_default();
+            ConfigError::new(
+                if key.is_empty() { "config".to_owned() } else { key },
+                e.message().to_owned(),
+            )
+        })?;
+        validate(raw, base)
+    }
+}
+
+/// The line a parse error points at, for messages (`line 7`).
+fn key_at(text: &str, offset: usize) -> String {
+    let line = text[..offset.min(text.len())].matches('\n').count() + 1;
+    format!("line {line}")
+}
+
+fn validate(raw: RawConfig, base: &Path) -> Result<Settings, ConfigError> {
+    let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        ConfigError::new("listen", format!("{listen_text:?} is not an address like 127.0.0.1:50051"))
+    })?;
+
+    if raw.cache.ttl_seconds == 0 {
+        return Err(ConfigError::new("cache.ttl_seconds", "must be at least 1"));
+    }
+    let l = &raw.limits;
+    for (key, value) in [
+        ("limits.max_concurrent_requests", l.max_concurrent_requests),
+        ("limits.max_concurrent_targets", l.max_concurrent_targets),
+        ("limits.max_pages_per_target", l.max_pages_per_target),
+        ("limits.max_attempts", l.max_attempts as usize),
+        ("limits.request_timeout_ms", l.request_timeout_ms as usize),
+        ("limits.max_body_bytes", l.max_body_bytes),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::new(key, "must be at least 1"));
+        }
+    }
+    let limits = Limits {
+        max_concurrent_requests: l.max_concurrent_requests,
+        max_concurrent_targets: l.max_concurrent_targets,
+        max_pages_per_target: l.max_pages_per_target,
+        ..Limits::default()
+    };
+    let client = ClientOptions {
+        request_timeout: Duration::from_millis(l.request_timeout_ms),
+        max_body_bytes: l.max_body_bytes,
+        retry: RetryPolicy {
+            max_attempts: l.max_attempts,
+            base_delay: Duration::from_millis(l.retry_base_delay_ms),
+            max_delay: Duration::from_millis(l.retry_max_delay_ms),
+            throttle_delay: Duration::from_millis(l.throttle_delay_ms),
+        },
+    };
+
+    let mut endpoints = BTreeMap::new();
+    for (region, r) in &raw.regions {
+        let key = format!("regions.{region}");
+        let endpoint = match &r.endpoint {
+            Some(e) => validate_endpoint(&format!("{key}.endpoint"), e)?,
+            None => default_endpoint(region).ok_or_else(|| {
+                ConfigError::new(&key, "not a known DDM region: give its endpoint")
+            })?,
+        };
+        endpoints.insert(region.clone(), endpoint);
+    }
+
+    let mut credentials = BTreeMap::new();
+    for (name, c) in &raw.credentials {
+        credentials.insert(name.clone(), Arc::new(credential(name, c, base)?));
+    }
+
+    if raw.projects.is_empty() {
+        return Err(ConfigError::new("projects", "no project is configured: add at least one [[projects]]"));
+    }
+    let mut seen = HashSet::new();
+    let mut targets = Vec::new();
+    for (i, p) in raw.projects.iter().enumerate() {
+        let key = format!("projects[{i}]");
+        if !is_project_id(&p.id) {
+            return Err(ConfigError::new(
+                format!("{key}.id"),
+                format!("{:?} is not a project id (32 lowercase hex characters)", p.id),
+            ));
+        }
+        if !seen.insert(p.id.clone()) {
+            return Err(ConfigError::new(format!("{key}.id"), format!("project {} is listed twice", p.id)));
+        }
+        let endpoint = match endpoints.get(&p.region) {
+            Some(e) => e.clone(),
+            None => default_endpoint(&p.region).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{key}.region"),
+                    format!("{:?} is not a known DDM region: add [regions.{}] with its endpoint", p.region, p.region),
+                )
+            })?,
+        };
+        let credential = credentials.get(&p.credential).ok_or_else(|| {
+            ConfigError::new(
+                format!("{key}.credential"),
+                format!("no [credentials.{}] is defined", p.credential),
+            )
+        })?;
+        targets.push(Target {
+            project_id: p.id.as_str().into(),
+            project_name: p.name.clone().unwrap_or_default(),
+            region: p.region.clone(),
+            endpoint: endpoint.into(),
+            credential: Arc::clone(credential),
+            source: TargetSource::Config,
+        });
+    }
+
+    Ok(Settings {
+        listen,
+        cache_ttl: Duration::from_secs(raw.cache.ttl_seconds),
+        cache_max_bytes: raw.cache.max_bytes,
+        limits,
+        client,
+        targets,
+    })
+}
+
+pub fn is_project_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn validate_endpoint(key: &str, endpoint: &str) -> Result<String, ConfigError> {
+    let trimmed = endpoint.trim_end_matches('/');
+    let ok = match reqwest::Url::parse(trimmed) {
+        Ok(url) => {
+            matches!(url.scheme(), "http" | "https")
+                && url.host().is_some()
+                && url.path() == "/"
+                && url.query().is_none()
+        }
+        Err(_) => false,
+    };
+    if ok {
+        Ok(trimmed.to_owned())
+    } else {
+        Err(ConfigError::new(key, format!("{endpoint:?} is not an endpoint like https://ddm.cn-north-4.myhuaweicloud.com")))
+    }
+}
+
+fn credential(name: &str, c: &RawCredential, base: &Path) -> Result<Credential, ConfigError> {
+    let key = format!("credentials.{name}");
+    match c.kind.as_str() {
+        "token" => {
+            let token = secret(&key, "token", c.token_env.as_deref(), c.token_file.as_deref(), base)?;
+            Ok(Credential::token(name, token))
+        }
+        other => Err(ConfigError::new(
+            format!("{key}.kind"),
+            format!("{other:?} is not a credential kind; use \"token\""),
+        )),
+    }
+}
+
+/// A secret from `{field}_env` (an environment variable) or `{field}_file`, exactly one.
+fn secret(
+    key: &str,
+    field: &str,
+    env: Option<&str>,
+    file: Option<&Path>,
+    base: &Path,
+) -> Result<SecretString, ConfigError> {
+    let value = match (env, file) {
+        (Some(var), None) => std::env::var(var).map_err(|_| {
+            ConfigError::new(format!("{key}.{field}_env"), format!("the environment variable {var} is not set"))
+        })?,
+        (None, Some(path)) => {
+            let path = base.join(path);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::new(format!("{key}.{field}_file"), format!("cannot read {}: {e}", path.display()))
+            })?;
+            text.trim_end_matches(['\n', '\r']).to_owned()
+        }
+        _ => {
+            return Err(ConfigError::new(
+                key,
+                format!("give exactly one of {field}_env or {field}_file (secrets are never written in the file)"),
+            ));
+        }
+    };
+    if value.is_empty() {
+        return Err(ConfigError::new(key, format!("the {field} is empty")));
+    }
+    if value.len() > 64 * 1024 || reqwest::header::HeaderValue::from_str(&value).is_err() {
+        return Err(ConfigError::new(key, format!("the {field} is longer than 64 KiB or not valid in an HTTP header")));
+    }
+    Ok(SecretString::from(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PID: &str = "0123456789abcdef0123456789abcdef";
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::parse(text, Path::new("."))
+    }
+
+    fn with_project(extra: &str) -> String {
+        format!(
+            r#"
+[credentials.ops]
+kind = "token"
+token_env = "BACKUPGW_TEST_CONFIG_TOKEN"
+[[projects]]
+id = "{PID}"
+region = "cn-north-4"
+credential = "ops"
+{extra}"#
+        )
+    }
+
+    #[test]
+    fn a_good_file_loads() {
+        // SAFETY: this variable is read by this module's tests only.
+        unsafe { std::env::set_var("BACKUPGW_TEST_CONFIG_TOKEN", "t0k3n") };
+        let s = parse(&with_project("")).unwrap();
+        assert_eq!(s.targets.len(), 1);
+        assert_eq!(&*s.targets[0].endpoint, "https://ddm.cn-north-4.myhuaweicloud.com");
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("t0k3n"), "{dbg}");
+    }
+
+    #[test]
+    fn problems_name_their_key() {
+        unsafe { std::env::set_var("BACKUPGW_TEST_CONFIG_TOKEN", "t0k3n") };
+        let cases = [
+            (with_project("").replace(PID, "XYZ"), "projects[0].id"),
+            (with_project("").replace("cn-north-4", "mars-1"), "projects[0].region"),
+            (with_project("").replace("credential = \"ops\"", "credential = \"nope\""), "projects[0].credential"),
+            (with_project("").replace("BACKUPGW_TEST_CONFIG_TOKEN", "BACKUPGW_UNSET_VAR_XYZ"), "credentials.ops.token_env"),
+            (with_project("").replace("kind = \"token\"", "kind = \"magic\""), "credentials.ops.kind"),
+            (format!("listen = \"nowhere\"\n{}", with_project("")), "listen"),
+            (format!("[limits]\nmax_concurrent_requests = 0\n{}", with_project("")), "limits.max_concurrent_requests"),
+            (format!("[regions.x]\nendpoint = \"ftp://a\"\n{}", with_project("")), "regions.x.endpoint"),
+            (format!("bogus = 1\n{}", with_project("")), "line 1"),
+            ("".to_owned(), "projects"),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+        }
+        let twice = with_project(&format!("[[projects]]\nid = \"{PID}\"\nregion = \"cn-north-4\"\ncredential = \"ops\"\n"));
+        assert_eq!(parse(&twice).unwrap_err().key, "projects[1].id");
+    }
+
+    #[test]
+    fn endpoints_can_be_overridden() {
+        unsafe { std::env::set_var("BACKUPGW_TEST_CONFIG_TOKEN", "t0k3n") };
+        let text = format!("[regions.cn-north-4]\nendpoint = \"http://127.0.0.1:8080/\"\n{}", with_project(""));
+        assert_eq!(&*parse(&text).unwrap().targets[0].endpoint, "http://127.0.0.1:8080");
+    }
+}

@@ -1,0 +1,340 @@
+//! The DDM client: where a request leaves for the upstream. Builds `GET /v3/{project}/backups`,
+//! authorises it, sends it with a time limit, retries what errors.md says to retry, and decodes
+//! the answer strictly.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use tokio::time::Instant;
+
+use super::auth::Credential;
+use super::error::{DdmError, shorten, upstream_error};
+use super::model::{DecodedPage, decode_page};
+use super::sign::canonical_query;
+
+/// The most the upstream serves in one page.
+pub const MAX_PAGE_SIZE: u32 = 128;
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Time for one attempt: connect, send, and read the whole body.
+    pub request_timeout: Duration,
+    /// Larger bodies are refused (a page of 128 backups is about 64 KiB).
+    pub max_body_bytes: usize,
+    pub retry: RetryPolicy,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 8 << 20,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Exponential backoff with full jitter, bounded by attempts and by the caller's deadline.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts per page, the first included.
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// The least wait after a 429 without `Retry-After` (the docs advise 2–5 s).
+    pub throttle_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+            throttle_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// How long to wait before attempt `attempt + 1` after `error`.
+    fn delay(&self, attempt: u32, error: &DdmError) -> Duration {
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.max_delay);
+        let jitter = ceiling.mul_f64(fastrand::f64());
+        match error {
+            DdmError::Upstream { status: 429, retry_after, .. } => {
+                retry_after.unwrap_or(self.throttle_delay) + jitter
+            }
+            _ => error.retry_after().unwrap_or_default().max(jitter),
+        }
+    }
+}
+
+/// Filters the upstream applies itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Pushdown {
+    pub instance_id: String,
+    pub instance_name: String,
+    pub backup_name: String,
+}
+
+/// One page to read.
+pub struct PageRequest<'a> {
+    /// `scheme://host[:port]`, no trailing slash.
+    pub endpoint: &'a str,
+    pub project_id: &'a str,
+    pub region: &'a str,
+    pub pushdown: &'a Pushdown,
+    pub offset: u64,
+    pub limit: u32,
+    /// The caller's deadline: no attempt or backoff runs past it.
+    pub deadline: Option<Instant>,
+    /// Counts the HTTP requests actually sent.
+    pub sent: &'a AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct DdmClient {
+    http: reqwest::Client,
+    options: ClientOptions,
+}
+
+const X_PROJECT_ID: HeaderName = HeaderName::from_static("x-project-id");
+const X_REQUEST_ID: &str = "x-request-id";
+
+impl DdmClient {
+    /// One client (one connection pool) serves every target.
+    pub fn new(options: ClientOptions) -> Result<Self, DdmError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("backupgw/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| DdmError::Transport(format!("cannot build the HTTP client: {e}")))?;
+        Ok(DdmClient { http, options })
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// Reads one page, retrying transient failures.
+    pub async fn list_backups(
+        &self,
+        page: &PageRequest<'_>,
+        credential: &Credential,
+    ) -> Result<DecodedPage, DdmError> {
+        let url = page_url(page);
+        let retry = &self.options.retry;
+        let mut attempt = 0;
+        let mut refreshed = false;
+        loop {
+            attempt += 1;
+            let error = match self.attempt(&url, page, credential).await {
+                Ok(decoded) => return Ok(decoded),
+                Err(e) => e,
+            };
+            if error.is_token_rejected()
+                && !refreshed
+                && credential.refresh_after_rejection(page.project_id)
+            {
+                refreshed = true;
+                tracing::info!(project = page.project_id, credential = credential.name(), "token rejected, renewing it once");
+                continue;
+            }
+            if !error.is_retryable() || attempt >= retry.max_attempts {
+                return Err(error);
+            }
+            let wait = retry.delay(attempt, &error);
+            if let Some(deadline) = page.deadline
+                && Instant::now() + wait >= deadline
+            {
+                return Err(error);
+            }
+            tracing::debug!(project = page.project_id, offset = page.offset, attempt, ?wait, %error, "retrying page");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        url: &str,
+        page: &PageRequest<'_>,
+        credential: &Credential,
+    ) -> Result<DecodedPage, DdmError> {
+        let mut timeout = self.options.request_timeout;
+        if let Some(deadline) = page.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(DdmError::DeadlineExceeded);
+            }
+            timeout = timeout.min(left);
+        }
+        let mut request = self
+            .http
+            .get(url)
+            .build()
+            .map_err(|e| DdmError::Transport(format!("cannot build the request: {e}")))?;
+        let project = HeaderValue::from_str(page.project_id)
+            .map_err(|_| DdmError::Transport("the project id is not a valid header".into()))?;
+        request.headers_mut().insert(X_PROJECT_ID, project);
+        credential.authorize(&mut request, page.project_id).await?;
+        page.sent.fetch_add(1, Ordering::Relaxed);
+        let max_body = self.options.max_body_bytes;
+        let exchange = async {
+            let response = self.http.execute(request).await.map_err(transport_error)?;
+            let status = response.status().as_u16();
+            let request_id = response
+                .headers()
+                .get(X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body = read_body(response, max_body)
+                .await
+                .map_err(|message| DdmError::Decode {
+                    status,
+                    message,
+                    request_id: request_id.clone(),
+                })?;
+            if !(200..300).contains(&status) {
+                return Err(upstream_error(status, &body, request_id, retry_after));
+            }
+            decode_page(&body, page.project_id, page.region).map_err(|e| DdmError::Decode {
+                status,
+                message: format!("{e}; body starts: {}", shorten(&body)),
+                request_id,
+            })
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) if page.deadline.is_some_and(|d| Instant::now() >= d) => {
+                Err(DdmError::DeadlineExceeded)
+            }
+            Err(_) => Err(DdmError::Timeout(timeout)),
+        }
+    }
+}
+
+/// The URL with its query in canonical order, as the official SDK sends it (and AK/SK signs it).
+fn page_url(page: &PageRequest<'_>) -> String {
+    let offset = page.offset.to_string();
+    let limit = page.limit.to_string();
+    let mut pairs = vec![("offset", offset.as_str()), ("limit", limit.as_str())];
+    for (key, value) in [
+        ("instance_id", &page.pushdown.instance_id),
+        ("instance_name", &page.pushdown.instance_name),
+        ("backup_name", &page.pushdown.backup_name),
+    ] {
+        if !value.is_empty() {
+            pairs.push((key, value));
+        }
+    }
+    format!(
+        "{}/v3/{}/backups?{}",
+        page.endpoint,
+        page.project_id,
+        canonical_query(pairs)
+    )
+}
+
+async fn read_body(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let expected = response.content_length().unwrap_or(0) as usize;
+    if expected > max {
+        return Err(format!("the body is {expected} bytes, more than the {max} allowed"));
+    }
+    let mut body = Vec::with_capacity(expected);
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("the body was cut off: {}", error_chain(&e)))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(format!("the body is more than the {max} bytes allowed"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn transport_error(e: reqwest::Error) -> DdmError {
+    DdmError::Transport(error_chain(&e))
+}
+
+/// "error sending request: connection refused": reqwest's own message hides the cause.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_carry_the_canonical_query() {
+        let sent = AtomicU64::new(0);
+        let pushdown = Pushdown {
+            instance_name: "ddm a/b".into(),
+            ..Default::default()
+        };
+        let page = PageRequest {
+            endpoint: "http://127.0.0.1:1",
+            project_id: "0123456789abcdef0123456789abcdef",
+            region: "r",
+            pushdown: &pushdown,
+            offset: 256,
+            limit: 128,
+            deadline: None,
+            sent: &sent,
+        };
+        assert_eq!(
+            page_url(&page),
+            "http://127.0.0.1:1/v3/0123456789abcdef0123456789abcdef/backups?instance_name=ddm%20a%2Fb&limit=128&offset=256"
+        );
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_honours_retry_after() {
+        let policy = RetryPolicy::default();
+        let busy = DdmError::Upstream {
+            status: 503,
+            code: "APIGW.0613".into(),
+            message: String::new(),
+            request_id: None,
+            retry_after: None,
+        };
+        for attempt in 1..20 {
+            assert!(policy.delay(attempt, &busy) <= policy.max_delay);
+        }
+        let throttled = DdmError::Upstream {
+            status: 429,
+            code: "APIGW.0308".into(),
+            message: String::new(),
+            request_id: None,
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        assert!(policy.delay(1, &throttled) >= Duration::from_secs(7));
+    }
+}

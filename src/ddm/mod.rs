@@ -1,0 +1,12 @@
+//! Everything about one upstream: DDM's `ListBackups`, its JSON, its errors and its auth.
+
+pub mod auth;
+pub mod client;
+pub mod error;
+pub mod model;
+pub mod sign;
+
+pub use auth::{Credential, CredentialKind};
+pub use client::{ClientOptions, DdmClient, MAX_PAGE_SIZE, PageRequest, Pushdown, RetryPolicy};
+pub use error::DdmError;
+pub use model::DecodedPage;

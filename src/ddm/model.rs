@@ -1,0 +1,301 @@
+//! The upstream's JSON (`GET /v3/{project_id}/backups`), shared by our client and our simulator.
+//!
+//! Every item field is optional (as in the official SDK), unknown fields are ignored, and
+//! `file_size` may be an integer or a float. Items are decoded one by one so that a single bad
+//! item is reported and skipped instead of failing the whole page.
+
+use prost_types::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::pb;
+
+/// A page of `ListBackups`, with its items still raw.
+#[derive(Debug, Deserialize)]
+pub struct RawPage<'a> {
+    #[serde(borrow, default)]
+    pub backups: Option<Vec<&'a RawValue>>,
+    pub total: Option<u64>,
+    #[allow(dead_code)]
+    pub offset: Option<u64>,
+    #[allow(dead_code)]
+    pub limit: Option<u64>,
+}
+
+/// The upstream's `BackupInfo`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_status: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_size"
+    )]
+    pub file_size: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_type: Option<String>,
+}
+
+/// The upstream writes whole sizes as integers (`5`), others as floats (`5.419922`).
+fn serialize_size<S: serde::Serializer>(size: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match size {
+        Some(v) if v.fract() == 0.0 && v.abs() < 1e15 => s.serialize_i64(*v as i64),
+        Some(v) => s.serialize_f64(*v),
+        None => s.serialize_none(),
+    }
+}
+
+/// The body the simulator sends for a page.
+#[derive(Debug, Serialize)]
+pub struct PageBody {
+    pub backups: Vec<BackupInfo>,
+    pub total: u64,
+    pub offset: u64,
+    pub limit: u64,
+}
+
+/// A decoded page: the backups that could be read, and why the others could not.
+#[derive(Debug, Clone, Default)]
+pub struct DecodedPage {
+    pub backups: Vec<pb::Backup>,
+    pub total: u64,
+    /// How many items the upstream sent (decoded or not): tells a short page.
+    pub items: usize,
+    pub skipped: Vec<String>,
+}
+
+/// Why a page could not be decoded at all.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct PageDecodeError(pub String);
+
+/// Decodes a page body. Fails only when the page as a whole is unreadable; bad items are
+/// skipped and described in `skipped`.
+pub fn decode_page(body: &[u8], project_id: &str, region: &str) -> Result<DecodedPage, PageDecodeError> {
+    let raw: RawPage<'_> = serde_json::from_slice(body)
+        .map_err(|e| PageDecodeError(format!("the body is not a ListBackups page: {e}")))?;
+    let total = raw
+        .total
+        .ok_or_else(|| PageDecodeError("the page has no \"total\"".into()))?;
+    let items = raw.backups.unwrap_or_default();
+    let mut page = DecodedPage {
+        backups: Vec::with_capacity(items.len()),
+        total,
+        items: items.len(),
+        skipped: Vec::new(),
+    };
+    for (index, item) in items.iter().enumerate() {
+        match decode_item(item.get(), project_id, region) {
+            Ok(backup) => page.backups.push(backup),
+            Err(why) => page.skipped.push(format!("item {index}: {why}")),
+        }
+    }
+    Ok(page)
+}
+
+fn decode_item(json: &str, project_id: &str, region: &str) -> Result<pb::Backup, String> {
+    let info: BackupInfo = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    info.into_backup(project_id, region)
+}
+
+impl BackupInfo {
+    /// Our model of the backup. Unknown `status`, `instance_status` and `backup_type` values are
+    /// kept verbatim; a missing or unparseable id or timestamp makes the item unreadable.
+    pub fn into_backup(self, project_id: &str, region: &str) -> Result<pb::Backup, String> {
+        let id = match self.id {
+            Some(id) if !id.is_empty() => id,
+            _ => return Err("the backup has no id".into()),
+        };
+        let created = parse_time_field("created", self.created.as_deref())?;
+        let updated = parse_time_field("updated", self.updated.as_deref())?;
+        let file_size_kb = self.file_size.unwrap_or(0.0);
+        if !file_size_kb.is_finite() {
+            return Err(format!("backup {id}: file_size is not a number"));
+        }
+        let backup_type_name = self.backup_type.unwrap_or_default();
+        Ok(pb::Backup {
+            id,
+            name: self.name.unwrap_or_default(),
+            description: self.description.unwrap_or_default(),
+            status: self.status.unwrap_or_default(),
+            instance_id: self.instance_id.unwrap_or_default(),
+            instance_name: self.instance_name.unwrap_or_default(),
+            instance_status: self.instance_status.unwrap_or_default(),
+            file_size_kb,
+            created,
+            updated,
+            backup_type: backup_type_of(&backup_type_name) as i32,
+            project_id: project_id.to_owned(),
+            region: region.to_owned(),
+            backup_type_name,
+        })
+    }
+}
+
+pub fn backup_type_of(name: &str) -> pb::BackupType {
+    match name {
+        "" => pb::BackupType::Unspecified,
+        "auto_metadata" => pb::BackupType::AutoMetadata,
+        "metadata" => pb::BackupType::Metadata,
+        _ => pb::BackupType::Other,
+    }
+}
+
+fn parse_time_field(field: &str, value: Option<&str>) -> Result<Option<Timestamp>, String> {
+    match value {
+        None | Some("") => Ok(None),
+        Some(v) => parse_upstream_time(v)
+            .map(Some)
+            .ok_or_else(|| format!("{field} {v:?} is not a yyyy-MM-ddTHH:mm:ss+hhmm time")),
+    }
+}
+
+/// Parses the upstream's `yyyy-MM-ddTHH:mm:ssZ` where Z is a numeric offset without a colon
+/// (`+0800`). RFC 3339 forms (`Z`, `+08:00`) are accepted too: they are unambiguous.
+pub fn parse_upstream_time(s: &str) -> Option<Timestamp> {
+    let b = s.as_bytes();
+    let shape_ok = b.len() >= 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+            .iter()
+            .all(|&i| b[i].is_ascii_digit());
+    let zone = s.get(19..)?;
+    let zone_ok = zone == "Z"
+        || (zone.len() == 5 && is_offset(zone.as_bytes(), false))
+        || (zone.len() == 6 && is_offset(zone.as_bytes(), true));
+    if !(shape_ok && zone_ok) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn is_offset(z: &[u8], colon: bool) -> bool {
+    let digits: &[usize] = if colon { &[1, 2, 4, 5] } else { &[1, 2, 3, 4] };
+    (z[0] == b'+' || z[0] == b'-')
+        && digits.iter().all(|&i| z[i].is_ascii_digit())
+        && (!colon || z[3] == b':')
+}
+
+/// Writes a time as the upstream does, at a UTC offset given in minutes.
+pub fn format_upstream_time(unix_seconds: i64, offset_minutes: i32) -> String {
+    let local = Timestamp {
+        seconds: unix_seconds + i64::from(offset_minutes) * 60,
+        nanos: 0,
+    };
+    let mut s = local.to_string(); // "YYYY-MM-DDTHH:MM:SSZ"
+    s.pop();
+    let sign = if offset_minutes < 0 { '-' } else { '+' };
+    let m = offset_minutes.unsigned_abs();
+    s.push_str(&format!("{sign}{:02}{:02}", m / 60, m % 60));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_become_the_right_instant() {
+        let utc = parse_upstream_time("2025-02-19T02:50:20+0000").unwrap();
+        let cst = parse_upstream_time("2025-02-19T10:50:20+0800").unwrap();
+        assert_eq!(utc, cst);
+        assert_eq!(utc.seconds, 1_739_933_420);
+        assert_eq!(
+            parse_upstream_time("2025-02-19T02:50:20-0130").unwrap().seconds,
+            1_739_933_420 + 5400
+        );
+        assert_eq!(parse_upstream_time("2025-02-19T02:50:20Z"), Some(utc));
+    }
+
+    #[test]
+    fn bad_times_are_rejected() {
+        for bad in [
+            "",
+            "2025-02-19",
+            "2025-02-19 02:50:20+0000",
+            "2025-02-19T02:50:20+000",
+            "2025-13-19T02:50:20+0000",
+            "2025-02-19T25:50:20+0000",
+            "2025-02-19T02:50:20+0000x",
+            "２025-02-19T02:50:20+0000",
+        ] {
+            assert_eq!(parse_upstream_time(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn format_round_trips() {
+        for off in [0, 480, -90] {
+            let s = format_upstream_time(1_739_933_420, off);
+            assert_eq!(parse_upstream_time(&s).unwrap().seconds, 1_739_933_420, "{s}");
+        }
+        assert_eq!(format_upstream_time(1_739_933_420, 480), "2025-02-19T10:50:20+0800");
+    }
+
+    #[test]
+    fn decodes_the_documented_example_and_tolerates_variants() {
+        let body = br#"{"backups":[
+            {"id":"c131f9339****5cdebe350228br09","name":"Backup","description":"auto metadata backup",
+             "status":"normal","instance_id":"169f4f2fd6****04385a18ain09","instance_name":"ddm-test",
+             "instance_status":"normal","file_size":5.419922,"created":"2025-02-19T02:50:20+0000",
+             "updated":"2025-02-19T02:50:37+0000","backup_type":"auto_metadata"},
+            {"id":"b2","file_size":5,"backup_type":"incremental","status":"FROZEN","extra":{"x":1}},
+            {"id":"b3","created":"yesterday"},
+            {"name":"no id"},
+            {"id":"b5","file_size":"big"}
+        ],"total":5,"offset":0,"limit":10}"#;
+        let page = decode_page(body, "p", "r").unwrap();
+        assert_eq!(page.total, 5);
+        assert_eq!(page.items, 5);
+        assert_eq!(page.backups.len(), 2);
+        let first = &page.backups[0];
+        assert_eq!(first.file_size_kb, 5.419922);
+        assert_eq!(first.created.unwrap().seconds, 1_739_933_420);
+        assert_eq!(first.backup_type(), pb::BackupType::AutoMetadata);
+        assert_eq!((first.project_id.as_str(), first.region.as_str()), ("p", "r"));
+        let second = &page.backups[1];
+        assert_eq!(second.file_size_kb, 5.0);
+        assert_eq!(second.backup_type(), pb::BackupType::Other);
+        assert_eq!(second.backup_type_name, "incremental");
+        assert_eq!(second.status, "FROZEN");
+        assert_eq!(page.skipped.len(), 3, "{:?}", page.skipped);
+        assert!(page.skipped[0].contains("created"), "{:?}", page.skipped);
+    }
+
+    #[test]
+    fn unreadable_pages_fail_clearly() {
+        for body in [&b"<html>502 Bad Gateway</html>"[..], b"{\"backups\":[]}", b"{\"total\":\"3\"}", b"", b"{\"total\":-1}"] {
+            assert!(decode_page(body, "p", "r").is_err(), "{:?}", String::from_utf8_lossy(body));
+        }
+        assert_eq!(decode_page(b"{\"total\":0}", "p", "r").unwrap().items, 0);
+    }
+
+    #[test]
+    fn sizes_serialize_like_the_upstream() {
+        let info = BackupInfo { file_size: Some(5.0), ..Default::default() };
+        assert_eq!(serde_json::to_string(&info).unwrap(), r#"{"file_size":5}"#);
+        let info = BackupInfo { file_size: Some(5.25), ..Default::default() };
+        assert_eq!(serde_json::to_string(&info).unwrap(), r#"{"file_size":5.25}"#);
+    }
+}

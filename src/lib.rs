@@ -1,0 +1,19 @@
+//! backupgw: one gRPC endpoint for every Huawei Cloud DDM backup, in every project and region.
+//!
+//! A request enters in [`api`], fans out in [`inventory`], goes through the page [`cache`], and
+//! leaves for the upstream in [`ddm::client`]. [`sim`] is the built-in DDM simulator.
+
+pub mod api;
+pub mod cache;
+pub mod config;
+pub mod ddm;
+pub mod demo;
+pub mod inventory;
+pub mod server;
+pub mod sim;
+
+/// The generated gRPC contract (`proto/backupgw/v1/backupgw.proto`).
+pub mod pb {
+    tonic::include_proto!("backupgw.v1");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("backupgw_descriptor");
+}

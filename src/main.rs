@@ -1,0 +1,238 @@
+//! The `backupgw` command: the demo (no arguments), `serve`, and `sim`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use backupgw::cache::PageCache;
+use backupgw::config::{DEFAULT_LISTEN, Settings};
+use backupgw::ddm::{ClientOptions, Credential, DdmClient};
+use backupgw::inventory::{Inventory, Limits};
+use backupgw::sim::{DataSet, DataSpec, SimOptions, Simulator};
+use backupgw::{demo, server};
+use clap::{Args, Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+
+/// One gRPC endpoint for every Huawei Cloud DDM backup, in every project and region.
+///
+/// Without a command, runs the demo: the built-in DDM simulator and the gateway in front of it.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Where the demo's gateway listens.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the gateway with a configuration file.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides `listen` from the file.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Runs the DDM simulator alone, one listener per region.
+    Sim(SimArgs),
+}
+
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// Regions in the data set.
+    #[arg(long, default_value_t = 4)]
+    regions: usize,
+    /// Projects per region (the built-in one and sub-projects).
+    #[arg(long, default_value_t = 6)]
+    projects_per_region: usize,
+    /// DDM instances per project.
+    #[arg(long, default_value_t = 3)]
+    instances_per_project: usize,
+    /// Backups per instance.
+    #[arg(long, default_value_t = 30)]
+    backups_per_instance: usize,
+    /// Seed of the data set.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Latency added to every ListBackups answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Up to this many more milliseconds, at random.
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u64,
+}
+
+#[derive(Args)]
+struct SimArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Address the listeners bind to.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Region i listens on base-port + i (0: ephemeral ports).
+    #[arg(long, default_value_t = 0)]
+    base_port: u16,
+    /// The token the simulator accepts in X-Auth-Token (random when unset).
+    #[arg(long, env = "BACKUPGW_SIM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Writes a gateway configuration for this simulator to FILE (and its token to FILE.token).
+    #[arg(long)]
+    write_config: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn spec(&self) -> DataSpec {
+        DataSpec {
+            regions: self.regions,
+            projects_per_region: self.projects_per_region,
+            instances_per_project: self.instances_per_project,
+            backups_per_instance: self.backups_per_instance,
+            seed: self.seed,
+            ..DataSpec::default()
+        }
+    }
+
+    fn sim_options(&self, token: SecretString) -> SimOptions {
+        SimOptions {
+            tokens: vec![token],
+            latency: Duration::from_millis(self.latency_ms),
+            jitter: Duration::from_millis(self.jitter_ms),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BACKUPGW_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    server::install_crypto_provider();
+    let cli = Cli::parse();
+    match cli.command {
+        None => run_demo(cli.listen, &cli.data).await,
+        Some(Command::Serve { config, listen }) => run_serve(&config, listen).await,
+        Some(Command::Sim(args)) => run_sim(args).await,
+    }
+}
+
+fn random_token() -> String {
+    format!("sim-{:032x}", fastrand::u128(..))
+}
+
+async fn start_sim(data: &DataArgs, host: IpAddr, base_port: u16, token: &SecretString) -> Result<Simulator> {
+    let set = DataSet::generate(&data.spec()).context("simulator data set")?;
+    Ok(Simulator::bind_from(set, data.sim_options(token.clone()), host, base_port).await?)
+}
+
+async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
+    let token = SecretString::from(random_token());
+    let sim = start_sim(data, IpAddr::from([127, 0, 0, 1]), 0, &token).await?;
+    let credential = Arc::new(Credential::token("demo", token));
+    let inventory = Arc::new(Inventory::new(
+        demo::sim_targets(&sim, credential),
+        DdmClient::new(ClientOptions::default())?,
+        PageCache::new(Duration::from_secs(60), 64 << 20),
+        Limits::default(),
+    ));
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (is another backupgw running? try --listen 127.0.0.1:0)"))?;
+    let addr = listener.local_addr()?;
+    let set = sim.data();
+    println!("backupgw demo: the built-in DDM simulator with {} regions, {} projects, {} backups",
+        set.regions.len(), set.projects.len(), set.projects.iter().map(|p| p.backups.len()).sum::<usize>());
+    for (region, sim_addr) in sim.endpoints() {
+        println!("  simulator {region:<16} http://{sim_addr}");
+    }
+    println!("backupgw listening on {addr}");
+    println!("\nTry:");
+    println!("  grpcurl -plaintext {addr} list");
+    println!("  grpcurl -plaintext {addr} backupgw.v1.BackupGateway/ListTargets");
+    println!("  grpcurl -plaintext -d '{{\"regions\":[\"{}\"]}}' {addr} backupgw.v1.BackupGateway/ListBackups", set.regions[0]);
+    println!("  grpcurl -plaintext {addr} grpc.health.v1.Health/Check");
+    server::serve(listener, inventory, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn run_serve(config: &std::path::Path, listen: Option<SocketAddr>) -> Result<()> {
+    let settings = Settings::load(config).with_context(|| format!("invalid configuration {}", config.display()))?;
+    let listen = listen.unwrap_or(settings.listen);
+    let inventory = server::build_inventory(&settings)?;
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, targets = settings.targets.len(), "serving");
+    println!("backupgw listening on {addr}");
+    server::serve(listener, inventory, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn run_sim(args: SimArgs) -> Result<()> {
+    let token = SecretString::from(args.token.clone().unwrap_or_else(random_token));
+    let sim = start_sim(&args.data, args.host, args.base_port, &token).await?;
+    if let Some(path) = &args.write_config {
+        let token_path = PathBuf::from(format!("{}.token", path.display()));
+        write_private(&token_path, token.expose_secret())?;
+        let text = demo::sim_config_toml(&sim, DEFAULT_LISTEN, &std::path::absolute(&token_path)?);
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let set = sim.data();
+    println!("backupgw sim: {} regions, {} projects, {} backups",
+        set.regions.len(), set.projects.len(), set.projects.iter().map(|p| p.backups.len()).sum::<usize>());
+    if args.token.is_none() {
+        println!("  accepted X-Auth-Token: {}", token.expose_secret());
+    }
+    for (region, addr) in sim.endpoints() {
+        println!("  {region:<16} http://{addr}");
+    }
+    println!("sim ready");
+    shutdown_signal().await;
+    Ok(())
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
