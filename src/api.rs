@@ -147,17 +147,26 @@ fn to_query(r: pb::ListBackupsRequest, deadline: Option<Instant>) -> Result<Quer
     ] {
         check_text(field, value, &mut violations);
     }
-    for (field, ts) in [("created_after", &r.created_after), ("created_before", &r.created_before)] {
+    for (field, ts) in [
+        ("created_after", &r.created_after),
+        ("created_before", &r.created_before),
+    ] {
         if let Some(ts) = ts
             && !(0..1_000_000_000).contains(&ts.nanos)
         {
-            violations.push(FieldViolation::new(field, "nanos must be within 0..999999999"));
+            violations.push(FieldViolation::new(
+                field,
+                "nanos must be within 0..999999999",
+            ));
         }
     }
     if let (Some(a), Some(b)) = (&r.created_after, &r.created_before)
         && (a.seconds, a.nanos) >= (b.seconds, b.nanos)
     {
-        violations.push(FieldViolation::new("created_before", "must be later than created_after"));
+        violations.push(FieldViolation::new(
+            "created_before",
+            "must be later than created_after",
+        ));
     }
     let max_age = match r.max_age {
         None => None,
@@ -193,11 +202,17 @@ fn to_query(r: pb::ListBackupsRequest, deadline: Option<Instant>) -> Result<Quer
 
 fn check_list(field: &str, values: &[String], violations: &mut Vec<FieldViolation>) {
     if values.len() > MAX_LIST_LEN {
-        violations.push(FieldViolation::new(field, format!("at most {MAX_LIST_LEN} entries")));
+        violations.push(FieldViolation::new(
+            field,
+            format!("at most {MAX_LIST_LEN} entries"),
+        ));
     }
     for (i, v) in values.iter().enumerate() {
         if v.trim().is_empty() {
-            violations.push(FieldViolation::new(format!("{field}[{i}]"), "must not be empty"));
+            violations.push(FieldViolation::new(
+                format!("{field}[{i}]"),
+                "must not be empty",
+            ));
         } else {
             check_text(&format!("{field}[{i}]"), v, violations);
         }
@@ -206,9 +221,15 @@ fn check_list(field: &str, values: &[String], violations: &mut Vec<FieldViolatio
 
 fn check_text(field: &str, value: &str, violations: &mut Vec<FieldViolation>) {
     if value.len() > MAX_FILTER_LEN {
-        violations.push(FieldViolation::new(field, format!("at most {MAX_FILTER_LEN} bytes")));
+        violations.push(FieldViolation::new(
+            field,
+            format!("at most {MAX_FILTER_LEN} bytes"),
+        ));
     } else if value.chars().any(char::is_control) {
-        violations.push(FieldViolation::new(field, "must not contain control characters"));
+        violations.push(FieldViolation::new(
+            field,
+            "must not contain control characters",
+        ));
     }
 }
 
@@ -232,14 +253,28 @@ mod tests {
             project_ids: vec!["nope".into()],
             regions: vec!["".into()],
             instance_name: "x".repeat(300),
-            created_after: Some(prost_types::Timestamp { seconds: 10, nanos: 0 }),
-            created_before: Some(prost_types::Timestamp { seconds: 5, nanos: 0 }),
+            created_after: Some(prost_types::Timestamp {
+                seconds: 10,
+                nanos: 0,
+            }),
+            created_before: Some(prost_types::Timestamp {
+                seconds: 5,
+                nanos: 0,
+            }),
             ..Default::default()
         };
         let Err(InventoryError::InvalidRequest(v)) = to_query(r, None) else {
             panic!("accepted")
         };
         let fields: Vec<_> = v.iter().map(|v| v.field.as_str()).collect();
-        assert_eq!(fields, ["project_ids[0]", "regions[0]", "instance_name", "created_before"]);
+        assert_eq!(
+            fields,
+            [
+                "project_ids[0]",
+                "regions[0]",
+                "instance_name",
+                "created_before"
+            ]
+        );
     }
 }

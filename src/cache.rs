@@ -78,7 +78,11 @@ impl PageCache {
                 }))
             })
             .await?;
-        let origin = if fetched { Origin::Upstream } else { Origin::Cache };
+        let origin = if fetched {
+            Origin::Upstream
+        } else {
+            Origin::Cache
+        };
         Ok((page, origin))
     }
 

@@ -16,9 +16,22 @@ use crate::inventory::{Limits, Target, TargetSource};
 /// DDM's public endpoints (the official SDK's region table).
 pub fn default_endpoint(region: &str) -> Option<String> {
     const DOT_COM: &[&str] = &[
-        "cn-north-1", "cn-north-4", "cn-north-9", "cn-east-2", "cn-east-3", "cn-south-1",
-        "cn-south-2", "cn-southwest-2", "ap-southeast-1", "ap-southeast-3", "la-north-2",
-        "la-south-2", "sa-brazil-1", "my-kualalumpur-1", "ru-moscow-1", "ae-ad-1",
+        "cn-north-1",
+        "cn-north-4",
+        "cn-north-9",
+        "cn-east-2",
+        "cn-east-3",
+        "cn-south-1",
+        "cn-south-2",
+        "cn-southwest-2",
+        "ap-southeast-1",
+        "ap-southeast-3",
+        "la-north-2",
+        "la-south-2",
+        "sa-brazil-1",
+        "my-kualalumpur-1",
+        "ru-moscow-1",
+        "ae-ad-1",
     ];
     if DOT_COM.contains(&region) {
         Some(format!("https://ddm.{region}.myhuaweicloud.com"))
@@ -147,8 +160,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
 impl Settings {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path.display().to_string(), format!("cannot read: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
+        })?;
         Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
     }
 
@@ -157,7 +171,11 @@ impl Settings {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let key = e.span().map(|s| key_at(text, s.start)).unwrap_or_default();
             ConfigError::new(
-                if key.is_empty() { "config".to_owned() } else { key },
+                if key.is_empty() {
+                    "config".to_owned()
+                } else {
+                    key
+                },
                 e.message().to_owned(),
             )
         })?;
@@ -174,7 +192,10 @@ fn key_at(text: &str, offset: usize) -> String {
 fn validate(raw: RawConfig, base: &Path) -> Result<Settings, ConfigError> {
     let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listen: SocketAddr = listen_text.parse().map_err(|_| {
-        ConfigError::new("listen", format!("{listen_text:?} is not an address like 127.0.0.1:50051"))
+        ConfigError::new(
+            "listen",
+            format!("{listen_text:?} is not an address like 127.0.0.1:50051"),
+        )
     })?;
 
     if raw.cache.ttl_seconds == 0 {
@@ -228,7 +249,10 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Settings, ConfigError> {
     }
 
     if raw.projects.is_empty() {
-        return Err(ConfigError::new("projects", "no project is configured: add at least one [[projects]]"));
+        return Err(ConfigError::new(
+            "projects",
+            "no project is configured: add at least one [[projects]]",
+        ));
     }
     let mut seen = HashSet::new();
     let mut targets = Vec::new();
@@ -237,18 +261,27 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Settings, ConfigError> {
         if !is_project_id(&p.id) {
             return Err(ConfigError::new(
                 format!("{key}.id"),
-                format!("{:?} is not a project id (32 lowercase hex characters)", p.id),
+                format!(
+                    "{:?} is not a project id (32 lowercase hex characters)",
+                    p.id
+                ),
             ));
         }
         if !seen.insert(p.id.clone()) {
-            return Err(ConfigError::new(format!("{key}.id"), format!("project {} is listed twice", p.id)));
+            return Err(ConfigError::new(
+                format!("{key}.id"),
+                format!("project {} is listed twice", p.id),
+            ));
         }
         let endpoint = match endpoints.get(&p.region) {
             Some(e) => e.clone(),
             None => default_endpoint(&p.region).ok_or_else(|| {
                 ConfigError::new(
                     format!("{key}.region"),
-                    format!("{:?} is not a known DDM region: add [regions.{}] with its endpoint", p.region, p.region),
+                    format!(
+                        "{:?} is not a known DDM region: add [regions.{}] with its endpoint",
+                        p.region, p.region
+                    ),
                 )
             })?,
         };
@@ -279,7 +312,10 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Settings, ConfigError> {
 }
 
 pub fn is_project_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn validate_endpoint(key: &str, endpoint: &str) -> Result<String, ConfigError> {
@@ -296,7 +332,12 @@ fn validate_endpoint(key: &str, endpoint: &str) -> Result<String, ConfigError> {
     if ok {
         Ok(trimmed.to_owned())
     } else {
-        Err(ConfigError::new(key, format!("{endpoint:?} is not an endpoint like https://ddm.cn-north-4.myhuaweicloud.com")))
+        Err(ConfigError::new(
+            key,
+            format!(
+                "{endpoint:?} is not an endpoint like https://ddm.cn-north-4.myhuaweicloud.com"
+            ),
+        ))
     }
 }
 
@@ -304,7 +345,13 @@ fn credential(name: &str, c: &RawCredential, base: &Path) -> Result<Credential, 
     let key = format!("credentials.{name}");
     match c.kind.as_str() {
         "token" => {
-            let token = secret(&key, "token", c.token_env.as_deref(), c.token_file.as_deref(), base)?;
+            let token = secret(
+                &key,
+                "token",
+                c.token_env.as_deref(),
+                c.token_file.as_deref(),
+                base,
+            )?;
             Ok(Credential::token(name, token))
         }
         other => Err(ConfigError::new(
@@ -324,19 +371,27 @@ fn secret(
 ) -> Result<SecretString, ConfigError> {
     let value = match (env, file) {
         (Some(var), None) => std::env::var(var).map_err(|_| {
-            ConfigError::new(format!("{key}.{field}_env"), format!("the environment variable {var} is not set"))
+            ConfigError::new(
+                format!("{key}.{field}_env"),
+                format!("the environment variable {var} is not set"),
+            )
         })?,
         (None, Some(path)) => {
             let path = base.join(path);
             let text = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError::new(format!("{key}.{field}_file"), format!("cannot read {}: {e}", path.display()))
+                ConfigError::new(
+                    format!("{key}.{field}_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
             })?;
             text.trim_end_matches(['\n', '\r']).to_owned()
         }
         _ => {
             return Err(ConfigError::new(
                 key,
-                format!("give exactly one of {field}_env or {field}_file (secrets are never written in the file)"),
+                format!(
+                    "give exactly one of {field}_env or {field}_file (secrets are never written in the file)"
+                ),
             ));
         }
     };
@@ -344,7 +399,10 @@ fn secret(
         return Err(ConfigError::new(key, format!("the {field} is empty")));
     }
     if value.len() > 64 * 1024 || reqwest::header::HeaderValue::from_str(&value).is_err() {
-        return Err(ConfigError::new(key, format!("the {field} is longer than 64 KiB or not valid in an HTTP header")));
+        return Err(ConfigError::new(
+            key,
+            format!("the {field} is longer than 64 KiB or not valid in an HTTP header"),
+        ));
     }
     Ok(SecretString::from(value))
 }
@@ -379,7 +437,10 @@ credential = "ops"
         unsafe { std::env::set_var("BACKUPGW_TEST_CONFIG_TOKEN", "t0k3n") };
         let s = parse(&with_project("")).unwrap();
         assert_eq!(s.targets.len(), 1);
-        assert_eq!(&*s.targets[0].endpoint, "https://ddm.cn-north-4.myhuaweicloud.com");
+        assert_eq!(
+            &*s.targets[0].endpoint,
+            "https://ddm.cn-north-4.myhuaweicloud.com"
+        );
         assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
         let dbg = format!("{s:?}");
         assert!(!dbg.contains("t0k3n"), "{dbg}");
@@ -390,13 +451,37 @@ credential = "ops"
         unsafe { std::env::set_var("BACKUPGW_TEST_CONFIG_TOKEN", "t0k3n") };
         let cases = [
             (with_project("").replace(PID, "XYZ"), "projects[0].id"),
-            (with_project("").replace("cn-north-4", "mars-1"), "projects[0].region"),
-            (with_project("").replace("credential = \"ops\"", "credential = \"nope\""), "projects[0].credential"),
-            (with_project("").replace("BACKUPGW_TEST_CONFIG_TOKEN", "BACKUPGW_UNSET_VAR_XYZ"), "credentials.ops.token_env"),
-            (with_project("").replace("kind = \"token\"", "kind = \"magic\""), "credentials.ops.kind"),
-            (format!("listen = \"nowhere\"\n{}", with_project("")), "listen"),
-            (format!("[limits]\nmax_concurrent_requests = 0\n{}", with_project("")), "limits.max_concurrent_requests"),
-            (format!("[regions.x]\nendpoint = \"ftp://a\"\n{}", with_project("")), "regions.x.endpoint"),
+            (
+                with_project("").replace("cn-north-4", "mars-1"),
+                "projects[0].region",
+            ),
+            (
+                with_project("").replace("credential = \"ops\"", "credential = \"nope\""),
+                "projects[0].credential",
+            ),
+            (
+                with_project("").replace("BACKUPGW_TEST_CONFIG_TOKEN", "BACKUPGW_UNSET_VAR_XYZ"),
+                "credentials.ops.token_env",
+            ),
+            (
+                with_project("").replace("kind = \"token\"", "kind = \"magic\""),
+                "credentials.ops.kind",
+            ),
+            (
+                format!("listen = \"nowhere\"\n{}", with_project("")),
+                "listen",
+            ),
+            (
+                format!(
+                    "[limits]\nmax_concurrent_requests = 0\n{}",
+                    with_project("")
+                ),
+                "limits.max_concurrent_requests",
+            ),
+            (
+                format!("[regions.x]\nendpoint = \"ftp://a\"\n{}", with_project("")),
+                "regions.x.endpoint",
+            ),
             (format!("bogus = 1\n{}", with_project("")), "line 1"),
             ("".to_owned(), "projects"),
         ];
@@ -404,14 +489,22 @@ credential = "ops"
             let err = parse(&text).unwrap_err();
             assert_eq!(err.key, key, "{err}");
         }
-        let twice = with_project(&format!("[[projects]]\nid = \"{PID}\"\nregion = \"cn-north-4\"\ncredential = \"ops\"\n"));
+        let twice = with_project(&format!(
+            "[[projects]]\nid = \"{PID}\"\nregion = \"cn-north-4\"\ncredential = \"ops\"\n"
+        ));
         assert_eq!(parse(&twice).unwrap_err().key, "projects[1].id");
     }
 
     #[test]
     fn endpoints_can_be_overridden() {
         unsafe { std::env::set_var("BACKUPGW_TEST_CONFIG_TOKEN", "t0k3n") };
-        let text = format!("[regions.cn-north-4]\nendpoint = \"http://127.0.0.1:8080/\"\n{}", with_project(""));
-        assert_eq!(&*parse(&text).unwrap().targets[0].endpoint, "http://127.0.0.1:8080");
+        let text = format!(
+            "[regions.cn-north-4]\nendpoint = \"http://127.0.0.1:8080/\"\n{}",
+            with_project("")
+        );
+        assert_eq!(
+            &*parse(&text).unwrap().targets[0].endpoint,
+            "http://127.0.0.1:8080"
+        );
     }
 }

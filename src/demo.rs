@@ -27,7 +27,10 @@ pub fn sim_targets(sim: &Simulator, credential: Arc<Credential>) -> Vec<Target> 
 /// A gateway configuration file for a running simulator; its token is read from `token_file`.
 pub fn sim_config_toml(sim: &Simulator, listen: &str, token_file: &Path) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# A backupgw configuration for the simulator it was written by.");
+    let _ = writeln!(
+        out,
+        "# A backupgw configuration for the simulator it was written by."
+    );
     let _ = writeln!(out, "listen = \"{listen}\"\n");
     for (region, addr) in sim.endpoints() {
         let _ = writeln!(out, "[regions.{region}]\nendpoint = \"http://{addr}\"\n");

@@ -248,8 +248,7 @@ impl Inventory {
         let stats = Arc::new(QueryStats::default());
         let target_slots = Arc::new(Semaphore::new(self.limits.max_concurrent_targets.max(1)));
         let pushdown = Arc::new(query.pushdown.clone());
-        let progress: Vec<Arc<TargetProgress>> =
-            targets.iter().map(|_| Arc::default()).collect();
+        let progress: Vec<Arc<TargetProgress>> = targets.iter().map(|_| Arc::default()).collect();
         let mut running = JoinSet::new();
         let mut index_of = HashMap::new();
         for (index, target) in targets.iter().enumerate() {
@@ -331,7 +330,9 @@ impl Inventory {
             return;
         }
         if ok == 0 && failed > 0 {
-            let _ = tx.send(Err(InventoryError::NothingAnswered { failed })).await;
+            let _ = tx
+                .send(Err(InventoryError::NothingAnswered { failed }))
+                .await;
         }
     }
 }
@@ -519,14 +520,23 @@ impl TargetRead {
 
     /// Sends a page's new, matching backups. Returns whether the page fits the list as the
     /// first page described it.
-    async fn emit(&self, cached: &CachedPage, offset: u64, total: u64, read: u32, merge: &mut Merge) -> bool {
+    async fn emit(
+        &self,
+        cached: &CachedPage,
+        offset: u64,
+        total: u64,
+        read: u32,
+        merge: &mut Merge,
+    ) -> bool {
         let page = &cached.page;
         self.progress.pages.fetch_add(1, Ordering::Relaxed);
         let expected = total.saturating_sub(offset).min(u64::from(MAX_PAGE_SIZE));
         let mut consistent = page.total == total && page.items as u64 == expected;
         for why in &page.skipped {
             merge.skipped += 1;
-            merge.warn(format!("skipped an unreadable item at offset {offset}: {why}"));
+            merge.warn(format!(
+                "skipped an unreadable item at offset {offset}: {why}"
+            ));
         }
         let mut batch = Vec::new();
         for backup in &page.backups {
@@ -556,7 +566,11 @@ impl TargetRead {
         consistent
     }
 
-    async fn page(&self, offset: u64, max_age: Option<Duration>) -> Result<Arc<CachedPage>, DdmError> {
+    async fn page(
+        &self,
+        offset: u64,
+        max_age: Option<Duration>,
+    ) -> Result<Arc<CachedPage>, DdmError> {
         let inventory = &self.inventory;
         let key = PageKey {
             endpoint: Arc::clone(&self.target.endpoint),
@@ -636,8 +650,14 @@ mod tests {
         let f = Filter {
             backup_types: vec!["metadata".into()],
             statuses: vec![],
-            created_after: Some(Timestamp { seconds: 100, nanos: 0 }),
-            created_before: Some(Timestamp { seconds: 200, nanos: 0 }),
+            created_after: Some(Timestamp {
+                seconds: 100,
+                nanos: 0,
+            }),
+            created_before: Some(Timestamp {
+                seconds: 200,
+                nanos: 0,
+            }),
         };
         assert!(f.matches(&backup("metadata", "normal", Some(100))));
         assert!(!f.matches(&backup("metadata", "normal", Some(200))));

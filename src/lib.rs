@@ -15,5 +15,6 @@ pub mod sim;
 /// The generated gRPC contract (`proto/backupgw/v1/backupgw.proto`).
 pub mod pb {
     tonic::include_proto!("backupgw.v1");
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("backupgw_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("backupgw_descriptor");
 }

@@ -131,7 +131,12 @@ fn random_token() -> String {
     format!("sim-{:032x}", fastrand::u128(..))
 }
 
-async fn start_sim(data: &DataArgs, host: IpAddr, base_port: u16, token: &SecretString) -> Result<Simulator> {
+async fn start_sim(
+    data: &DataArgs,
+    host: IpAddr,
+    base_port: u16,
+    token: &SecretString,
+) -> Result<Simulator> {
     let set = DataSet::generate(&data.spec()).context("simulator data set")?;
     Ok(Simulator::bind_from(set, data.sim_options(token.clone()), host, base_port).await?)
 }
@@ -146,13 +151,17 @@ async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
         PageCache::new(Duration::from_secs(60), 64 << 20),
         Limits::default(),
     ));
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (is another backupgw running? try --listen 127.0.0.1:0)"))?;
+    let listener = TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen} (is another backupgw running? try --listen 127.0.0.1:0)")
+    })?;
     let addr = listener.local_addr()?;
     let set = sim.data();
-    println!("backupgw demo: the built-in DDM simulator with {} regions, {} projects, {} backups",
-        set.regions.len(), set.projects.len(), set.projects.iter().map(|p| p.backups.len()).sum::<usize>());
+    println!(
+        "backupgw demo: the built-in DDM simulator with {} regions, {} projects, {} backups",
+        set.regions.len(),
+        set.projects.len(),
+        set.projects.iter().map(|p| p.backups.len()).sum::<usize>()
+    );
     for (region, sim_addr) in sim.endpoints() {
         println!("  simulator {region:<16} http://{sim_addr}");
     }
@@ -160,17 +169,23 @@ async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
     println!("\nTry:");
     println!("  grpcurl -plaintext {addr} list");
     println!("  grpcurl -plaintext {addr} backupgw.v1.BackupGateway/ListTargets");
-    println!("  grpcurl -plaintext -d '{{\"regions\":[\"{}\"]}}' {addr} backupgw.v1.BackupGateway/ListBackups", set.regions[0]);
+    println!(
+        "  grpcurl -plaintext -d '{{\"regions\":[\"{}\"]}}' {addr} backupgw.v1.BackupGateway/ListBackups",
+        set.regions[0]
+    );
     println!("  grpcurl -plaintext {addr} grpc.health.v1.Health/Check");
     server::serve(listener, inventory, shutdown_signal()).await?;
     Ok(())
 }
 
 async fn run_serve(config: &std::path::Path, listen: Option<SocketAddr>) -> Result<()> {
-    let settings = Settings::load(config).with_context(|| format!("invalid configuration {}", config.display()))?;
+    let settings = Settings::load(config)
+        .with_context(|| format!("invalid configuration {}", config.display()))?;
     let listen = listen.unwrap_or(settings.listen);
     let inventory = server::build_inventory(&settings)?;
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, targets = settings.targets.len(), "serving");
     println!("backupgw listening on {addr}");
@@ -188,8 +203,12 @@ async fn run_sim(args: SimArgs) -> Result<()> {
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     let set = sim.data();
-    println!("backupgw sim: {} regions, {} projects, {} backups",
-        set.regions.len(), set.projects.len(), set.projects.iter().map(|p| p.backups.len()).sum::<usize>());
+    println!(
+        "backupgw sim: {} regions, {} projects, {} backups",
+        set.regions.len(),
+        set.projects.len(),
+        set.projects.iter().map(|p| p.backups.len()).sum::<usize>()
+    );
     if args.token.is_none() {
         println!("  accepted X-Auth-Token: {}", token.expose_secret());
     }
@@ -210,7 +229,9 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     options.mode(0o600);
-    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     file.write_all(text.as_bytes())?;
     Ok(())
 }

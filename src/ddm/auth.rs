@@ -56,13 +56,12 @@ impl Credential {
     ) -> Result<(), DdmError> {
         match &self.kind {
             CredentialKind::Token(token) => {
-                let value = sensitive_header(token.expose_secret()).map_err(|message| {
-                    DdmError::Auth {
+                let value =
+                    sensitive_header(token.expose_secret()).map_err(|message| DdmError::Auth {
                         credential: self.name.clone(),
                         message,
                         upstream: None,
-                    }
-                })?;
+                    })?;
                 request.headers_mut().insert(X_AUTH_TOKEN, value);
                 Ok(())
             }

@@ -66,9 +66,11 @@ impl RetryPolicy {
             .min(self.max_delay);
         let jitter = ceiling.mul_f64(fastrand::f64());
         match error {
-            DdmError::Upstream { status: 429, retry_after, .. } => {
-                retry_after.unwrap_or(self.throttle_delay) + jitter
-            }
+            DdmError::Upstream {
+                status: 429,
+                retry_after,
+                ..
+            } => retry_after.unwrap_or(self.throttle_delay) + jitter,
             _ => error.retry_after().unwrap_or_default().max(jitter),
         }
     }
@@ -146,7 +148,11 @@ impl DdmClient {
                 && credential.refresh_after_rejection(page.project_id)
             {
                 refreshed = true;
-                tracing::info!(project = page.project_id, credential = credential.name(), "token rejected, renewing it once");
+                tracing::info!(
+                    project = page.project_id,
+                    credential = credential.name(),
+                    "token rejected, renewing it once"
+                );
                 continue;
             }
             if !error.is_retryable() || attempt >= retry.max_attempts {
@@ -253,7 +259,9 @@ fn page_url(page: &PageRequest<'_>) -> String {
 async fn read_body(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
     let expected = response.content_length().unwrap_or(0) as usize;
     if expected > max {
-        return Err(format!("the body is {expected} bytes, more than the {max} allowed"));
+        return Err(format!(
+            "the body is {expected} bytes, more than the {max} allowed"
+        ));
     }
     let mut body = Vec::with_capacity(expected);
     while let Some(chunk) = response

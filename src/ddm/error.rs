@@ -6,7 +6,10 @@ use std::time::Duration;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DdmError {
     /// The upstream answered with an error status.
-    #[error("upstream answered HTTP {status} {code}: {message}{}", request_id_suffix(request_id))]
+    #[error(
+        "upstream answered HTTP {status} {code}: {message}{}",
+        request_id_suffix(request_id)
+    )]
     Upstream {
         status: u16,
         /// `error_code` / `errCode` from the body, or the HTTP status as a string.
@@ -22,7 +25,10 @@ pub enum DdmError {
     #[error("the upstream did not answer within {0:?}")]
     Timeout(Duration),
     /// An answer we cannot read (not JSON, wrong shape, too large).
-    #[error("cannot read the upstream answer (HTTP {status}): {message}{}", request_id_suffix(request_id))]
+    #[error(
+        "cannot read the upstream answer (HTTP {status}): {message}{}",
+        request_id_suffix(request_id)
+    )]
     Decode {
         status: u16,
         message: String,
@@ -51,7 +57,9 @@ impl DdmError {
     pub fn http_status(&self) -> u16 {
         match self {
             DdmError::Upstream { status, .. } | DdmError::Decode { status, .. } => *status,
-            DdmError::Auth { upstream: Some(e), .. } => e.http_status(),
+            DdmError::Auth {
+                upstream: Some(e), ..
+            } => e.http_status(),
             _ => 0,
         }
     }
@@ -59,7 +67,9 @@ impl DdmError {
     pub fn code(&self) -> &str {
         match self {
             DdmError::Upstream { code, .. } => code,
-            DdmError::Auth { upstream: Some(e), .. } => e.code(),
+            DdmError::Auth {
+                upstream: Some(e), ..
+            } => e.code(),
             _ => "",
         }
     }
@@ -69,7 +79,9 @@ impl DdmError {
             DdmError::Upstream { request_id, .. } | DdmError::Decode { request_id, .. } => {
                 request_id.as_deref()
             }
-            DdmError::Auth { upstream: Some(e), .. } => e.request_id(),
+            DdmError::Auth {
+                upstream: Some(e), ..
+            } => e.request_id(),
             _ => None,
         }
     }
@@ -85,7 +97,9 @@ impl DdmError {
             DdmError::Transport(_) | DdmError::Timeout(_) => true,
             // A proxy's HTML error page comes with a 5xx status.
             DdmError::Decode { status, .. } => *status >= 500,
-            DdmError::Auth { upstream: Some(e), .. } => e.is_retryable(),
+            DdmError::Auth {
+                upstream: Some(e), ..
+            } => e.is_retryable(),
             DdmError::Auth { .. } | DdmError::DeadlineExceeded => false,
         }
     }
@@ -170,20 +184,43 @@ mod tests {
 
     #[test]
     fn reads_all_three_shapes_and_raw_bodies() {
-        let e = upstream_error(400, br#"{"error_code":"DBS.280001","error_msg":"Parameter error."}"#, Some("r1".into()), None);
-        assert_eq!((e.code(), e.http_status(), e.request_id()), ("DBS.280001", 400, Some("r1")));
+        let e = upstream_error(
+            400,
+            br#"{"error_code":"DBS.280001","error_msg":"Parameter error."}"#,
+            Some("r1".into()),
+            None,
+        );
+        assert_eq!(
+            (e.code(), e.http_status(), e.request_id()),
+            ("DBS.280001", 400, Some("r1"))
+        );
         assert!(!e.is_retryable());
-        let e = upstream_error(429, br#"{"error_msg":"over","error_code":"APIGW.0308","request_id":"abc"}"#, None, None);
+        let e = upstream_error(
+            429,
+            br#"{"error_msg":"over","error_code":"APIGW.0308","request_id":"abc"}"#,
+            None,
+            None,
+        );
         assert_eq!((e.code(), e.request_id()), ("APIGW.0308", Some("abc")));
         assert!(e.is_retryable());
-        let e = upstream_error(400, br#"{"errCode":"DBS.300005","externalMessage":"failed"}"#, None, None);
+        let e = upstream_error(
+            400,
+            br#"{"errCode":"DBS.300005","externalMessage":"failed"}"#,
+            None,
+            None,
+        );
         assert_eq!(e.code(), "DBS.300005");
         assert!(e.is_retryable());
         let e = upstream_error(502, b"<html><body>Bad Gateway</body></html>", None, None);
         assert_eq!(e.code(), "502");
         assert!(e.to_string().contains("Bad Gateway"));
         assert!(e.is_retryable());
-        let e = upstream_error(401, br#"{"error_code":"APIGW.0307","error_msg":"The token must be updated"}"#, None, None);
+        let e = upstream_error(
+            401,
+            br#"{"error_code":"APIGW.0307","error_msg":"The token must be updated"}"#,
+            None,
+            None,
+        );
         assert!(e.is_token_rejected() && !e.is_retryable());
     }
 

@@ -88,7 +88,11 @@ pub struct PageDecodeError(pub String);
 
 /// Decodes a page body. Fails only when the page as a whole is unreadable; bad items are
 /// skipped and described in `skipped`.
-pub fn decode_page(body: &[u8], project_id: &str, region: &str) -> Result<DecodedPage, PageDecodeError> {
+pub fn decode_page(
+    body: &[u8],
+    project_id: &str,
+    region: &str,
+) -> Result<DecodedPage, PageDecodeError> {
     let raw: RawPage<'_> = serde_json::from_slice(body)
         .map_err(|e| PageDecodeError(format!("the body is not a ListBackups page: {e}")))?;
     let total = raw
@@ -222,7 +226,9 @@ mod tests {
         assert_eq!(utc, cst);
         assert_eq!(utc.seconds, 1_739_933_420);
         assert_eq!(
-            parse_upstream_time("2025-02-19T02:50:20-0130").unwrap().seconds,
+            parse_upstream_time("2025-02-19T02:50:20-0130")
+                .unwrap()
+                .seconds,
             1_739_933_420 + 5400
         );
         assert_eq!(parse_upstream_time("2025-02-19T02:50:20Z"), Some(utc));
@@ -248,9 +254,16 @@ mod tests {
     fn format_round_trips() {
         for off in [0, 480, -90] {
             let s = format_upstream_time(1_739_933_420, off);
-            assert_eq!(parse_upstream_time(&s).unwrap().seconds, 1_739_933_420, "{s}");
+            assert_eq!(
+                parse_upstream_time(&s).unwrap().seconds,
+                1_739_933_420,
+                "{s}"
+            );
         }
-        assert_eq!(format_upstream_time(1_739_933_420, 480), "2025-02-19T10:50:20+0800");
+        assert_eq!(
+            format_upstream_time(1_739_933_420, 480),
+            "2025-02-19T10:50:20+0800"
+        );
     }
 
     #[test]
@@ -273,7 +286,10 @@ mod tests {
         assert_eq!(first.file_size_kb, 5.419922);
         assert_eq!(first.created.unwrap().seconds, 1_739_933_420);
         assert_eq!(first.backup_type(), pb::BackupType::AutoMetadata);
-        assert_eq!((first.project_id.as_str(), first.region.as_str()), ("p", "r"));
+        assert_eq!(
+            (first.project_id.as_str(), first.region.as_str()),
+            ("p", "r")
+        );
         let second = &page.backups[1];
         assert_eq!(second.file_size_kb, 5.0);
         assert_eq!(second.backup_type(), pb::BackupType::Other);
@@ -285,17 +301,36 @@ mod tests {
 
     #[test]
     fn unreadable_pages_fail_clearly() {
-        for body in [&b"<html>502 Bad Gateway</html>"[..], b"{\"backups\":[]}", b"{\"total\":\"3\"}", b"", b"{\"total\":-1}"] {
-            assert!(decode_page(body, "p", "r").is_err(), "{:?}", String::from_utf8_lossy(body));
+        for body in [
+            &b"<html>502 Bad Gateway</html>"[..],
+            b"{\"backups\":[]}",
+            b"{\"total\":\"3\"}",
+            b"",
+            b"{\"total\":-1}",
+        ] {
+            assert!(
+                decode_page(body, "p", "r").is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
         }
         assert_eq!(decode_page(b"{\"total\":0}", "p", "r").unwrap().items, 0);
     }
 
     #[test]
     fn sizes_serialize_like_the_upstream() {
-        let info = BackupInfo { file_size: Some(5.0), ..Default::default() };
+        let info = BackupInfo {
+            file_size: Some(5.0),
+            ..Default::default()
+        };
         assert_eq!(serde_json::to_string(&info).unwrap(), r#"{"file_size":5}"#);
-        let info = BackupInfo { file_size: Some(5.25), ..Default::default() };
-        assert_eq!(serde_json::to_string(&info).unwrap(), r#"{"file_size":5.25}"#);
+        let info = BackupInfo {
+            file_size: Some(5.25),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&info).unwrap(),
+            r#"{"file_size":5.25}"#
+        );
     }
 }

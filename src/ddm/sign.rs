@@ -45,6 +45,9 @@ mod tests {
             ("offset", "0"),
             ("limit", "10"),
         ]);
-        assert_eq!(q, "backup_name=x%2By%2Az&instance_name=ddm%20a%2Fb~%E4%B8%AD&limit=10&offset=0");
+        assert_eq!(
+            q,
+            "backup_name=x%2By%2Az&instance_name=ddm%20a%2Fb~%E4%B8%AD&limit=10&offset=0"
+        );
     }
 }

@@ -31,10 +31,19 @@ pub const REGION_NAMES: &[&str] = &[
 ];
 
 const SUB_PROJECT_NAMES: &[&str] = &[
-    "payments", "orders", "analytics", "billing", "search", "identity", "inventory", "logistics",
+    "payments",
+    "orders",
+    "analytics",
+    "billing",
+    "search",
+    "identity",
+    "inventory",
+    "logistics",
 ];
 
-const INSTANCE_STATUSES: &[&str] = &["RUNNING", "RUNNING", "RUNNING", "RUNNING", "normal", "FROZEN"];
+const INSTANCE_STATUSES: &[&str] = &[
+    "RUNNING", "RUNNING", "RUNNING", "RUNNING", "normal", "FROZEN",
+];
 
 /// 2026-11-01T00:00:00Z: the data set's "today" unless told otherwise.
 pub const DEFAULT_NOW: i64 = 1_793_491_200;
@@ -94,7 +103,10 @@ impl DataSpec {
     }
 
     pub fn total_backups(&self) -> usize {
-        self.regions * self.projects_per_region * self.instances_per_project * self.backups_per_instance
+        self.regions
+            * self.projects_per_region
+            * self.instances_per_project
+            * self.backups_per_instance
     }
 }
 
@@ -158,7 +170,11 @@ impl SimProject {
                 "auto metadata backup".to_owned(),
             ),
             BackupKind::Metadata => (
-                format!("{}-{}", instance.name, day[..19].replace(['-', ':', 'T'], "")),
+                format!(
+                    "{}-{}",
+                    instance.name,
+                    day[..19].replace(['-', ':', 'T'], "")
+                ),
                 "metadata backup before a key operation".to_owned(),
             ),
         };
@@ -190,7 +206,10 @@ impl DataSet {
     pub fn generate(spec: &DataSpec) -> Result<Self, SpecError> {
         spec.validate()?;
         let mut rng = fastrand::Rng::with_seed(spec.seed);
-        let regions: Vec<String> = REGION_NAMES[..spec.regions].iter().map(|r| r.to_string()).collect();
+        let regions: Vec<String> = REGION_NAMES[..spec.regions]
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
         let mut projects = Vec::new();
         for region in &regions {
             for p in 0..spec.projects_per_region {
@@ -207,8 +226,16 @@ impl DataSet {
                 projects.push(generate_project(&mut rng, spec, region, name));
             }
         }
-        let by_id = projects.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
-        Ok(DataSet { regions, projects, by_id })
+        let by_id = projects
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id.clone(), i))
+            .collect();
+        Ok(DataSet {
+            regions,
+            projects,
+            by_id,
+        })
     }
 
     pub fn project(&self, id: &str) -> Option<&SimProject> {
@@ -220,7 +247,12 @@ impl DataSet {
     }
 }
 
-fn generate_project(rng: &mut fastrand::Rng, spec: &DataSpec, region: &str, name: String) -> SimProject {
+fn generate_project(
+    rng: &mut fastrand::Rng,
+    spec: &DataSpec,
+    region: &str,
+    name: String,
+) -> SimProject {
     let id = format!("{:032x}", rng.u128(..));
     let utc_offset_minutes = if rng.u8(..3) == 0 { 480 } else { 0 };
     let short = name.rsplit('_').next().unwrap_or(&name).to_owned();
@@ -242,7 +274,10 @@ fn generate_project(rng: &mut fastrand::Rng, spec: &DataSpec, region: &str, name
             let (kind, created) = if rng.u8(..8) == 0 {
                 (BackupKind::Metadata, day - 86_400 + rng.i64(0..86_400))
             } else {
-                (BackupKind::AutoMetadata, day - 6 * 3600 + minute * 60 + rng.i64(0..60))
+                (
+                    BackupKind::AutoMetadata,
+                    day - 6 * 3600 + minute * 60 + rng.i64(0..60),
+                )
             };
             // Whole sizes are written as integers by the upstream: keep some.
             let size_kb = if rng.u8(..16) == 0 {
@@ -287,16 +322,27 @@ mod tests {
         let a = DataSet::generate(&spec).unwrap();
         let b = DataSet::generate(&spec).unwrap();
         assert_eq!(a.projects.len(), 20);
-        assert_eq!(a.projects.iter().map(|p| p.backups.len()).sum::<usize>(), spec.total_backups());
+        assert_eq!(
+            a.projects.iter().map(|p| p.backups.len()).sum::<usize>(),
+            spec.total_backups()
+        );
         for (pa, pb) in a.projects.iter().zip(&b.projects) {
             assert_eq!((&pa.id, &pa.backups), (&pb.id, &pb.backups));
         }
         assert_eq!(a.projects[0].name, "cn-north-4");
         assert_eq!(a.projects[1].name, "cn-north-4_payments");
         assert_eq!(a.projects[9].name, "cn-north-4_payments2");
-        assert!(a.projects.iter().all(|p| p.id.len() == 32 && p.id.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())));
+        assert!(a.projects.iter().all(|p| {
+            p.id.len() == 32
+                && p.id
+                    .bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        }));
         let p = &a.projects[0];
-        assert!(p.backups.windows(2).all(|w| w[0].created >= w[1].created), "newest first");
+        assert!(
+            p.backups.windows(2).all(|w| w[0].created >= w[1].created),
+            "newest first"
+        );
         let info = p.render(&p.backups[0]);
         assert!(info.id.unwrap().ends_with("br09"));
         assert!(info.instance_id.unwrap().ends_with("in09"));
@@ -305,10 +351,22 @@ mod tests {
     #[test]
     fn bad_sizes_are_refused() {
         for spec in [
-            DataSpec { regions: 0, ..Default::default() },
-            DataSpec { regions: 99, ..Default::default() },
-            DataSpec { projects_per_region: 0, ..Default::default() },
-            DataSpec { backups_per_instance: 1 << 40, ..Default::default() },
+            DataSpec {
+                regions: 0,
+                ..Default::default()
+            },
+            DataSpec {
+                regions: 99,
+                ..Default::default()
+            },
+            DataSpec {
+                projects_per_region: 0,
+                ..Default::default()
+            },
+            DataSpec {
+                backups_per_instance: 1 << 40,
+                ..Default::default()
+            },
         ] {
             assert!(DataSet::generate(&spec).is_err());
         }

@@ -37,7 +37,11 @@ pub(super) fn router(state: RegionState) -> Router {
 }
 
 /// Counts requests (and those in flight) and gives each an `X-Request-Id`.
-async fn count_and_tag(State(state): State<RegionState>, mut request: Request, next: Next) -> Response {
+async fn count_and_tag(
+    State(state): State<RegionState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let stats = &state.shared.stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
     stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -72,7 +76,11 @@ fn gateway_error(status: StatusCode, code: &str, message: &str, request_id: &str
 
 /// A DDM error (`DBS.*`).
 fn ddm_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, axum::Json(json!({"error_code": code, "error_msg": message}))).into_response()
+    (
+        status,
+        axum::Json(json!({"error_code": code, "error_msg": message})),
+    )
+        .into_response()
 }
 
 async fn not_found(request: Request) -> Response {
@@ -152,7 +160,12 @@ async fn list_backups(
     }
 
     let Some(project) = shared.data.project(&project_id) else {
-        return gateway_error(StatusCode::FORBIDDEN, "APIGW.0310", "The project is unavailable", &request_id);
+        return gateway_error(
+            StatusCode::FORBIDDEN,
+            "APIGW.0310",
+            "The project is unavailable",
+            &request_id,
+        );
     };
     if project.region != state.region {
         let message = format!(
@@ -168,12 +181,20 @@ async fn list_backups(
     // Pushdown: instance_id and instance_name match exactly, backup_name matches a substring.
     let matching = project.backups.iter().filter(|b| {
         let instance = &project.instances[b.instance as usize];
-        params.instance_id.as_ref().is_none_or(|id| *id == instance.id)
-            && params.instance_name.as_ref().is_none_or(|n| *n == instance.name)
+        params
+            .instance_id
+            .as_ref()
+            .is_none_or(|id| *id == instance.id)
             && params
-                .backup_name
+                .instance_name
                 .as_ref()
-                .is_none_or(|n| project.render(b).name.is_some_and(|name| name.contains(n.as_str())))
+                .is_none_or(|n| *n == instance.name)
+            && params.backup_name.as_ref().is_none_or(|n| {
+                project
+                    .render(b)
+                    .name
+                    .is_some_and(|name| name.contains(n.as_str()))
+            })
     });
     let mut total = 0u64;
     let mut backups = Vec::new();

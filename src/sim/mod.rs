@@ -110,7 +110,11 @@ pub struct Simulator {
 
 impl Simulator {
     /// Serves `data` on `listeners`, one per region in `data.regions` order.
-    pub fn serve(data: DataSet, options: SimOptions, listeners: Vec<TcpListener>) -> Result<Self, SimError> {
+    pub fn serve(
+        data: DataSet,
+        options: SimOptions,
+        listeners: Vec<TcpListener>,
+    ) -> Result<Self, SimError> {
         if listeners.len() != data.regions.len() {
             return Err(SimError::ListenerCount {
                 regions: data.regions.len(),
@@ -149,7 +153,11 @@ impl Simulator {
     }
 
     /// Binds one ephemeral port per region on `host` and serves there.
-    pub async fn bind(data: DataSet, options: SimOptions, host: std::net::IpAddr) -> Result<Self, SimError> {
+    pub async fn bind(
+        data: DataSet,
+        options: SimOptions,
+        host: std::net::IpAddr,
+    ) -> Result<Self, SimError> {
         Self::bind_from(data, options, host, 0).await
     }
 
@@ -162,12 +170,18 @@ impl Simulator {
     ) -> Result<Self, SimError> {
         let mut listeners = Vec::new();
         for i in 0..data.regions.len() {
-            let port = if base_port == 0 { 0 } else { base_port.saturating_add(i as u16) };
+            let port = if base_port == 0 {
+                0
+            } else {
+                base_port.saturating_add(i as u16)
+            };
             let addr = SocketAddr::new(host, port);
-            let listener = TcpListener::bind(addr).await.map_err(|source| SimError::Bind {
-                addr: addr.to_string(),
-                source,
-            })?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| SimError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })?;
             listeners.push(listener);
         }
         Self::serve(data, options, listeners)

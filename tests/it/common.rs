@@ -1,0 +1,180 @@
+//! A real simulator and a real gateway on ephemeral loopback ports, and helpers to read a stream.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backupgw::cache::PageCache;
+use backupgw::ddm::{ClientOptions, Credential, DdmClient, RetryPolicy};
+use backupgw::inventory::{Inventory, Limits, Target};
+use backupgw::pb;
+use backupgw::pb::backup_gateway_client::BackupGatewayClient;
+use backupgw::sim::{DataSet, DataSpec, SimOptions, Simulator};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+pub const TOKEN: &str = "integration-test-token";
+
+pub fn small_spec() -> DataSpec {
+    DataSpec {
+        regions: 3,
+        projects_per_region: 3,
+        instances_per_project: 3,
+        backups_per_instance: 100,
+        ..DataSpec::default()
+    }
+}
+
+/// Fast retries, so failure tests do not wait for production backoff.
+pub fn test_client_options() -> ClientOptions {
+    ClientOptions {
+        request_timeout: Duration::from_secs(10),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+            throttle_delay: Duration::from_millis(20),
+        },
+        ..ClientOptions::default()
+    }
+}
+
+pub async fn start_sim(spec: &DataSpec, options: SimOptions) -> Simulator {
+    backupgw::server::install_crypto_provider();
+    let data = DataSet::generate(spec).unwrap();
+    let mut listeners = Vec::new();
+    for _ in &data.regions {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    Simulator::serve(data, options, listeners).unwrap()
+}
+
+pub fn sim_options() -> SimOptions {
+    SimOptions {
+        tokens: vec![SecretString::from(TOKEN)],
+        ..SimOptions::default()
+    }
+}
+
+pub fn token_credential(name: &str, token: &str) -> Arc<Credential> {
+    Arc::new(Credential::token(name, SecretString::from(token)))
+}
+
+#[allow(dead_code)] // not every test reads every field
+pub struct Gateway {
+    pub client: BackupGatewayClient<Channel>,
+    pub addr: std::net::SocketAddr,
+    pub inventory: Arc<Inventory>,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Starts a gateway for `targets` and connects a client to it.
+pub async fn start_gateway(
+    targets: Vec<Target>,
+    limits: Limits,
+    options: ClientOptions,
+) -> Gateway {
+    backupgw::server::install_crypto_provider();
+    let inventory = Arc::new(Inventory::new(
+        targets,
+        DdmClient::new(options).unwrap(),
+        PageCache::new(Duration::from_secs(300), 64 << 20),
+        limits,
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(backupgw::server::serve(
+        listener,
+        Arc::clone(&inventory),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = BackupGatewayClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    Gateway {
+        client,
+        addr,
+        inventory,
+        _stop: stop,
+    }
+}
+
+/// A simulator and a gateway over all its projects, with the right token.
+pub async fn start_pair(spec: &DataSpec) -> (Simulator, Gateway) {
+    let sim = start_sim(spec, sim_options()).await;
+    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    let gw = start_gateway(targets, Limits::default(), test_client_options()).await;
+    (sim, gw)
+}
+
+/// Everything one ListBackups stream said.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub backups: Vec<pb::Backup>,
+    pub targets: Vec<pb::TargetResult>,
+    pub summary: Option<pb::Summary>,
+    pub messages: usize,
+    /// The terminal status, when it was not OK.
+    pub status: Option<tonic::Status>,
+}
+
+impl Collected {
+    pub fn target(&self, project_id: &str) -> &pb::TargetResult {
+        self.targets
+            .iter()
+            .find(|t| t.project_id == project_id)
+            .unwrap_or_else(|| panic!("no result for {project_id}: {:?}", self.targets))
+    }
+
+    /// Backups by (project, id); panics on a duplicate.
+    pub fn by_key(&self) -> HashMap<(String, String), pb::Backup> {
+        let mut map = HashMap::new();
+        for b in &self.backups {
+            let key = (b.project_id.clone(), b.id.clone());
+            assert!(
+                map.insert(key.clone(), b.clone()).is_none(),
+                "emitted twice: {key:?}"
+            );
+        }
+        map
+    }
+}
+
+pub async fn list(
+    client: &mut BackupGatewayClient<Channel>,
+    request: pb::ListBackupsRequest,
+) -> Collected {
+    try_list(client, tonic::Request::new(request))
+        .await
+        .expect("the call was refused")
+}
+
+pub async fn try_list(
+    client: &mut BackupGatewayClient<Channel>,
+    request: tonic::Request<pb::ListBackupsRequest>,
+) -> Result<Collected, tonic::Status> {
+    let mut stream = client.list_backups(request).await?.into_inner();
+    let mut out = Collected::default();
+    loop {
+        match stream.message().await {
+            Ok(Some(m)) => {
+                out.messages += 1;
+                assert!(out.summary.is_none(), "a message came after the summary");
+                out.backups.extend(m.backups);
+                out.targets.extend(m.targets);
+                out.summary = m.summary.or(out.summary);
+            }
+            Ok(None) => break,
+            Err(status) => {
+                out.status = Some(status);
+                break;
+            }
+        }
+    }
+    Ok(out)
+}

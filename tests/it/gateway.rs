@@ -1,0 +1,398 @@
+//! The gateway end to end: inventory, selection, failures in-stream, cache, bad requests.
+
+use std::collections::HashSet;
+
+use backupgw::inventory::Limits;
+use backupgw::pb;
+use backupgw::sim::data::SimProject;
+use tonic_types::StatusExt as _;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn the_streamed_inventory_equals_the_data_set() {
+    // 9 targets × 300 backups: 3 pages each (128 + 128 + 44), in 3 regions.
+    let spec = small_spec();
+    let (sim, mut gw) = start_pair(&spec).await;
+    let got = list(&mut gw.client, pb::ListBackupsRequest::default()).await;
+    assert!(got.status.is_none(), "{:?}", got.status);
+
+    let by_key = got.by_key();
+    assert_eq!(by_key.len(), spec.total_backups());
+    for project in &sim.data().projects {
+        for b in &project.backups {
+            let id = SimProject::backup_id(b);
+            let got = &by_key[&(project.id.clone(), id.clone())];
+            let info = project.render(b);
+            let instance = &project.instances[b.instance as usize];
+            assert_eq!(got.name, info.name.unwrap());
+            assert_eq!(got.description, info.description.unwrap());
+            assert_eq!(got.status, "normal");
+            assert_eq!(got.instance_id, instance.id);
+            assert_eq!(got.instance_name, instance.name);
+            assert_eq!(got.instance_status, instance.status);
+            assert_eq!(got.file_size_kb, b.size_kb);
+            // The simulator writes times at +0000 or +0800; the instant must survive.
+            assert_eq!(got.created.unwrap().seconds, b.created, "{id} created");
+            assert_eq!(got.updated.unwrap().seconds, b.updated, "{id} updated");
+            assert_eq!(got.backup_type_name, b.kind.as_str());
+            let kind = match b.kind.as_str() {
+                "auto_metadata" => pb::BackupType::AutoMetadata,
+                _ => pb::BackupType::Metadata,
+            };
+            assert_eq!(got.backup_type(), kind);
+            assert_eq!(got.region, project.region);
+        }
+    }
+    assert!(
+        sim.data()
+            .projects
+            .iter()
+            .any(|p| p.utc_offset_minutes == 480),
+        "the data set should exercise +0800 times"
+    );
+
+    assert_eq!(got.targets.len(), 9);
+    for t in &got.targets {
+        assert!(t.ok, "{t:?}");
+        assert_eq!(
+            (t.backups, t.upstream_total, t.pages),
+            (300, 300, 3),
+            "{t:?}"
+        );
+    }
+    let summary = got.summary.unwrap();
+    assert_eq!((summary.targets_ok, summary.targets_failed), (9, 0));
+    assert_eq!(summary.backups, spec.total_backups() as u64);
+    assert_eq!(summary.upstream_requests, 9 * 3);
+    assert_eq!(sim.stats().list_requests, 9 * 3);
+    assert!(
+        got.messages < got.backups.len() / 50,
+        "backups come in batches, not one by one"
+    );
+}
+
+#[tokio::test]
+async fn selection_by_project_and_region() {
+    let (sim, mut gw) = start_pair(&small_spec()).await;
+    let data = sim.data();
+    let region = data.regions[1].clone();
+    let got = list(
+        &mut gw.client,
+        pb::ListBackupsRequest {
+            regions: vec![region.clone()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let projects: HashSet<_> = got.backups.iter().map(|b| b.project_id.clone()).collect();
+    let expected: HashSet<_> = data
+        .projects
+        .iter()
+        .filter(|p| p.region == region)
+        .map(|p| p.id.clone())
+        .collect();
+    assert_eq!(projects, expected);
+    assert!(got.backups.iter().all(|b| b.region == region));
+
+    let two = [data.projects[0].id.clone(), data.projects[7].id.clone()];
+    let got = list(
+        &mut gw.client,
+        pb::ListBackupsRequest {
+            project_ids: two.to_vec(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let projects: HashSet<_> = got.backups.iter().map(|b| b.project_id.clone()).collect();
+    assert_eq!(projects, HashSet::from(two.clone()));
+    assert_eq!(got.backups.len(), 600);
+
+    // Both: the intersection.
+    let got = list(
+        &mut gw.client,
+        pb::ListBackupsRequest {
+            project_ids: two.to_vec(),
+            regions: vec![data.projects[0].region.clone()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(got.targets.len(), 1);
+    assert_eq!(got.targets[0].project_id, two[0]);
+
+    let targets = gw
+        .client
+        .list_targets(pb::ListTargetsRequest {
+            regions: vec![region.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(targets.targets.len(), 3);
+    assert!(
+        targets
+            .targets
+            .iter()
+            .all(|t| t.region == region && t.credential == "test" && t.source == "config")
+    );
+    assert!(
+        targets.targets.iter().any(|t| t.project_name == region),
+        "the region's built-in project"
+    );
+}
+
+#[tokio::test]
+async fn filters_pushed_down_and_applied_here() {
+    let (sim, mut gw) = start_pair(&small_spec()).await;
+    let project = &sim.data().projects[4];
+    let instance = &project.instances[1];
+    let got = list(
+        &mut gw.client,
+        pb::ListBackupsRequest {
+            project_ids: vec![project.id.clone()],
+            instance_id: instance.id.clone(),
+            backup_types: vec!["metadata".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let expected: HashSet<String> = project
+        .backups
+        .iter()
+        .filter(|b| b.instance == 1 && b.kind.as_str() == "metadata")
+        .map(SimProject::backup_id)
+        .collect();
+    assert!(!expected.is_empty());
+    let ids: HashSet<String> = got.backups.iter().map(|b| b.id.clone()).collect();
+    assert_eq!(ids, expected);
+    // The upstream saw the instance filter: its total is one instance's backups.
+    assert_eq!(got.targets[0].upstream_total, 100);
+
+    let newest = project.backups[0].created;
+    let got = list(
+        &mut gw.client,
+        pb::ListBackupsRequest {
+            project_ids: vec![project.id.clone()],
+            created_after: Some(prost_types::Timestamp {
+                seconds: newest - 86_400 * 2,
+                nanos: 0,
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let expected = project
+        .backups
+        .iter()
+        .filter(|b| b.created >= newest - 86_400 * 2)
+        .count();
+    assert_eq!(got.backups.len(), expected);
+}
+
+#[tokio::test]
+async fn a_bad_token_and_a_dead_region_fail_alone() {
+    let spec = small_spec();
+    let sim = start_sim(&spec, sim_options()).await;
+    let mut targets = backupgw::demo::sim_targets(&sim, token_credential("good", TOKEN));
+    let data = sim.data();
+    // One project with a wrong token.
+    let wrong = data.projects[1].id.clone();
+    targets
+        .iter_mut()
+        .find(|t| *t.project_id == *wrong)
+        .unwrap()
+        .credential = token_credential("stale", "not-the-token");
+    // A region whose endpoint answers nothing: a port that was bound and released.
+    let dead_region = data.regions[2].clone();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    for t in targets.iter_mut().filter(|t| t.region == dead_region) {
+        t.endpoint = dead.as_str().into();
+    }
+    let mut gw = start_gateway(targets, Limits::default(), test_client_options()).await;
+    let got = list(&mut gw.client, pb::ListBackupsRequest::default()).await;
+    assert!(got.status.is_none(), "{:?}", got.status);
+
+    let bad = got.target(&wrong);
+    assert!(!bad.ok);
+    let e = bad.error.as_ref().unwrap();
+    assert_eq!(
+        (e.kind.as_str(), e.error_code.as_str(), e.http_status),
+        ("upstream", "APIGW.0301", 401)
+    );
+    assert_eq!(e.request_id.len(), 32, "{e:?}");
+    assert!(!e.retryable);
+    assert!(!e.message.contains(TOKEN) && !e.message.contains("not-the-token"));
+
+    for p in data.projects.iter().filter(|p| p.region == dead_region) {
+        let r = got.target(&p.id);
+        let e = r.error.as_ref().unwrap();
+        assert_eq!(
+            (r.ok, e.kind.as_str(), e.http_status),
+            (false, "transport", 0),
+            "{r:?}"
+        );
+        assert!(e.message.contains("onnect"), "{e:?}");
+    }
+    // Everyone else is complete.
+    let by_key = got.by_key();
+    for p in data
+        .projects
+        .iter()
+        .filter(|p| p.region != dead_region && p.id != wrong)
+    {
+        assert!(got.target(&p.id).ok);
+        assert_eq!(by_key.keys().filter(|(pid, _)| *pid == p.id).count(), 300);
+    }
+    let s = got.summary.unwrap();
+    assert_eq!((s.targets_ok, s.targets_failed), (5, 4));
+}
+
+#[tokio::test]
+async fn when_nothing_answers_the_call_fails_after_reporting_why() {
+    let sim = start_sim(&small_spec(), sim_options()).await;
+    let targets = backupgw::demo::sim_targets(&sim, token_credential("bad", "wrong"));
+    let mut gw = start_gateway(targets, Limits::default(), test_client_options()).await;
+    let got = list(&mut gw.client, pb::ListBackupsRequest::default()).await;
+    assert_eq!(got.targets.len(), 9);
+    assert!(got.targets.iter().all(|t| !t.ok));
+    assert_eq!(got.summary.unwrap().targets_failed, 9);
+    let status = got.status.expect("a terminal error");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.message().contains("targets[].error"), "{status:?}");
+}
+
+#[tokio::test]
+async fn the_second_call_is_served_from_the_cache() {
+    let spec = small_spec();
+    let (sim, mut gw) = start_pair(&spec).await;
+    let first = list(&mut gw.client, pb::ListBackupsRequest::default()).await;
+    let after_first = sim.stats().list_requests;
+    assert_eq!(after_first, 9 * 3);
+    let second = list(&mut gw.client, pb::ListBackupsRequest::default()).await;
+    assert_eq!(
+        sim.stats().list_requests,
+        after_first,
+        "no upstream request within the TTL"
+    );
+    assert_eq!(second.by_key(), first.by_key());
+    let s = second.summary.unwrap();
+    assert_eq!((s.upstream_requests, s.cache_hits), (0, 9 * 3));
+
+    // A caller that wants fresher data than the cache holds gets it.
+    let fresh = list(
+        &mut gw.client,
+        pb::ListBackupsRequest {
+            max_age: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 0,
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(fresh.summary.unwrap().upstream_requests, 9 * 3);
+    assert_eq!(sim.stats().list_requests, after_first * 2);
+}
+
+#[tokio::test]
+async fn concurrent_identical_calls_share_upstream_pages() {
+    let spec = small_spec();
+    let mut options = sim_options();
+    // Latency keeps the first call's pages in flight while the second asks for them.
+    options.latency = std::time::Duration::from_millis(50);
+    let sim = start_sim(&spec, options).await;
+    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    let gw = start_gateway(targets, Limits::default(), test_client_options()).await;
+    let (mut a, mut b) = (gw.client.clone(), gw.client.clone());
+    let (x, y) = tokio::join!(
+        list(&mut a, pb::ListBackupsRequest::default()),
+        list(&mut b, pb::ListBackupsRequest::default())
+    );
+    assert_eq!(x.backups.len(), spec.total_backups());
+    assert_eq!(y.backups.len(), spec.total_backups());
+    assert_eq!(
+        sim.stats().list_requests,
+        9 * 3,
+        "each page was fetched once"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_invalid_argument_with_field_violations() {
+    let (sim, mut gw) = start_pair(&small_spec()).await;
+    let unknown = "ffffffffffffffffffffffffffffffff".to_owned();
+    let cases = [
+        (
+            pb::ListBackupsRequest {
+                project_ids: vec!["not-a-project".into()],
+                ..Default::default()
+            },
+            "project_ids[0]",
+            "not a project id",
+        ),
+        (
+            pb::ListBackupsRequest {
+                project_ids: vec![unknown],
+                ..Default::default()
+            },
+            "project_ids[0]",
+            "no configured project",
+        ),
+        (
+            pb::ListBackupsRequest {
+                regions: vec!["mars-1".into()],
+                ..Default::default()
+            },
+            "regions[0]",
+            "no configured project is in the region",
+        ),
+        (
+            pb::ListBackupsRequest {
+                backup_name: "x".repeat(1000),
+                ..Default::default()
+            },
+            "backup_name",
+            "at most 255",
+        ),
+        (
+            pb::ListBackupsRequest {
+                project_ids: vec![sim.data().projects[0].id.clone()],
+                regions: vec![sim.data().regions[1].clone()],
+                ..Default::default()
+            },
+            "regions",
+            "none of the selected projects",
+        ),
+        (
+            pb::ListBackupsRequest {
+                max_age: Some(prost_types::Duration {
+                    seconds: -5,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            "max_age",
+            "negative",
+        ),
+    ];
+    for (request, field, words) in cases {
+        let status = gw.client.list_backups(request).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(words), "{status:?}");
+        let violations = status
+            .get_details_bad_request()
+            .expect("field violations")
+            .field_violations;
+        assert_eq!(violations[0].field, field);
+    }
+    assert_eq!(
+        sim.stats().list_requests,
+        0,
+        "bad requests never reach the upstream"
+    );
+}
