@@ -102,7 +102,10 @@ impl DataArgs {
 
     fn sim_options(&self, token: SecretString) -> SimOptions {
         SimOptions {
-            tokens: vec![token],
+            auth: backupgw::sim::AuthOptions {
+                tokens: vec![token],
+                ..Default::default()
+            },
             latency: Duration::from_millis(self.latency_ms),
             jitter: Duration::from_millis(self.jitter_ms),
         }

@@ -23,14 +23,9 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Installs the rustls crypto provider (ring) once per process; reqwest needs one.
-pub fn install_crypto_provider() {
-    // Err means a provider is installed already, which is all we need.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use crate::ddm::client::install_crypto_provider;
 
 pub fn build_inventory(settings: &Settings) -> Result<Arc<Inventory>, DdmError> {
-    install_crypto_provider();
     let client = DdmClient::new(settings.client.clone())?;
     let cache = PageCache::new(settings.cache_ttl, settings.cache_max_bytes);
     Ok(Arc::new(Inventory::new(

@@ -1,11 +1,30 @@
-//! Credentials for the upstream: how one request gets authorised.
+//! Credentials for the upstream: how one request gets authorised (auth.md).
 //!
-//! Secrets live in `SecretString`: their `Debug` is redacted and nothing here formats them.
+//! - a static token, sent as `X-Auth-Token`;
+//! - an IAM user and password: a project-scoped token from `POST /v3/auth/tokens`, cached until
+//!   shortly before it expires, one fetch in flight per project, renewed once on rejection;
+//! - an access key: every request signed with `SDK-HMAC-SHA256`.
+//!
+//! Secrets live in `SecretString` and in header values marked sensitive; `Debug` shows names only.
 
-use reqwest::header::{HeaderName, HeaderValue};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::time::Instant;
 
-use super::error::DdmError;
+use super::error::{DdmError, upstream_error};
+use super::sign;
+
+const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
+const X_SDK_DATE: HeaderName = HeaderName::from_static("x-sdk-date");
+const X_SUBJECT_TOKEN: &str = "x-subject-token";
+
+/// The global IAM endpoint, used when a credential names none.
+pub const DEFAULT_IAM_ENDPOINT: &str = "https://iam.myhuaweicloud.com";
 
 /// A named credential from the configuration.
 pub struct Credential {
@@ -16,21 +35,92 @@ pub struct Credential {
 pub enum CredentialKind {
     /// A static token sent as `X-Auth-Token`.
     Token(SecretString),
+    /// An IAM user; tokens are obtained per project.
+    IamPassword(IamPassword),
+    /// An access key pair; requests are signed.
+    AccessKey(AccessKey),
+}
+
+pub struct IamPassword {
+    pub iam_endpoint: String,
+    pub domain: String,
+    pub user: String,
+    pub password: SecretString,
+    tokens: TokenSlots,
+}
+
+impl IamPassword {
+    pub fn new(iam_endpoint: String, domain: String, user: String, password: SecretString) -> Self {
+        IamPassword {
+            iam_endpoint,
+            domain,
+            user,
+            password,
+            tokens: TokenSlots::default(),
+        }
+    }
+}
+
+pub struct AccessKey {
+    pub iam_endpoint: String,
+    pub access_key: String,
+    pub secret_key: SecretString,
 }
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.kind {
-            CredentialKind::Token(_) => "token",
+        let mut d = f.debug_struct("Credential");
+        d.field("name", &self.name);
+        match &self.kind {
+            CredentialKind::Token(_) => d.field("kind", &"token"),
+            CredentialKind::IamPassword(p) => d
+                .field("kind", &"iam_password")
+                .field("domain", &p.domain)
+                .field("user", &p.user),
+            CredentialKind::AccessKey(k) => {
+                d.field("kind", &"aksk").field("access_key", &k.access_key)
+            }
         };
-        f.debug_struct("Credential")
-            .field("name", &self.name)
-            .field("kind", &kind)
-            .finish_non_exhaustive()
+        d.finish_non_exhaustive()
     }
 }
 
-const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
+/// What was used to authorise one request, so that a rejection renews exactly that token.
+pub enum Authorized {
+    Static,
+    IamToken(Arc<IamToken>),
+    Signed,
+}
+
+pub struct IamToken {
+    value: SecretString,
+    refresh_at: Instant,
+}
+
+/// A project's cached token, behind an async lock: one fetch in flight per project.
+#[derive(Default)]
+struct TokenSlot {
+    token: Option<Arc<IamToken>>,
+    /// The last failed fetch, shared with the callers that waited for it.
+    failure: Option<(Instant, DdmError)>,
+}
+
+#[derive(Default)]
+struct TokenSlots(Mutex<HashMap<String, Arc<tokio::sync::Mutex<TokenSlot>>>>);
+
+impl TokenSlots {
+    fn slot(&self, scope: &str) -> Arc<tokio::sync::Mutex<TokenSlot>> {
+        let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(slots.entry(scope.to_owned()).or_default())
+    }
+}
+
+/// What a token is scoped to.
+enum Scope<'a> {
+    Project(&'a str),
+    /// For listing the user's projects.
+    Domain,
+}
 
 impl Credential {
     pub fn new(name: impl Into<String>, kind: CredentialKind) -> Self {
@@ -48,33 +138,329 @@ impl Credential {
         &self.name
     }
 
-    /// Adds what proves who we are to a request for `project_id`.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            CredentialKind::Token(_) => "token",
+            CredentialKind::IamPassword(_) => "iam_password",
+            CredentialKind::AccessKey(_) => "aksk",
+        }
+    }
+
+    fn auth_error(&self, message: impl Into<String>, upstream: Option<DdmError>) -> DdmError {
+        DdmError::Auth {
+            credential: self.name.clone(),
+            message: message.into(),
+            upstream: upstream.map(Box::new),
+        }
+    }
+
+    /// Adds what proves who we are to a request for `project_id` (None: an IAM request).
     pub async fn authorize(
         &self,
+        http: &reqwest::Client,
         request: &mut reqwest::Request,
-        _project_id: &str,
-    ) -> Result<(), DdmError> {
+        project_id: Option<&str>,
+    ) -> Result<Authorized, DdmError> {
         match &self.kind {
             CredentialKind::Token(token) => {
-                let value =
-                    sensitive_header(token.expose_secret()).map_err(|message| DdmError::Auth {
-                        credential: self.name.clone(),
-                        message,
-                        upstream: None,
-                    })?;
+                let value = sensitive_header(token.expose_secret())
+                    .map_err(|m| self.auth_error(m, None))?;
                 request.headers_mut().insert(X_AUTH_TOKEN, value);
-                Ok(())
+                Ok(Authorized::Static)
+            }
+            CredentialKind::IamPassword(iam) => {
+                let scope = match project_id {
+                    Some(p) => Scope::Project(p),
+                    None => Scope::Domain,
+                };
+                let token = self.iam_token(http, iam, scope).await?;
+                let value = sensitive_header(token.value.expose_secret())
+                    .map_err(|m| self.auth_error(m, None))?;
+                request.headers_mut().insert(X_AUTH_TOKEN, value);
+                Ok(Authorized::IamToken(token))
+            }
+            CredentialKind::AccessKey(key) => {
+                sign_request(request, key, unix_now()).map_err(|m| self.auth_error(m, None))?;
+                Ok(Authorized::Signed)
             }
         }
     }
 
-    /// The upstream rejected our token: whether a second try with fresh credentials makes sense.
-    pub fn refresh_after_rejection(&self, _project_id: &str) -> bool {
-        match self.kind {
-            // A static token cannot be renewed by us.
-            CredentialKind::Token(_) => false,
+    /// The upstream rejected `used`: whether a second try with a fresh token makes sense. Only
+    /// the token that was rejected is dropped, so concurrent rejections renew it once.
+    pub async fn refresh_after_rejection(
+        &self,
+        project_id: Option<&str>,
+        used: &Authorized,
+    ) -> bool {
+        let (CredentialKind::IamPassword(iam), Authorized::IamToken(rejected)) = (&self.kind, used)
+        else {
+            // A static token cannot be renewed by us; AK/SK must never be retried (lockout).
+            return false;
+        };
+        let slot = iam.tokens.slot(project_id.unwrap_or(""));
+        let mut slot = slot.lock().await;
+        if slot
+            .token
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(t, rejected))
+        {
+            slot.token = None;
+        }
+        true
+    }
+
+    async fn iam_token(
+        &self,
+        http: &reqwest::Client,
+        iam: &IamPassword,
+        scope: Scope<'_>,
+    ) -> Result<Arc<IamToken>, DdmError> {
+        let key = match scope {
+            Scope::Project(p) => p,
+            Scope::Domain => "",
+        };
+        let waited_since = Instant::now();
+        let slot = iam.tokens.slot(key);
+        let mut slot = slot.lock().await;
+        if let Some(token) = &slot.token
+            && Instant::now() < token.refresh_at
+        {
+            return Ok(Arc::clone(token));
+        }
+        if let Some((at, error)) = &slot.failure
+            && *at >= waited_since
+        {
+            return Err(error.clone());
+        }
+        match self.fetch_iam_token(http, iam, scope).await {
+            Ok(token) => {
+                let token = Arc::new(token);
+                slot.token = Some(Arc::clone(&token));
+                slot.failure = None;
+                Ok(token)
+            }
+            Err(e) => {
+                slot.token = None;
+                slot.failure = Some((Instant::now(), e.clone()));
+                Err(e)
+            }
         }
     }
+
+    async fn fetch_iam_token(
+        &self,
+        http: &reqwest::Client,
+        iam: &IamPassword,
+        scope: Scope<'_>,
+    ) -> Result<IamToken, DdmError> {
+        let scope_json = match scope {
+            Scope::Project(id) => serde_json::json!({"project": {"id": id}}),
+            Scope::Domain => serde_json::json!({"domain": {"name": iam.domain}}),
+        };
+        let body = serde_json::json!({"auth": {
+            "identity": {"methods": ["password"],
+                         "password": {"user": {"name": iam.user,
+                                               "password": iam.password.expose_secret(),
+                                               "domain": {"name": iam.domain}}}},
+            "scope": scope_json}});
+        let url = format!("{}/v3/auth/tokens?nocatalog=true", iam.iam_endpoint);
+        let asked_at = Instant::now();
+        let response = http
+            .post(&url)
+            .header(CONTENT_TYPE, "application/json;charset=utf8")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| {
+                self.auth_error(
+                    format!("IAM at {} did not answer", iam.iam_endpoint),
+                    Some(DdmError::Transport(e.to_string())),
+                )
+            })?;
+        let status = response.status().as_u16();
+        let request_id = header_string(response.headers(), "x-request-id");
+        let subject = response
+            .headers()
+            .get(X_SUBJECT_TOKEN)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| SecretString::from(v.to_owned()));
+        let bytes = response.bytes().await.map_err(|e| {
+            self.auth_error(
+                "IAM's answer was cut off",
+                Some(DdmError::Transport(e.to_string())),
+            )
+        })?;
+        if status != 201 && status != 200 {
+            let e = upstream_error(status, &bytes, request_id, None);
+            let what = match status {
+                401 => format!(
+                    "IAM refused the password of user {:?} in domain {:?}",
+                    iam.user, iam.domain
+                ),
+                403 => format!(
+                    "IAM does not let user {:?} have a token for this scope",
+                    iam.user
+                ),
+                _ => "IAM could not issue a token".to_owned(),
+            };
+            return Err(self.auth_error(what, Some(e)));
+        }
+        let Some(value) = subject else {
+            return Err(self.auth_error("IAM answered without an X-Subject-Token header", None));
+        };
+        #[derive(Deserialize)]
+        struct Body {
+            token: TokenBody,
+        }
+        #[derive(Deserialize)]
+        struct TokenBody {
+            expires_at: String,
+            issued_at: Option<String>,
+        }
+        let parsed: Body = serde_json::from_slice(&bytes)
+            .map_err(|e| self.auth_error(format!("IAM's token answer is unreadable: {e}"), None))?;
+        let expires: prost_types::Timestamp = parsed
+            .token
+            .expires_at
+            .parse()
+            .map_err(|_| self.auth_error("IAM's expires_at is not a time", None))?;
+        let issued = parsed
+            .token
+            .issued_at
+            .and_then(|t| t.parse::<prost_types::Timestamp>().ok());
+        // Lifetime by IAM's own clock (ours may be skewed); renew ahead of expiry, with jitter so
+        // that many projects do not renew at once.
+        let lifetime = match issued {
+            Some(i) => expires.seconds - i.seconds,
+            None => expires.seconds - unix_now(),
+        };
+        let lifetime = Duration::from_secs(lifetime.max(0) as u64);
+        let margin = (lifetime / 10)
+            .min(Duration::from_secs(15 * 60))
+            .mul_f64(1.0 + fastrand::f64() * 0.5);
+        Ok(IamToken {
+            value,
+            refresh_at: asked_at + lifetime.saturating_sub(margin),
+        })
+    }
+
+    /// The projects this credential's user may access (`GET /v3/auth/projects`).
+    pub async fn list_projects(&self, http: &reqwest::Client) -> Result<Vec<IamProject>, DdmError> {
+        let endpoint = match &self.kind {
+            CredentialKind::IamPassword(p) => &p.iam_endpoint,
+            CredentialKind::AccessKey(k) => &k.iam_endpoint,
+            CredentialKind::Token(_) => DEFAULT_IAM_ENDPOINT,
+        };
+        let mut request = http
+            .get(format!("{endpoint}/v3/auth/projects"))
+            .build()
+            .map_err(|e| DdmError::Transport(e.to_string()))?;
+        self.authorize(http, &mut request, None).await?;
+        let response = http
+            .execute(request)
+            .await
+            .map_err(|e| DdmError::Transport(e.to_string()))?;
+        let status = response.status().as_u16();
+        let request_id = header_string(response.headers(), "x-request-id");
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| DdmError::Transport(e.to_string()))?;
+        if !(200..300).contains(&status) {
+            return Err(self.auth_error(
+                "IAM would not list the projects",
+                Some(upstream_error(status, &bytes, request_id, None)),
+            ));
+        }
+        #[derive(Deserialize)]
+        struct Projects {
+            projects: Vec<IamProject>,
+        }
+        let parsed: Projects = serde_json::from_slice(&bytes).map_err(|e| DdmError::Decode {
+            status,
+            message: format!("not a project list: {e}"),
+            request_id,
+        })?;
+        Ok(parsed.projects)
+    }
+}
+
+/// A project as IAM lists it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IamProject {
+    pub id: String,
+    pub name: String,
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+fn header_string(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Signs a request as the SDK does: `Host`, `X-Sdk-Date` and every header already set (such as
+/// `X-Project-Id`) are signed; the `Authorization` header carries the signature.
+fn sign_request(request: &mut reqwest::Request, key: &AccessKey, now: i64) -> Result<(), String> {
+    let url = request.url();
+    let host = match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        (None, _) => return Err("the request has no host".into()),
+    };
+    let date = sign::sdk_date(now);
+    let headers = request.headers_mut();
+    headers.insert(
+        HOST,
+        HeaderValue::from_str(&host).map_err(|_| "the host is not a valid header")?,
+    );
+    headers.insert(
+        X_SDK_DATE,
+        HeaderValue::from_str(&date).map_err(|_| "bad date")?,
+    );
+    let signable = sign::signable_headers(
+        request
+            .headers()
+            .iter()
+            .filter(|(name, _)| *name != AUTHORIZATION)
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
+    );
+    let body = request
+        .body()
+        .and_then(|b| b.as_bytes())
+        .unwrap_or_default();
+    let canonical = sign::Canonical {
+        method: request.method().as_str(),
+        path: request.url().path(),
+        query: request.url().query().unwrap_or_default(),
+        headers: &signable,
+        body,
+    };
+    let signature = sign::signature(
+        key.secret_key.expose_secret().as_bytes(),
+        &canonical.string_to_sign(&date),
+    );
+    let value = sensitive_header(&sign::authorization(
+        &key.access_key,
+        &canonical.signed_headers(),
+        &signature,
+    ))?;
+    request.headers_mut().insert(AUTHORIZATION, value);
+    Ok(())
 }
 
 /// A header value marked sensitive (so hyper and reqwest never print it).
@@ -83,4 +469,73 @@ pub fn sensitive_header(secret: &str) -> Result<HeaderValue, String> {
         .map_err(|_| "the secret contains characters not allowed in an HTTP header".to_owned())?;
     value.set_sensitive(true);
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signing_a_request_matches_vector_a() {
+        // Vector A, sent to the real host: Host, X-Project-Id and X-Sdk-Date signed.
+        let pid = "0123456789abcdef0123456789abcdef";
+        let key = AccessKey {
+            iam_endpoint: String::new(),
+            access_key: "HPUAEXAMPLEAKEXAMPLE".into(),
+            secret_key: SecretString::from("ExampleSecretKey0123456789abcdefghijklmn"),
+        };
+        super::super::client::install_crypto_provider();
+        let client = reqwest::Client::builder().build().unwrap();
+        let mut request = client
+            .get(format!(
+                "https://ddm.cn-north-4.myhuaweicloud.com/v3/{pid}/backups?limit=128&offset=0"
+            ))
+            .header("x-project-id", pid)
+            .build()
+            .unwrap();
+        sign_request(&mut request, &key, 1_739_933_420).unwrap();
+        let auth = request.headers()[AUTHORIZATION].to_str().unwrap();
+        assert_eq!(
+            auth,
+            "SDK-HMAC-SHA256 Access=HPUAEXAMPLEAKEXAMPLE, SignedHeaders=host;x-project-id;x-sdk-date, Signature=a9e5bd9e2eecd99ca5f7810c5f43b572932acc4ae543d77e37d40ab6e8abd1ba"
+        );
+        assert!(request.headers()[AUTHORIZATION].is_sensitive());
+        // A non-default port is part of the signed host.
+        let mut request = client
+            .get("http://127.0.0.1:8080/v3/x/backups")
+            .build()
+            .unwrap();
+        sign_request(&mut request, &key, 1_739_933_420).unwrap();
+        assert_eq!(request.headers()[HOST], "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let c = Credential::new(
+            "ops",
+            CredentialKind::IamPassword(IamPassword::new(
+                "https://iam".into(),
+                "acme".into(),
+                "bob".into(),
+                SecretString::from("hunter2"),
+            )),
+        );
+        let k = Credential::new(
+            "keys",
+            CredentialKind::AccessKey(AccessKey {
+                iam_endpoint: String::new(),
+                access_key: "AK1".into(),
+                secret_key: SecretString::from("s3cr3t"),
+            }),
+        );
+        let text = format!(
+            "{c:?} {k:?} {:?}",
+            Credential::token("t", SecretString::from("tok3n"))
+        );
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cr3t") && !text.contains("tok3n"),
+            "{text}"
+        );
+        assert!(text.contains("bob") && text.contains("AK1"), "{text}");
+    }
 }

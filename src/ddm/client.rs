@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
 
-use super::auth::Credential;
+use super::auth::{Authorized, Credential};
 use super::error::{DdmError, shorten, upstream_error};
 use super::model::{DecodedPage, decode_page};
 use super::sign::canonical_query;
@@ -111,6 +111,7 @@ const X_REQUEST_ID: &str = "x-request-id";
 impl DdmClient {
     /// One client (one connection pool) serves every target.
     pub fn new(options: ClientOptions) -> Result<Self, DdmError> {
+        install_crypto_provider();
         let http = reqwest::Client::builder()
             .user_agent(concat!("backupgw/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60))
@@ -139,13 +140,16 @@ impl DdmClient {
         let mut refreshed = false;
         loop {
             attempt += 1;
-            let error = match self.attempt(&url, page, credential).await {
+            let (error, used) = match self.attempt(&url, page, credential).await {
                 Ok(decoded) => return Ok(decoded),
                 Err(e) => e,
             };
             if error.is_token_rejected()
                 && !refreshed
-                && credential.refresh_after_rejection(page.project_id)
+                && let Some(used) = used
+                && credential
+                    .refresh_after_rejection(Some(page.project_id), &used)
+                    .await
             {
                 refreshed = true;
                 tracing::info!(
@@ -169,29 +173,45 @@ impl DdmClient {
         }
     }
 
+    /// One attempt; on failure, also what authorised it (to renew exactly that token).
     async fn attempt(
         &self,
         url: &str,
         page: &PageRequest<'_>,
         credential: &Credential,
-    ) -> Result<DecodedPage, DdmError> {
+    ) -> Result<DecodedPage, (DdmError, Option<Authorized>)> {
         let mut timeout = self.options.request_timeout;
         if let Some(deadline) = page.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(DdmError::DeadlineExceeded);
+                return Err((DdmError::DeadlineExceeded, None));
             }
             timeout = timeout.min(left);
         }
-        let mut request = self
-            .http
-            .get(url)
-            .build()
-            .map_err(|e| DdmError::Transport(format!("cannot build the request: {e}")))?;
-        let project = HeaderValue::from_str(page.project_id)
-            .map_err(|_| DdmError::Transport("the project id is not a valid header".into()))?;
+        let mut request = self.http.get(url).build().map_err(|e| {
+            (
+                DdmError::Transport(format!("cannot build the request: {e}")),
+                None,
+            )
+        })?;
+        let project = HeaderValue::from_str(page.project_id).map_err(|_| {
+            (
+                DdmError::Transport("the project id is not a valid header".into()),
+                None,
+            )
+        })?;
         request.headers_mut().insert(X_PROJECT_ID, project);
-        credential.authorize(&mut request, page.project_id).await?;
+        // Getting an IAM token counts against the deadline too.
+        let authorized = match tokio::time::timeout(
+            timeout,
+            credential.authorize(&self.http, &mut request, Some(page.project_id)),
+        )
+        .await
+        {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => return Err((e, None)),
+            Err(_) => return Err((DdmError::Timeout(timeout), None)),
+        };
         page.sent.fetch_add(1, Ordering::Relaxed);
         let max_body = self.options.max_body_bytes;
         let exchange = async {
@@ -224,14 +244,21 @@ impl DdmClient {
                 request_id,
             })
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             Err(_) if page.deadline.is_some_and(|d| Instant::now() >= d) => {
                 Err(DdmError::DeadlineExceeded)
             }
             Err(_) => Err(DdmError::Timeout(timeout)),
-        }
+        };
+        result.map_err(|e| (e, Some(authorized)))
     }
+}
+
+/// Installs the rustls crypto provider (ring) once per process: reqwest panics without one.
+pub fn install_crypto_provider() {
+    // Err means a provider is installed already, which is all we need.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The URL with its query in canonical order, as the official SDK sends it (and AK/SK signs it).

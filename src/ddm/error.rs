@@ -139,6 +139,14 @@ struct ErrorBody {
     #[serde(rename = "externalMessage")]
     external_message: Option<String>,
     request_id: Option<String>,
+    /// IAM's form: `{"error": {"code": 401, "message": "...", "title": "Unauthorized"}}`.
+    error: Option<IamErrorBody>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct IamErrorBody {
+    code: Option<serde_json::Value>,
+    message: Option<String>,
 }
 
 /// Builds the error for a non-success answer. Like the official SDK: when the body has no
@@ -155,6 +163,17 @@ pub fn upstream_error(
             b.error_code.or(b.err_code).unwrap_or_default(),
             b.error_msg.or(b.external_message).unwrap_or_default(),
             b.request_id,
+        ),
+        Some(ErrorBody {
+            error: Some(iam), ..
+        }) => (
+            match iam.code {
+                Some(serde_json::Value::String(c)) => c,
+                Some(c) => c.to_string(),
+                None => status.to_string(),
+            },
+            iam.message.unwrap_or_default(),
+            None,
         ),
         _ => (status.to_string(), shorten(body), None),
     };

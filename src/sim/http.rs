@@ -5,14 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
 use super::SimState;
+use super::auth::{Caller, Rejection, RequestParts};
 use crate::ddm::model::PageBody;
 
 #[derive(Clone)]
@@ -28,6 +30,10 @@ struct RequestId(String);
 pub(super) fn router(state: RegionState) -> Router {
     let api = Router::new()
         .route("/v3/{project_id}/backups", get(list_backups))
+        // IAM is served by every listener too (its paths do not collide with DDM's).
+        .route("/v3/auth/tokens", axum::routing::post(iam_tokens))
+        .route("/v3/auth/projects", get(iam_projects))
+        .route("/v3/projects", get(iam_projects))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), count_and_tag));
     Router::new()
@@ -128,35 +134,67 @@ fn parse_params(raw: Option<&str>) -> Option<ListParams> {
     Some(p)
 }
 
+fn rejected(r: Rejection, request_id: &str) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::UNAUTHORIZED);
+    gateway_error(status, r.code, &r.message, request_id)
+}
+
+#[allow(clippy::too_many_arguments)] // axum extractors
 async fn list_backups(
     State(state): State<RegionState>,
     Path(project_id): Path<String>,
     RawQuery(query): RawQuery,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    body: Bytes,
 ) -> Response {
     let shared = &state.shared;
     shared.stats.list_requests.fetch_add(1, Ordering::Relaxed);
     shared.options.delay().await;
 
-    match headers.get("x-auth-token") {
-        None => {
-            return gateway_error(
-                StatusCode::UNAUTHORIZED,
-                "APIGW.0301",
-                "Incorrect IAM authentication information: x-auth-token not found",
+    let request = RequestParts {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        body: &body,
+    };
+    let caller = match shared.auth.authenticate(&shared.options.auth, &request) {
+        Ok(c) => c,
+        Err(r) => return rejected(r, &request_id),
+    };
+    match caller {
+        Caller::Static => {}
+        Caller::Token { scope } if scope.as_deref() == Some(project_id.as_str()) => {}
+        Caller::Token { .. } => {
+            return rejected(
+                Rejection {
+                    status: 401,
+                    code: "APIGW.0301",
+                    message: "Incorrect IAM authentication information: the token is not scoped to this project".into(),
+                },
                 &request_id,
             );
         }
-        Some(token) if !shared.options.accepts_token(token.as_bytes()) => {
-            return gateway_error(
-                StatusCode::UNAUTHORIZED,
-                "APIGW.0301",
-                "Incorrect IAM authentication information: decrypt token fail",
-                &request_id,
-            );
+        Caller::AccessKey => {
+            // X-Project-Id names the project the signature is for; sub-projects need it.
+            let header = headers.get("x-project-id").and_then(|v| v.to_str().ok());
+            let sub_project = shared
+                .data
+                .project(&project_id)
+                .is_some_and(|p| p.name.contains('_'));
+            if header.is_some_and(|h| h != project_id) || (header.is_none() && sub_project) {
+                return rejected(
+                    Rejection {
+                        status: 401,
+                        code: "APIGW.0301",
+                        message: "Incorrect IAM authentication information: X-Project-Id does not match the project".into(),
+                    },
+                    &request_id,
+                );
+            }
         }
-        Some(_) => {}
     }
 
     let Some(project) = shared.data.project(&project_id) else {
@@ -211,6 +249,161 @@ async fn list_backups(
         limit: params.limit,
     };
     axum::Json(body).into_response()
+}
+
+/// IAM's error body.
+fn iam_error(status: StatusCode, message: &str) -> Response {
+    let body = json!({"error": {"code": status.as_u16(), "message": message, "title": status.canonical_reason()}});
+    (status, axum::Json(body)).into_response()
+}
+
+/// `POST /v3/auth/tokens`: a password token scoped to a project (by id or name) or a domain.
+async fn iam_tokens(State(state): State<RegionState>, body: Bytes) -> Response {
+    let shared = &state.shared;
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return iam_error(StatusCode::BAD_REQUEST, "The request body is not JSON.");
+    };
+    let auth = &body["auth"];
+    let methods = &auth["identity"]["methods"];
+    if !methods
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m == "password"))
+    {
+        return iam_error(
+            StatusCode::BAD_REQUEST,
+            "Only the password method is supported here.",
+        );
+    }
+    let user = &auth["identity"]["password"]["user"];
+    let (name, password, domain) = (
+        user["name"].as_str(),
+        user["password"].as_str(),
+        user["domain"]["name"].as_str(),
+    );
+    let known = shared.options.auth.users.iter().find(|u| {
+        use secrecy::ExposeSecret;
+        Some(u.name.as_str()) == name
+            && Some(u.domain.as_str()) == domain
+            && Some(u.password.expose_secret()) == password
+    });
+    let Some(known) = known else {
+        return iam_error(
+            StatusCode::UNAUTHORIZED,
+            "The username or password is wrong.",
+        );
+    };
+    let scope = &auth["scope"];
+    let project = if scope["project"].is_object() {
+        let p = &scope["project"];
+        let found = match (p["id"].as_str(), p["name"].as_str()) {
+            (Some(id), _) => shared.data.project(id),
+            (None, Some(name)) => shared.data.projects.iter().find(|q| q.name == name),
+            _ => None,
+        };
+        match found {
+            Some(p) => Some(p),
+            None => return iam_error(StatusCode::NOT_FOUND, "Could not find the project."),
+        }
+    } else if scope["domain"]["name"].as_str() == Some(known.domain.as_str()) {
+        None
+    } else {
+        return iam_error(
+            StatusCode::BAD_REQUEST,
+            "The scope must be a project or the user's domain.",
+        );
+    };
+    let (token, issued_at, expires_at) = shared
+        .auth
+        .issue_token(&shared.options.auth, project.map(|p| p.id.clone()));
+    let domain_json = json!({"id": format!("{:032x}", fastrand::u128(..)), "name": known.domain});
+    let mut token_json = json!({
+        "methods": ["password"],
+        "expires_at": iam_time(expires_at),
+        "issued_at": iam_time(issued_at),
+        "user": {"id": format!("{:032x}", fastrand::u128(..)), "name": known.name, "domain": domain_json},
+        "roles": [{"id": "0", "name": "ddm_readonly"}],
+    });
+    match project {
+        Some(p) => {
+            token_json["project"] = json!({"id": p.id, "name": p.name, "domain": domain_json})
+        }
+        None => token_json["domain"] = domain_json,
+    }
+    let mut response = (
+        StatusCode::CREATED,
+        axum::Json(json!({"token": token_json})),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&token) {
+        response.headers_mut().insert("x-subject-token", v);
+    }
+    response
+}
+
+/// `2020-01-04T09:05:22.701000Z`: UTC with microseconds.
+fn iam_time(unix: i64) -> String {
+    let mut s = prost_types::Timestamp {
+        seconds: unix,
+        nanos: 0,
+    }
+    .to_string();
+    s.pop();
+    s.push_str(".000000Z");
+    s
+}
+
+/// `GET /v3/auth/projects` and `GET /v3/projects`: every project, plus IAM's `MOS`.
+async fn iam_projects(
+    State(state): State<RegionState>,
+    RawQuery(query): RawQuery,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let shared = &state.shared;
+    let request = RequestParts {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        body: &body,
+    };
+    if let Err(r) = shared.auth.authenticate(&shared.options.auth, &request) {
+        return iam_error(StatusCode::UNAUTHORIZED, &r.message);
+    }
+    let (mut name, mut page, mut per_page) = (None, 1usize, 5000usize);
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*k {
+            "name" => name = Some(v.into_owned()),
+            "page" => match v.parse() {
+                Ok(p) if p >= 1 => page = p,
+                _ => return iam_error(StatusCode::BAD_REQUEST, "page must be a positive integer."),
+            },
+            "per_page" => match v.parse() {
+                Ok(p) if (1..=5000).contains(&p) => per_page = p,
+                _ => return iam_error(StatusCode::BAD_REQUEST, "per_page must be 1 to 5000."),
+            },
+            _ => {}
+        }
+    }
+    let parent = format!("{:032x}", 7u128);
+    let mut all: Vec<serde_json::Value> = shared
+        .data
+        .projects
+        .iter()
+        .map(|p| json!({"id": p.id, "name": p.name, "enabled": true, "is_domain": false,
+                        "domain_id": parent, "parent_id": parent, "description": "", "links": {"self": ""}}))
+        .collect();
+    all.push(json!({"id": format!("{:032x}", 1u128), "name": "MOS", "enabled": true, "is_domain": false,
+                    "domain_id": parent, "parent_id": parent, "description": "", "links": {"self": ""}}));
+    let projects: Vec<_> = all
+        .into_iter()
+        .filter(|p| name.as_deref().is_none_or(|n| p["name"] == n))
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .collect();
+    axum::Json(json!({"links": {"self": "", "previous": null, "next": null}, "projects": projects}))
+        .into_response()
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! a deterministic data set with real auth checks and optional latency. It is the gateway's
 //! embedded default and what every test and benchmark runs against.
 
+pub mod auth;
 pub mod data;
 mod http;
 
@@ -14,13 +15,14 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use auth::{AuthOptions, SimKey, SimUser};
 pub use data::{DataSet, DataSpec};
 
 /// How the simulator behaves, beyond its data.
 #[derive(Clone, Default)]
 pub struct SimOptions {
-    /// Static tokens accepted in `X-Auth-Token`.
-    pub tokens: Vec<secrecy::SecretString>,
+    /// Who may call: static tokens, IAM users, access keys.
+    pub auth: AuthOptions,
     /// Added to every ListBackups answer.
     pub latency: Duration,
     /// Up to this much more, uniformly at random.
@@ -30,7 +32,8 @@ pub struct SimOptions {
 impl std::fmt::Debug for SimOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SimOptions")
-            .field("tokens", &self.tokens.len())
+            .field("users", &self.auth.users.len())
+            .field("keys", &self.auth.keys.len())
             .field("latency", &self.latency)
             .field("jitter", &self.jitter)
             .finish()
@@ -38,13 +41,6 @@ impl std::fmt::Debug for SimOptions {
 }
 
 impl SimOptions {
-    fn accepts_token(&self, presented: &[u8]) -> bool {
-        use secrecy::ExposeSecret;
-        self.tokens
-            .iter()
-            .any(|t| t.expose_secret().as_bytes() == presented)
-    }
-
     async fn delay(&self) {
         let mut wait = self.latency;
         if !self.jitter.is_zero() {
@@ -78,6 +74,7 @@ struct SimState {
     data: DataSet,
     options: SimOptions,
     stats: SimStats,
+    auth: auth::AuthState,
 }
 
 impl SimState {
@@ -126,6 +123,7 @@ impl Simulator {
             data,
             options,
             stats: SimStats::default(),
+            auth: auth::AuthState::default(),
         });
         let mut endpoints = Vec::new();
         let mut tasks = Vec::new();
@@ -206,6 +204,16 @@ impl Simulator {
 
     pub fn stats(&self) -> SimStatsSnapshot {
         self.state.stats_snapshot()
+    }
+
+    /// IAM tokens issued for a project (`""`: domain-scoped tokens).
+    pub fn tokens_issued(&self, scope: &str) -> u64 {
+        self.state.auth.tokens_issued(scope)
+    }
+
+    /// Makes every IAM token issued so far expired, as if a day had passed.
+    pub fn expire_tokens(&self) {
+        self.state.auth.expire_tokens();
     }
 }
 

@@ -9,7 +9,7 @@ use backupgw::ddm::{ClientOptions, Credential, DdmClient, RetryPolicy};
 use backupgw::inventory::{Inventory, Limits, Target};
 use backupgw::pb;
 use backupgw::pb::backup_gateway_client::BackupGatewayClient;
-use backupgw::sim::{DataSet, DataSpec, SimOptions, Simulator};
+use backupgw::sim::{AuthOptions, DataSet, DataSpec, SimOptions, Simulator};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -53,7 +53,10 @@ pub async fn start_sim(spec: &DataSpec, options: SimOptions) -> Simulator {
 
 pub fn sim_options() -> SimOptions {
     SimOptions {
-        tokens: vec![SecretString::from(TOKEN)],
+        auth: AuthOptions {
+            tokens: vec![SecretString::from(TOKEN)],
+            ..AuthOptions::default()
+        },
         ..SimOptions::default()
     }
 }
