@@ -10,7 +10,9 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::ddm::{ClientOptions, Credential, RetryPolicy};
+use crate::ddm::auth::{AccessKey, DEFAULT_IAM_ENDPOINT, IamPassword};
+use crate::ddm::{ClientOptions, Credential, CredentialKind, RetryPolicy};
+use crate::discovery::Discovery;
 use crate::inventory::{Limits, Target, TargetSource};
 
 /// DDM's public endpoints (the official SDK's region table).
@@ -72,6 +74,25 @@ struct RawConfig {
     credentials: BTreeMap<String, RawCredential>,
     #[serde(default)]
     projects: Vec<RawProject>,
+    #[serde(default)]
+    discovery: RawDiscovery,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDiscovery {
+    /// Region patterns to keep; default: the [regions] table's keys, or every DDM region.
+    regions: Option<Vec<String>>,
+    interval_seconds: u64,
+}
+
+impl Default for RawDiscovery {
+    fn default() -> Self {
+        RawDiscovery {
+            regions: None,
+            interval_seconds: 600,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +155,16 @@ struct RawCredential {
     kind: String,
     token_env: Option<String>,
     token_file: Option<PathBuf>,
+    domain: Option<String>,
+    user: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    access_key: Option<String>,
+    secret_key_env: Option<String>,
+    secret_key_file: Option<PathBuf>,
+    iam_endpoint: Option<String>,
+    #[serde(default)]
+    discover: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +185,9 @@ pub struct Settings {
     pub limits: Limits,
     pub client: ClientOptions,
     pub targets: Vec<Target>,
+    /// Credentials whose projects are listed through IAM.
+    pub discoveries: Vec<Discovery>,
+    pub discovery_interval: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -248,10 +282,40 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Settings, ConfigError> {
         credentials.insert(name.clone(), Arc::new(credential(name, c, base)?));
     }
 
-    if raw.projects.is_empty() {
+    let region_patterns = match &raw.discovery.regions {
+        Some(patterns) => {
+            if let Some(i) = patterns.iter().position(|p| p.trim().is_empty()) {
+                return Err(ConfigError::new(
+                    format!("discovery.regions[{i}]"),
+                    "must not be empty",
+                ));
+            }
+            patterns.clone()
+        }
+        None if !endpoints.is_empty() => endpoints.keys().cloned().collect(),
+        None => vec!["*".to_owned()],
+    };
+    if raw.discovery.interval_seconds == 0 {
+        return Err(ConfigError::new(
+            "discovery.interval_seconds",
+            "must be at least 1",
+        ));
+    }
+    let discoveries: Vec<Discovery> = raw
+        .credentials
+        .iter()
+        .filter(|(_, c)| c.discover)
+        .map(|(name, _)| Discovery {
+            credential: Arc::clone(&credentials[name]),
+            regions: region_patterns.clone(),
+            endpoints: endpoints.clone(),
+        })
+        .collect();
+
+    if raw.projects.is_empty() && discoveries.is_empty() {
         return Err(ConfigError::new(
             "projects",
-            "no project is configured: add at least one [[projects]]",
+            "no project is configured: add a [[projects]] or set discover = true on a credential",
         ));
     }
     let mut seen = HashSet::new();
@@ -308,6 +372,8 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Settings, ConfigError> {
         limits,
         client,
         targets,
+        discoveries,
+        discovery_interval: Duration::from_secs(raw.discovery.interval_seconds),
     })
 }
 
@@ -343,22 +409,94 @@ fn validate_endpoint(key: &str, endpoint: &str) -> Result<String, ConfigError> {
 
 fn credential(name: &str, c: &RawCredential, base: &Path) -> Result<Credential, ConfigError> {
     let key = format!("credentials.{name}");
-    match c.kind.as_str() {
-        "token" => {
-            let token = secret(
-                &key,
-                "token",
-                c.token_env.as_deref(),
-                c.token_file.as_deref(),
-                base,
-            )?;
-            Ok(Credential::token(name, token))
+    let set = [
+        ("token_env", c.token_env.is_some()),
+        ("token_file", c.token_file.is_some()),
+        ("domain", c.domain.is_some()),
+        ("user", c.user.is_some()),
+        ("password_env", c.password_env.is_some()),
+        ("password_file", c.password_file.is_some()),
+        ("access_key", c.access_key.is_some()),
+        ("secret_key_env", c.secret_key_env.is_some()),
+        ("secret_key_file", c.secret_key_file.is_some()),
+        ("iam_endpoint", c.iam_endpoint.is_some()),
+    ];
+    let allowed: &[&str] = match c.kind.as_str() {
+        "token" => &["token_env", "token_file"],
+        "iam_password" => &[
+            "domain",
+            "user",
+            "password_env",
+            "password_file",
+            "iam_endpoint",
+        ],
+        "aksk" => &[
+            "access_key",
+            "secret_key_env",
+            "secret_key_file",
+            "iam_endpoint",
+        ],
+        other => {
+            return Err(ConfigError::new(
+                format!("{key}.kind"),
+                format!(
+                    "{other:?} is not a credential kind; use \"token\", \"iam_password\" or \"aksk\""
+                ),
+            ));
         }
-        other => Err(ConfigError::new(
-            format!("{key}.kind"),
-            format!("{other:?} is not a credential kind; use \"token\""),
-        )),
+    };
+    if let Some((field, _)) = set
+        .iter()
+        .find(|(f, present)| *present && !allowed.contains(f))
+    {
+        return Err(ConfigError::new(
+            format!("{key}.{field}"),
+            format!("not used by a credential of kind {:?}", c.kind),
+        ));
     }
+    let iam_endpoint = match &c.iam_endpoint {
+        Some(e) => validate_endpoint(&format!("{key}.iam_endpoint"), e)?,
+        None => DEFAULT_IAM_ENDPOINT.to_owned(),
+    };
+    let required = |field: &str, value: &Option<String>| {
+        value
+            .clone()
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| ConfigError::new(format!("{key}.{field}"), "is required"))
+    };
+    let kind = match c.kind.as_str() {
+        "token" => CredentialKind::Token(secret(
+            &key,
+            "token",
+            c.token_env.as_deref(),
+            c.token_file.as_deref(),
+            base,
+        )?),
+        "iam_password" => CredentialKind::IamPassword(IamPassword::new(
+            iam_endpoint,
+            required("domain", &c.domain)?,
+            required("user", &c.user)?,
+            secret(
+                &key,
+                "password",
+                c.password_env.as_deref(),
+                c.password_file.as_deref(),
+                base,
+            )?,
+        )),
+        _ => CredentialKind::AccessKey(AccessKey {
+            iam_endpoint,
+            access_key: required("access_key", &c.access_key)?,
+            secret_key: secret(
+                &key,
+                "secret_key",
+                c.secret_key_env.as_deref(),
+                c.secret_key_file.as_deref(),
+                base,
+            )?,
+        }),
+    };
+    Ok(Credential::new(name, kind))
 }
 
 /// A secret from `{field}_env` (an environment variable) or `{field}_file`, exactly one.
@@ -484,6 +622,15 @@ credential = "ops"
             ),
             (format!("bogus = 1\n{}", with_project("")), "line 1"),
             ("".to_owned(), "projects"),
+            (with_project("").replace("kind = \"token\"", "kind = \"iam_password\""), "credentials.ops.token_env"),
+            (
+                "[credentials.k]\nkind = \"aksk\"\nsecret_key_env = \"BACKUPGW_TEST_CONFIG_TOKEN\"\ndiscover = true\n".to_owned(),
+                "credentials.k.access_key",
+            ),
+            (
+                "[credentials.k]\nkind = \"aksk\"\naccess_key = \"AK\"\nsecret_key_env = \"BACKUPGW_TEST_CONFIG_TOKEN\"\ndiscover = true\n[discovery]\ninterval_seconds = 0\n".to_owned(),
+                "discovery.interval_seconds",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(&text).unwrap_err();
@@ -493,6 +640,21 @@ credential = "ops"
             "[[projects]]\nid = \"{PID}\"\nregion = \"cn-north-4\"\ncredential = \"ops\"\n"
         ));
         assert_eq!(parse(&twice).unwrap_err().key, "projects[1].id");
+    }
+
+    #[test]
+    fn discovery_alone_is_enough() {
+        unsafe { std::env::set_var("BACKUPGW_TEST_CONFIG_TOKEN", "t0k3n") };
+        let text = "[regions.cn-north-4]\nendpoint = \"http://127.0.0.1:1\"\n[credentials.iam]\nkind = \"iam_password\"\ndomain = \"d\"\nuser = \"u\"\npassword_env = \"BACKUPGW_TEST_CONFIG_TOKEN\"\ndiscover = true\n";
+        let s = parse(text).unwrap();
+        assert!(s.targets.is_empty());
+        assert_eq!(s.discoveries.len(), 1);
+        assert_eq!(
+            s.discoveries[0].regions,
+            ["cn-north-4"],
+            "configured regions by default"
+        );
+        assert!(!format!("{s:?}").contains("t0k3n"));
     }
 
     #[test]

@@ -157,7 +157,7 @@ pub enum Event {
 }
 
 pub struct Inventory {
-    targets: Vec<Arc<Target>>,
+    targets: TargetSet,
     client: DdmClient,
     cache: PageCache,
     limits: Limits,
@@ -168,7 +168,7 @@ impl Inventory {
     pub fn new(targets: Vec<Target>, client: DdmClient, cache: PageCache, limits: Limits) -> Self {
         let upstream_slots = Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1)));
         Inventory {
-            targets: interleave_regions(targets),
+            targets: TargetSet::new(targets),
             client,
             cache,
             limits,
@@ -176,8 +176,18 @@ impl Inventory {
         }
     }
 
-    pub fn targets(&self) -> &[Arc<Target>] {
-        &self.targets
+    /// The targets now: configured ones and those discovered so far.
+    pub fn targets(&self) -> Arc<Vec<Arc<Target>>> {
+        self.targets.current()
+    }
+
+    /// Replaces what `credential` discovered; configured targets win over discovered ones.
+    pub fn set_discovered(&self, credential: &str, found: Vec<Target>) {
+        self.targets.set_discovered(credential, found);
+    }
+
+    pub fn client(&self) -> &DdmClient {
+        &self.client
     }
 
     pub fn cache(&self) -> &PageCache {
@@ -190,9 +200,10 @@ impl Inventory {
         project_ids: &[String],
         regions: &[String],
     ) -> Result<Vec<Arc<Target>>, InventoryError> {
+        let all = self.targets();
         let mut violations = Vec::new();
         for (i, id) in project_ids.iter().enumerate() {
-            if !self.targets.iter().any(|t| &*t.project_id == id) {
+            if !all.iter().any(|t| &*t.project_id == id) {
                 violations.push(FieldViolation::new(
                     format!("project_ids[{i}]"),
                     format!("no configured project has the id {id:?}"),
@@ -200,7 +211,7 @@ impl Inventory {
             }
         }
         for (i, region) in regions.iter().enumerate() {
-            if !self.targets.iter().any(|t| &t.region == region) {
+            if !all.iter().any(|t| &t.region == region) {
                 violations.push(FieldViolation::new(
                     format!("regions[{i}]"),
                     format!("no configured project is in the region {region:?}"),
@@ -210,8 +221,7 @@ impl Inventory {
         if !violations.is_empty() {
             return Err(InventoryError::InvalidRequest(violations));
         }
-        let selected: Vec<_> = self
-            .targets
+        let selected: Vec<_> = all
             .iter()
             .filter(|t| project_ids.is_empty() || project_ids.iter().any(|p| *p == *t.project_id))
             .filter(|t| regions.is_empty() || regions.contains(&t.region))
@@ -365,13 +375,53 @@ fn target_error(e: &DdmError) -> pb::TargetError {
     }
 }
 
+/// Configured targets and discovered ones, as one list that queries take snapshots of.
+struct TargetSet {
+    configured: Vec<Arc<Target>>,
+    discovered: std::sync::Mutex<std::collections::BTreeMap<String, Vec<Arc<Target>>>>,
+    current: std::sync::RwLock<Arc<Vec<Arc<Target>>>>,
+}
+
+impl TargetSet {
+    fn new(configured: Vec<Target>) -> Self {
+        let configured: Vec<_> = configured.into_iter().map(Arc::new).collect();
+        TargetSet {
+            current: std::sync::RwLock::new(Arc::new(interleave_regions(configured.clone()))),
+            configured,
+            discovered: Default::default(),
+        }
+    }
+
+    fn current(&self) -> Arc<Vec<Arc<Target>>> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn set_discovered(&self, credential: &str, found: Vec<Target>) {
+        let mut discovered = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
+        discovered.insert(
+            credential.to_owned(),
+            found.into_iter().map(Arc::new).collect(),
+        );
+        let mut all = self.configured.clone();
+        let mut seen: std::collections::HashSet<Arc<str>> =
+            all.iter().map(|t| Arc::clone(&t.project_id)).collect();
+        for t in discovered.values().flatten() {
+            if seen.insert(Arc::clone(&t.project_id)) {
+                all.push(Arc::clone(t));
+            }
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(interleave_regions(all));
+    }
+}
+
 /// Orders targets round-robin over regions, so no region is hammered first.
-fn interleave_regions(targets: Vec<Target>) -> Vec<Arc<Target>> {
+fn interleave_regions(targets: Vec<Arc<Target>>) -> Vec<Arc<Target>> {
     let mut regions: Vec<(String, Vec<Arc<Target>>)> = Vec::new();
     for t in targets {
         match regions.iter_mut().find(|(r, _)| *r == t.region) {
-            Some((_, list)) => list.push(Arc::new(t)),
-            None => regions.push((t.region.clone(), vec![Arc::new(t)])),
+            Some((_, list)) => list.push(t),
+            None => regions.push((t.region.clone(), vec![t])),
         }
     }
     let longest = regions.iter().map(|(_, l)| l.len()).max().unwrap_or(0);

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod config;
 pub mod ddm;
 pub mod demo;
+pub mod discovery;
 pub mod inventory;
 pub mod server;
 pub mod sim;

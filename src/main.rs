@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use backupgw::cache::PageCache;
 use backupgw::config::{DEFAULT_LISTEN, Settings};
-use backupgw::ddm::{ClientOptions, Credential, DdmClient};
+use backupgw::ddm::{ClientOptions, DdmClient};
 use backupgw::inventory::{Inventory, Limits};
 use backupgw::sim::{DataSet, DataSpec, SimOptions, Simulator};
 use backupgw::{demo, server};
@@ -100,12 +100,9 @@ impl DataArgs {
         }
     }
 
-    fn sim_options(&self, token: SecretString) -> SimOptions {
+    fn sim_options(&self) -> SimOptions {
         SimOptions {
-            auth: backupgw::sim::AuthOptions {
-                tokens: vec![token],
-                ..Default::default()
-            },
+            auth: backupgw::sim::AuthOptions::default(),
             latency: Duration::from_millis(self.latency_ms),
             jitter: Duration::from_millis(self.jitter_ms),
         }
@@ -141,19 +138,37 @@ async fn start_sim(
     token: &SecretString,
 ) -> Result<Simulator> {
     let set = DataSet::generate(&data.spec()).context("simulator data set")?;
-    Ok(Simulator::bind_from(set, data.sim_options(token.clone()), host, base_port).await?)
+    let options = SimOptions {
+        auth: backupgw::sim::AuthOptions {
+            tokens: vec![token.clone()],
+            ..Default::default()
+        },
+        ..data.sim_options()
+    };
+    Ok(Simulator::bind_from(set, options, host, base_port).await?)
 }
 
 async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
-    let token = SecretString::from(random_token());
-    let sim = start_sim(data, IpAddr::from([127, 0, 0, 1]), 0, &token).await?;
-    let credential = Arc::new(Credential::token("demo", token));
+    let credentials = demo::DemoCredentials::random();
+    let set = DataSet::generate(&data.spec()).context("simulator data set")?;
+    let options = SimOptions {
+        auth: credentials.sim_auth(),
+        ..data.sim_options()
+    };
+    let sim = Simulator::bind(set, options, IpAddr::from([127, 0, 0, 1])).await?;
+    let (targets, discoveries) = demo::demo_setup(&sim, &credentials);
     let inventory = Arc::new(Inventory::new(
-        demo::sim_targets(&sim, credential),
+        targets,
         DdmClient::new(ClientOptions::default())?,
         PageCache::new(Duration::from_secs(60), 64 << 20),
         Limits::default(),
     ));
+    let _discovery = backupgw::discovery::start(
+        Arc::clone(&inventory),
+        discoveries,
+        Duration::from_secs(600),
+    )
+    .await;
     let listener = TcpListener::bind(listen).await.with_context(|| {
         format!("cannot listen on {listen} (is another backupgw running? try --listen 127.0.0.1:0)")
     })?;
@@ -166,8 +181,25 @@ async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
         set.projects.iter().map(|p| p.backups.len()).sum::<usize>()
     );
     for (region, sim_addr) in sim.endpoints() {
-        println!("  simulator {region:<16} http://{sim_addr}");
+        println!("  simulator {region:<16} http://{sim_addr}  (DDM and IAM)");
     }
+    println!("  the simulator accepts (demo credentials, made up for this run):");
+    println!("    X-Auth-Token  {}", credentials.token);
+    println!(
+        "    IAM user      {} / {} in domain {}",
+        credentials.user, credentials.password, credentials.domain
+    );
+    println!(
+        "    AK/SK         {} / {}",
+        credentials.access_key, credentials.secret_key
+    );
+    let regions = &set.regions;
+    println!(
+        "  the gateway reaches {} by token, {} by IAM password, {} by AK/SK, and discovers the rest through IAM",
+        regions[0],
+        regions.get(1).map_or("-", String::as_str),
+        regions.get(2).map_or("-", String::as_str)
+    );
     println!("backupgw listening on {addr}");
     println!("\nTry:");
     println!("  grpcurl -plaintext {addr} list");
@@ -186,6 +218,7 @@ async fn run_serve(config: &std::path::Path, listen: Option<SocketAddr>) -> Resu
         .with_context(|| format!("invalid configuration {}", config.display()))?;
     let listen = listen.unwrap_or(settings.listen);
     let inventory = server::build_inventory(&settings)?;
+    let _discovery = server::start_discovery(&inventory, &settings).await;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

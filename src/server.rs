@@ -36,6 +36,24 @@ pub fn build_inventory(settings: &Settings) -> Result<Arc<Inventory>, DdmError> 
     )))
 }
 
+/// Runs the configured discoveries once, then keeps them fresh in the background.
+pub async fn start_discovery(
+    inventory: &Arc<Inventory>,
+    settings: &Settings,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if settings.discoveries.is_empty() {
+        return None;
+    }
+    Some(
+        crate::discovery::start(
+            Arc::clone(inventory),
+            settings.discoveries.clone(),
+            settings.discovery_interval,
+        )
+        .await,
+    )
+}
+
 /// Serves the API on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,

@@ -92,6 +92,9 @@ pub(super) struct AuthState {
     /// Tokens issued per scope (project id, or "" for domain tokens).
     issued: Mutex<HashMap<String, u64>>,
     keys: Mutex<HashMap<String, KeyState>>,
+    /// Every token issued and signature received, so tests can look for them where they must
+    /// not be (logs, errors).
+    seen: Mutex<Vec<String>>,
 }
 
 /// What identifies the caller of one request.
@@ -154,6 +157,10 @@ impl AuthState {
         lock(&self.issued).get(scope).copied().unwrap_or(0)
     }
 
+    pub fn secrets_seen(&self) -> Vec<String> {
+        lock(&self.seen).clone()
+    }
+
     /// Makes every IAM token issued so far expired.
     pub fn expire_tokens(&self) {
         let now = Instant::now();
@@ -211,6 +218,7 @@ impl AuthState {
         let Some(parts) = sign::parse_authorization(authorization) else {
             return Err(Rejection::incorrect("verify aksk signature fail"));
         };
+        lock(&self.seen).push(parts.signature.to_owned());
         let Some(key) = options
             .keys
             .iter()

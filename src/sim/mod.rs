@@ -211,6 +211,11 @@ impl Simulator {
         self.state.auth.tokens_issued(scope)
     }
 
+    /// Every IAM token issued and every signature received so far.
+    pub fn secrets_seen(&self) -> Vec<String> {
+        self.state.auth.secrets_seen()
+    }
+
     /// Makes every IAM token issued so far expired, as if a day had passed.
     pub fn expire_tokens(&self) {
         self.state.auth.expire_tokens();

@@ -1,0 +1,151 @@
+//! Target discovery: a credential that says "all my projects" has them listed through IAM, each
+//! project placed in the region its name says (`cn-north-4_payments` → `cn-north-4`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::default_endpoint;
+use crate::ddm::{Credential, DdmError};
+use crate::inventory::{Inventory, Target, TargetSource};
+
+/// Which projects of a credential become targets.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    pub credential: Arc<Credential>,
+    /// Region patterns to keep (`*` matches any run of characters).
+    pub regions: Vec<String>,
+    /// Endpoint overrides by region; other regions use DDM's public endpoint.
+    pub endpoints: BTreeMap<String, String>,
+}
+
+/// `cn-*` matches `cn-north-4`. Only `*` is special.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(i) => rest = &rest[i + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The region a project lives in: its name up to the first `_`.
+pub fn region_of(project_name: &str) -> &str {
+    project_name.split('_').next().unwrap_or(project_name)
+}
+
+impl Discovery {
+    /// Lists the credential's projects and turns the ones in wanted regions into targets.
+    pub async fn targets(&self, http: &reqwest::Client) -> Result<Vec<Target>, DdmError> {
+        let projects = self.credential.list_projects(http).await?;
+        let mut targets = Vec::new();
+        for p in projects {
+            // MOS is the object store's built-in project, not a region.
+            if !p.enabled || p.name == "MOS" || !crate::config::is_project_id(&p.id) {
+                continue;
+            }
+            let region = region_of(&p.name);
+            if !self
+                .regions
+                .iter()
+                .any(|pattern| glob_match(pattern, region))
+            {
+                continue;
+            }
+            let Some(endpoint) = self
+                .endpoints
+                .get(region)
+                .cloned()
+                .or_else(|| default_endpoint(region))
+            else {
+                tracing::warn!(project = %p.id, region, "discovered a project in a region without a known endpoint; skipped");
+                continue;
+            };
+            targets.push(Target {
+                project_id: p.id.as_str().into(),
+                project_name: p.name.clone(),
+                region: region.to_owned(),
+                endpoint: endpoint.into(),
+                credential: Arc::clone(&self.credential),
+                source: TargetSource::Discovered,
+            });
+        }
+        Ok(targets)
+    }
+
+    /// Discovers once and updates the inventory; a failure keeps the previous list.
+    pub async fn refresh(&self, inventory: &Inventory) -> Result<usize, DdmError> {
+        let http = inventory.client().http().clone();
+        match self.targets(&http).await {
+            Ok(found) => {
+                let n = found.len();
+                inventory.set_discovered(self.credential.name(), found);
+                tracing::info!(
+                    credential = self.credential.name(),
+                    targets = n,
+                    "discovered targets"
+                );
+                Ok(n)
+            }
+            Err(e) => {
+                tracing::warn!(credential = self.credential.name(), error = %e, "discovery failed; keeping the previous targets");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Runs every discovery once now, then again every `interval` in the background.
+pub async fn start(
+    inventory: Arc<Inventory>,
+    discoveries: Vec<Discovery>,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
+    for d in &discoveries {
+        let _ = d.refresh(&inventory).await;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is now: done above
+        loop {
+            tick.tick().await;
+            for d in &discoveries {
+                let _ = d.refresh(&inventory).await;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("cn-*", "cn-north-4"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("cn-north-4", "cn-north-4"));
+        assert!(glob_match("*-north-*", "cn-north-4"));
+        assert!(!glob_match("cn-*", "ap-southeast-1"));
+        assert!(!glob_match("cn-north-4", "cn-north-40"));
+        assert!(!glob_match("a*b*c", "ab"));
+    }
+
+    #[test]
+    fn regions_from_names() {
+        assert_eq!(region_of("cn-north-4"), "cn-north-4");
+        assert_eq!(region_of("cn-north-4_payments"), "cn-north-4");
+        assert_eq!(region_of("cn-north-4_a_b"), "cn-north-4");
+    }
+}
