@@ -13,7 +13,6 @@ use backupgw::inventory::{Inventory, Limits};
 use backupgw::sim::{DataSet, DataSpec, SimOptions, Simulator};
 use backupgw::{demo, server};
 use clap::{Args, Parser, Subcommand};
-use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
 /// One gRPC endpoint for every Huawei Cloud DDM backup, in every project and region.
@@ -80,9 +79,27 @@ struct SimArgs {
     /// Region i listens on base-port + i (0: ephemeral ports).
     #[arg(long, default_value_t = 0)]
     base_port: u16,
-    /// The token the simulator accepts in X-Auth-Token (random when unset).
+    /// The static token accepted in X-Auth-Token (random when unset).
     #[arg(long, env = "BACKUPGW_SIM_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The IAM user's domain.
+    #[arg(long, default_value = "demo-domain")]
+    iam_domain: String,
+    /// The IAM user's name.
+    #[arg(long, default_value = "demo-reader")]
+    iam_user: String,
+    /// The IAM user's password (random when unset).
+    #[arg(long, env = "BACKUPGW_SIM_PASSWORD", hide_env_values = true)]
+    iam_password: Option<String>,
+    /// The access key accepted for AK/SK signing (random when unset).
+    #[arg(long, env = "BACKUPGW_SIM_ACCESS_KEY")]
+    access_key: Option<String>,
+    /// Its secret key (random when unset).
+    #[arg(long, env = "BACKUPGW_SIM_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// How long IAM tokens live.
+    #[arg(long, default_value_t = 86_400)]
+    token_lifetime_seconds: u64,
     /// Writes a gateway configuration for this simulator to FILE (and its token to FILE.token).
     #[arg(long)]
     write_config: Option<PathBuf>,
@@ -125,27 +142,6 @@ async fn main() -> Result<()> {
         Some(Command::Serve { config, listen }) => run_serve(&config, listen).await,
         Some(Command::Sim(args)) => run_sim(args).await,
     }
-}
-
-fn random_token() -> String {
-    format!("sim-{:032x}", fastrand::u128(..))
-}
-
-async fn start_sim(
-    data: &DataArgs,
-    host: IpAddr,
-    base_port: u16,
-    token: &SecretString,
-) -> Result<Simulator> {
-    let set = DataSet::generate(&data.spec()).context("simulator data set")?;
-    let options = SimOptions {
-        auth: backupgw::sim::AuthOptions {
-            tokens: vec![token.clone()],
-            ..Default::default()
-        },
-        ..data.sim_options()
-    };
-    Ok(Simulator::bind_from(set, options, host, base_port).await?)
 }
 
 async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
@@ -230,11 +226,31 @@ async fn run_serve(config: &std::path::Path, listen: Option<SocketAddr>) -> Resu
 }
 
 async fn run_sim(args: SimArgs) -> Result<()> {
-    let token = SecretString::from(args.token.clone().unwrap_or_else(random_token));
-    let sim = start_sim(&args.data, args.host, args.base_port, &token).await?;
+    // Whatever is not given is made up, and printed below.
+    let random = demo::DemoCredentials::random();
+    let credentials = demo::DemoCredentials {
+        token: args.token.clone().unwrap_or(random.token),
+        domain: args.iam_domain.clone(),
+        user: args.iam_user.clone(),
+        password: args.iam_password.clone().unwrap_or(random.password),
+        access_key: args.access_key.clone().unwrap_or(random.access_key),
+        secret_key: args.secret_key.clone().unwrap_or(random.secret_key),
+    };
+    if args.token_lifetime_seconds == 0 {
+        anyhow::bail!("--token-lifetime-seconds must be at least 1");
+    }
+    let set = DataSet::generate(&args.data.spec()).context("simulator data set")?;
+    let options = SimOptions {
+        auth: backupgw::sim::AuthOptions {
+            token_lifetime: Duration::from_secs(args.token_lifetime_seconds),
+            ..credentials.sim_auth()
+        },
+        ..args.data.sim_options()
+    };
+    let sim = Simulator::bind_from(set, options, args.host, args.base_port).await?;
     if let Some(path) = &args.write_config {
         let token_path = PathBuf::from(format!("{}.token", path.display()));
-        write_private(&token_path, token.expose_secret())?;
+        write_private(&token_path, &credentials.token)?;
         let text = demo::sim_config_toml(&sim, DEFAULT_LISTEN, &std::path::absolute(&token_path)?);
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
@@ -246,10 +262,22 @@ async fn run_sim(args: SimArgs) -> Result<()> {
         set.projects.iter().map(|p| p.backups.len()).sum::<usize>()
     );
     if args.token.is_none() {
-        println!("  accepted X-Auth-Token: {}", token.expose_secret());
+        println!("  X-Auth-Token  {}", credentials.token);
+    }
+    if args.iam_password.is_none() {
+        println!(
+            "  IAM user      {} / {} in domain {}",
+            credentials.user, credentials.password, credentials.domain
+        );
+    }
+    if args.access_key.is_none() || args.secret_key.is_none() {
+        println!(
+            "  AK/SK         {} / {}",
+            credentials.access_key, credentials.secret_key
+        );
     }
     for (region, addr) in sim.endpoints() {
-        println!("  {region:<16} http://{addr}");
+        println!("  {region:<16} http://{addr}  (DDM and IAM)");
     }
     println!("sim ready");
     shutdown_signal().await;

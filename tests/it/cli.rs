@@ -66,8 +66,10 @@ async fn serve_reads_the_configuration_the_simulator_writes() {
     );
     let written = std::fs::read_to_string(config).unwrap();
     assert!(written.contains("token_file"), "{written}");
+    let token = std::fs::read_to_string(format!("{config}.token")).unwrap();
+    assert!(token.len() > 16);
     assert!(
-        !written.contains("sim-"),
+        !written.contains(&token),
         "the token is not written into the configuration"
     );
     let (_gw, addr) = spawn_until(
