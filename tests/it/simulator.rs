@@ -138,3 +138,99 @@ async fn pushdown_filters_match_as_documented() {
         "backup_name matches a substring"
     );
 }
+
+#[tokio::test]
+async fn iam_issues_project_tokens_by_name_and_lists_projects() {
+    let options = backupgw::sim::SimOptions {
+        auth: backupgw::sim::AuthOptions {
+            users: vec![backupgw::sim::SimUser {
+                domain: "acme".into(),
+                name: "bob".into(),
+                password: secrecy::SecretString::from("pw"),
+            }],
+            ..backupgw::sim::AuthOptions::default()
+        },
+        ..backupgw::sim::SimOptions::default()
+    };
+    let sim = start_sim(
+        &DataSpec {
+            regions: 2,
+            projects_per_region: 2,
+            ..DataSpec::default()
+        },
+        options,
+    )
+    .await;
+    let p = &sim.data().projects[1];
+    let base = sim.endpoint(&p.region).unwrap();
+    let http = reqwest::Client::new();
+    let ask = |password: &str, scope: Value| {
+        let body = serde_json::json!({"auth": {"identity": {"methods": ["password"],
+            "password": {"user": {"name": "bob", "password": password, "domain": {"name": "acme"}}}},
+            "scope": scope}});
+        http.post(format!("{base}/v3/auth/tokens?nocatalog=true"))
+            .body(body.to_string())
+            .send()
+    };
+    let wrong = ask("nope", serde_json::json!({"project": {"name": p.name}}))
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let ok = ask("pw", serde_json::json!({"project": {"name": p.name}}))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 201);
+    let token = ok.headers()["x-subject-token"].to_str().unwrap().to_owned();
+    let body: Value = serde_json::from_slice(&ok.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["token"]["project"]["id"], p.id.as_str());
+    assert!(
+        body["token"]["expires_at"]
+            .as_str()
+            .unwrap()
+            .ends_with(".000000Z")
+    );
+    assert_eq!(sim.tokens_issued(&p.id), 1);
+
+    let (status, _, _) = get(&format!("{base}/v3/{}/backups", p.id), Some(&token)).await;
+    assert_eq!(status, 200);
+    // Scoped to one project: refused for another.
+    let other = &sim.data().projects[0];
+    let (status, _, body) = get(&format!("{base}/v3/{}/backups", other.id), Some(&token)).await;
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (401, Some("APIGW.0301"))
+    );
+    sim.expire_tokens();
+    let (status, _, body) = get(&format!("{base}/v3/{}/backups", p.id), Some(&token)).await;
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (401, Some("APIGW.0307"))
+    );
+
+    let fresh = ask("pw", serde_json::json!({"domain": {"name": "acme"}}))
+        .await
+        .unwrap();
+    let token = fresh.headers()["x-subject-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (status, _, all) = get(&format!("{base}/v3/auth/projects"), Some(&token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        all["projects"].as_array().unwrap().len(),
+        5,
+        "4 projects and MOS"
+    );
+    let (_, _, mos) = get(&format!("{base}/v3/projects?name=MOS"), Some(&token)).await;
+    assert_eq!(mos["projects"].as_array().unwrap().len(), 1);
+    let (_, _, paged) = get(
+        &format!("{base}/v3/projects?per_page=2&page=3"),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(paged["projects"].as_array().unwrap().len(), 1);
+    let (status, _, _) = get(&format!("{base}/v3/projects?per_page=0"), Some(&token)).await;
+    assert_eq!(status, 400);
+    let (status, _, _) = get(&format!("{base}/v3/auth/projects"), None).await;
+    assert_eq!(status, 401);
+}
