@@ -10,6 +10,7 @@ pub mod ddm;
 pub mod demo;
 pub mod discovery;
 pub mod inventory;
+pub mod rate;
 pub mod server;
 pub mod sim;
 

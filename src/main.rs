@@ -67,6 +67,9 @@ struct DataArgs {
     /// Up to this many more milliseconds, at random.
     #[arg(long, default_value_t = 0)]
     jitter_ms: u64,
+    /// Faults to inject, per region or project (a TOML file; see README).
+    #[arg(long)]
+    faults: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -117,12 +120,22 @@ impl DataArgs {
         }
     }
 
-    fn sim_options(&self) -> SimOptions {
-        SimOptions {
+    fn sim_options(&self) -> Result<SimOptions> {
+        let faults = match &self.faults {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid faults file {}", path.display()))?
+            }
+            None => Default::default(),
+        };
+        Ok(SimOptions {
             auth: backupgw::sim::AuthOptions::default(),
             latency: Duration::from_millis(self.latency_ms),
             jitter: Duration::from_millis(self.jitter_ms),
-        }
+            faults,
+        })
     }
 }
 
@@ -149,7 +162,7 @@ async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
     let set = DataSet::generate(&data.spec()).context("simulator data set")?;
     let options = SimOptions {
         auth: credentials.sim_auth(),
-        ..data.sim_options()
+        ..data.sim_options()?
     };
     let sim = Simulator::bind(set, options, IpAddr::from([127, 0, 0, 1])).await?;
     let (targets, discoveries) = demo::demo_setup(&sim, &credentials);
@@ -245,7 +258,7 @@ async fn run_sim(args: SimArgs) -> Result<()> {
             token_lifetime: Duration::from_secs(args.token_lifetime_seconds),
             ..credentials.sim_auth()
         },
-        ..args.data.sim_options()
+        ..args.data.sim_options()?
     };
     let sim = Simulator::bind_from(set, options, args.host, args.base_port).await?;
     if let Some(path) = &args.write_config {

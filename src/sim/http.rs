@@ -15,7 +15,8 @@ use serde_json::json;
 
 use super::SimState;
 use super::auth::{Caller, Rejection, RequestParts};
-use crate::ddm::model::PageBody;
+use super::data::SimProject;
+use super::faults::{self, ddm_error, gateway_error};
 
 #[derive(Clone)]
 pub(super) struct RegionState {
@@ -74,21 +75,6 @@ async fn stats(State(state): State<RegionState>) -> Response {
     axum::Json(state.shared.stats_snapshot()).into_response()
 }
 
-/// An API gateway error (`APIGW.*`): these carry the request id in the body too.
-fn gateway_error(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response {
-    let body = json!({"error_msg": message, "error_code": code, "request_id": request_id});
-    (status, axum::Json(body)).into_response()
-}
-
-/// A DDM error (`DBS.*`).
-fn ddm_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        axum::Json(json!({"error_code": code, "error_msg": message})),
-    )
-        .into_response()
-}
-
 async fn not_found(request: Request) -> Response {
     let id = request
         .extensions()
@@ -108,12 +94,12 @@ fn parameter_error() -> Response {
 }
 
 #[derive(Default)]
-struct ListParams {
-    offset: u64,
-    limit: u64,
-    instance_id: Option<String>,
-    instance_name: Option<String>,
-    backup_name: Option<String>,
+pub(super) struct ListParams {
+    pub offset: u64,
+    pub limit: u64,
+    pub instance_id: Option<String>,
+    pub instance_name: Option<String>,
+    pub backup_name: Option<String>,
 }
 
 fn parse_params(raw: Option<&str>) -> Option<ListParams> {
@@ -152,7 +138,21 @@ async fn list_backups(
 ) -> Response {
     let shared = &state.shared;
     shared.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-    shared.options.delay().await;
+    let (scope, faults) = shared
+        .options
+        .faults
+        .for_project(&state.region, &project_id);
+    let wait = shared.options.latency(faults);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    // The API gateway throttles before anything else.
+    if let Some(rps) = faults.throttle_rps
+        && !shared.bucket(scope, rps, faults.throttle_burst).try_take()
+    {
+        shared.stats.throttled.fetch_add(1, Ordering::Relaxed);
+        return faults.throttled(&request_id);
+    }
 
     let request = RequestParts {
         method: &method,
@@ -164,40 +164,7 @@ async fn list_backups(
         Ok(c) => c,
         Err(r) => return rejected(r, &request_id),
     };
-    match caller {
-        Caller::Static => {}
-        Caller::Token { scope } if scope.as_deref() == Some(project_id.as_str()) => {}
-        Caller::Token { .. } => {
-            return rejected(
-                Rejection {
-                    status: 401,
-                    code: "APIGW.0301",
-                    message: "Incorrect IAM authentication information: the token is not scoped to this project".into(),
-                },
-                &request_id,
-            );
-        }
-        Caller::AccessKey => {
-            // X-Project-Id names the project the signature is for; sub-projects need it.
-            let header = headers.get("x-project-id").and_then(|v| v.to_str().ok());
-            let sub_project = shared
-                .data
-                .project(&project_id)
-                .is_some_and(|p| p.name.contains('_'));
-            if header.is_some_and(|h| h != project_id) || (header.is_none() && sub_project) {
-                return rejected(
-                    Rejection {
-                        status: 401,
-                        code: "APIGW.0301",
-                        message: "Incorrect IAM authentication information: X-Project-Id does not match the project".into(),
-                    },
-                    &request_id,
-                );
-            }
-        }
-    }
-
-    let Some(project) = shared.data.project(&project_id) else {
+    let Some(index) = shared.data.project_index(&project_id) else {
         return gateway_error(
             StatusCode::FORBIDDEN,
             "APIGW.0310",
@@ -205,6 +172,10 @@ async fn list_backups(
             &request_id,
         );
     };
+    let project = &shared.data.projects[index];
+    if let Err(r) = check_caller(caller, project, &headers) {
+        return rejected(r, &request_id);
+    }
     if project.region != state.region {
         let message = format!(
             "The project is unavailable: project {project_id} is not in region {}",
@@ -216,39 +187,53 @@ async fn list_backups(
         return parameter_error();
     };
 
-    // Pushdown: instance_id and instance_name match exactly, backup_name matches a substring.
-    let matching = project.backups.iter().filter(|b| {
-        let instance = &project.instances[b.instance as usize];
-        params
-            .instance_id
-            .as_ref()
-            .is_none_or(|id| *id == instance.id)
-            && params
-                .instance_name
-                .as_ref()
-                .is_none_or(|n| *n == instance.name)
-            && params.backup_name.as_ref().is_none_or(|n| {
-                project
-                    .render(b)
-                    .name
-                    .is_some_and(|name| name.contains(n.as_str()))
-            })
-    });
-    let mut total = 0u64;
-    let mut backups = Vec::new();
-    for (index, b) in matching.enumerate() {
-        total += 1;
-        if index as u64 >= params.offset && (backups.len() as u64) < params.limit {
-            backups.push(project.render(b));
+    let n = shared.project_requests[index].fetch_add(1, Ordering::Relaxed);
+    let failure = faults.fails(n);
+    if failure.is_some() {
+        shared.stats.faults.fetch_add(1, Ordering::Relaxed);
+    }
+    let page = shared.page(index, faults, &params);
+    match failure {
+        Some(kind) => {
+            faults::fail(
+                kind,
+                faults,
+                || serde_json::to_value(&page).unwrap_or_default(),
+                &request_id,
+            )
+            .await
+        }
+        None => axum::Json(page).into_response(),
+    }
+}
+
+/// Whether this caller may read this project.
+fn check_caller(
+    caller: Caller,
+    project: &SimProject,
+    headers: &HeaderMap,
+) -> Result<(), Rejection> {
+    let refuse = |detail: &str| Rejection {
+        status: 401,
+        code: "APIGW.0301",
+        message: format!("Incorrect IAM authentication information: {detail}"),
+    };
+    match caller {
+        Caller::Static => Ok(()),
+        Caller::Token { scope } if scope.as_deref() == Some(project.id.as_str()) => Ok(()),
+        Caller::Token { .. } => Err(refuse("the token is not scoped to this project")),
+        Caller::AccessKey => {
+            // X-Project-Id names the project the signature is for; sub-projects need it.
+            let header = headers.get("x-project-id").and_then(|v| v.to_str().ok());
+            if header.is_some_and(|h| h != project.id)
+                || (header.is_none() && project.name.contains('_'))
+            {
+                Err(refuse("X-Project-Id does not match the project"))
+            } else {
+                Ok(())
+            }
         }
     }
-    let body = PageBody {
-        backups,
-        total,
-        offset: params.offset,
-        limit: params.limit,
-    };
-    axum::Json(body).into_response()
 }
 
 /// IAM's error body.

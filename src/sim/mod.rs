@@ -4,19 +4,25 @@
 
 pub mod auth;
 pub mod data;
+pub mod faults;
 mod http;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::ddm::model::PageBody;
+use crate::rate::TokenBucket;
+
 pub use auth::{AuthOptions, SimKey, SimUser};
 pub use data::{DataSet, DataSpec};
+pub use faults::{FailWith, FaultPlan, Faults};
 
 /// How the simulator behaves, beyond its data.
 #[derive(Clone, Default)]
@@ -27,6 +33,8 @@ pub struct SimOptions {
     pub latency: Duration,
     /// Up to this much more, uniformly at random.
     pub jitter: Duration,
+    /// What goes wrong, where.
+    pub faults: FaultPlan,
 }
 
 impl std::fmt::Debug for SimOptions {
@@ -36,19 +44,19 @@ impl std::fmt::Debug for SimOptions {
             .field("keys", &self.auth.keys.len())
             .field("latency", &self.latency)
             .field("jitter", &self.jitter)
+            .field("faults", &self.faults)
             .finish()
     }
 }
 
 impl SimOptions {
-    async fn delay(&self) {
-        let mut wait = self.latency;
+    /// The wait before answering a ListBackups request.
+    fn latency(&self, faults: &Faults) -> Duration {
+        let mut wait = self.latency + faults.extra_latency();
         if !self.jitter.is_zero() {
             wait += self.jitter.mul_f64(fastrand::f64());
         }
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
+        wait
     }
 }
 
@@ -57,6 +65,8 @@ struct SimStats {
     requests: AtomicU64,
     list_requests: AtomicU64,
     in_flight: AtomicI64,
+    throttled: AtomicU64,
+    faults: AtomicU64,
 }
 
 /// What the simulator has served so far (also at `GET /_sim/stats` on every listener).
@@ -68,6 +78,10 @@ pub struct SimStatsSnapshot {
     pub list_requests: u64,
     /// Requests being answered now.
     pub in_flight: i64,
+    /// 429s sent by the throttle.
+    pub throttled: u64,
+    /// Requests answered with an injected fault.
+    pub faults: u64,
 }
 
 struct SimState {
@@ -75,6 +89,12 @@ struct SimState {
     options: SimOptions,
     stats: SimStats,
     auth: auth::AuthState,
+    /// ListBackups requests per project (by index), for `fail_count`.
+    project_requests: Vec<AtomicU64>,
+    /// A project's backups once churn has changed them (newest first); `None`: as generated.
+    live: Vec<Mutex<Option<Vec<data::SimBackup>>>>,
+    /// Throttles by scope ("all", a region or a project id).
+    buckets: Mutex<HashMap<String, Arc<TokenBucket>>>,
 }
 
 impl SimState {
@@ -83,7 +103,88 @@ impl SimState {
             requests: self.stats.requests.load(Ordering::Relaxed),
             list_requests: self.stats.list_requests.load(Ordering::Relaxed),
             in_flight: self.stats.in_flight.load(Ordering::Relaxed),
+            throttled: self.stats.throttled.load(Ordering::Relaxed),
+            faults: self.stats.faults.load(Ordering::Relaxed),
         }
+    }
+
+    fn bucket(&self, scope: &str, rps: f64, burst: u32) -> Arc<TokenBucket> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(
+            buckets
+                .entry(scope.to_owned())
+                .or_insert_with(|| Arc::new(TokenBucket::new(rps, burst))),
+        )
+    }
+
+    /// One page of a project's backups as they are now, after this request's churn.
+    fn page(&self, index: usize, faults: &Faults, params: &http::ListParams) -> PageBody {
+        let project = &self.data.projects[index];
+        let mut live = self.live[index].lock().unwrap_or_else(|e| e.into_inner());
+        if faults.churn_add > 0 || faults.churn_expire > 0 {
+            let backups = live.get_or_insert_with(|| project.backups.clone());
+            churn(project, backups, faults);
+        }
+        let backups: &[data::SimBackup] = live.as_deref().unwrap_or(&project.backups);
+        // Pushdown: instance_id and instance_name match exactly, backup_name matches a substring.
+        let matching = backups.iter().filter(|b| {
+            let instance = &project.instances[b.instance as usize];
+            params
+                .instance_id
+                .as_ref()
+                .is_none_or(|id| *id == instance.id)
+                && params
+                    .instance_name
+                    .as_ref()
+                    .is_none_or(|n| *n == instance.name)
+                && params.backup_name.as_ref().is_none_or(|n| {
+                    project
+                        .render(b)
+                        .name
+                        .is_some_and(|name| name.contains(n.as_str()))
+                })
+        });
+        let mut total = 0u64;
+        let mut page = Vec::new();
+        for (i, b) in matching.enumerate() {
+            total += 1;
+            if i as u64 >= params.offset && (page.len() as u64) < params.limit {
+                page.push(project.render(b));
+            }
+        }
+        PageBody {
+            backups: page,
+            total,
+            offset: params.offset,
+            limit: params.limit,
+        }
+    }
+}
+
+/// New backups appear at the front, the oldest expire at the end.
+fn churn(project: &data::SimProject, backups: &mut Vec<data::SimBackup>, faults: &Faults) {
+    let newest = backups
+        .first()
+        .map_or(project.backups.first().map_or(0, |b| b.created), |b| {
+            b.created
+        });
+    for k in 0..faults.churn_add {
+        let created = newest + 60 * i64::from(k + 1);
+        let instances = project.instances.len().max(1) as u32;
+        backups.insert(
+            0,
+            data::SimBackup {
+                id: fastrand::u128(..),
+                instance: fastrand::u32(..instances),
+                kind: data::BackupKind::Metadata,
+                created,
+                updated: created + 10,
+                size_kb: 4.0,
+            },
+        );
+    }
+    for _ in 0..faults.churn_expire {
+        backups.pop();
     }
 }
 
@@ -119,11 +220,15 @@ impl Simulator {
             });
         }
         let regions = data.regions.clone();
+        let data_len = data.projects.len();
         let state = Arc::new(SimState {
             data,
             options,
             stats: SimStats::default(),
             auth: auth::AuthState::default(),
+            project_requests: (0..data_len).map(|_| AtomicU64::new(0)).collect(),
+            live: (0..data_len).map(|_| Mutex::new(None)).collect(),
+            buckets: Mutex::default(),
         });
         let mut endpoints = Vec::new();
         let mut tasks = Vec::new();
@@ -204,6 +309,22 @@ impl Simulator {
 
     pub fn stats(&self) -> SimStatsSnapshot {
         self.state.stats_snapshot()
+    }
+
+    /// The ids of a project's backups as they are now (churn included), newest first.
+    pub fn current_backup_ids(&self, project_id: &str) -> Vec<String> {
+        let Some(index) = self.state.data.project_index(project_id) else {
+            return Vec::new();
+        };
+        let project = &self.state.data.projects[index];
+        let live = self.state.live[index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        live.as_deref()
+            .unwrap_or(&project.backups)
+            .iter()
+            .map(data::SimProject::backup_id)
+            .collect()
     }
 
     /// IAM tokens issued for a project (`""`: domain-scoped tokens).
