@@ -41,7 +41,7 @@ enum Command {
         listen: Option<SocketAddr>,
     },
     /// Runs the DDM simulator alone, one listener per region.
-    Sim(SimArgs),
+    Sim(Box<SimArgs>),
 }
 
 #[derive(Args, Clone)]
@@ -153,7 +153,7 @@ async fn main() -> Result<()> {
     match cli.command {
         None => run_demo(cli.listen, &cli.data).await,
         Some(Command::Serve { config, listen }) => run_serve(&config, listen).await,
-        Some(Command::Sim(args)) => run_sim(args).await,
+        Some(Command::Sim(args)) => run_sim(*args).await,
     }
 }
 
