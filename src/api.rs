@@ -88,13 +88,21 @@ impl BackupGateway for Gateway {
             .map_err(|e| status_of(&e))?;
         let targets = targets
             .iter()
-            .map(|t| pb::Target {
-                project_id: t.project_id.to_string(),
-                project_name: t.project_name.clone(),
-                region: t.region.clone(),
-                endpoint: t.endpoint.to_string(),
-                credential: t.credential.name().to_owned(),
-                source: t.source.as_str().to_owned(),
+            .map(|t| {
+                let health = self.inventory.health(&t.project_id);
+                let last_error = health.last_error();
+                pb::Target {
+                    project_id: t.project_id.to_string(),
+                    project_name: t.project_name.clone(),
+                    region: t.region.clone(),
+                    endpoint: t.endpoint.to_string(),
+                    credential: t.credential.name().to_owned(),
+                    source: t.source.as_str().to_owned(),
+                    last_success: health.last_success().map(Into::into),
+                    last_error_at: last_error.as_ref().map(|(at, _)| (*at).into()),
+                    last_error: last_error.map(|(_, e)| e),
+                    backoff_until: health.backoff_until().map(Into::into),
+                }
             })
             .collect();
         Ok(Response::new(pb::ListTargetsResponse { targets }))

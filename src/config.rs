@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::ddm::auth::{AccessKey, DEFAULT_IAM_ENDPOINT, IamPassword};
 use crate::ddm::{ClientOptions, Credential, CredentialKind, RetryPolicy};
 use crate::discovery::Discovery;
-use crate::inventory::{Limits, Target, TargetSource};
+use crate::inventory::{Limits, RegionLimits, Target, TargetSource};
 
 /// DDM's public endpoints (the official SDK's region table).
 pub fn default_endpoint(region: &str) -> Option<String> {
@@ -123,6 +123,10 @@ struct RawLimits {
     retry_max_delay_ms: u64,
     throttle_delay_ms: u64,
     max_body_bytes: usize,
+    /// Defaults for every region (a [regions.X] entry may say otherwise).
+    region_max_concurrent_requests: Option<usize>,
+    region_requests_per_second: Option<f64>,
+    region_burst: u32,
 }
 
 impl Default for RawLimits {
@@ -139,6 +143,9 @@ impl Default for RawLimits {
             retry_max_delay_ms: client.retry.max_delay.as_millis() as u64,
             throttle_delay_ms: client.retry.throttle_delay.as_millis() as u64,
             max_body_bytes: client.max_body_bytes,
+            region_max_concurrent_requests: None,
+            region_requests_per_second: None,
+            region_burst: 10,
         }
     }
 }
@@ -147,6 +154,9 @@ impl Default for RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawRegion {
     endpoint: Option<String>,
+    max_concurrent_requests: Option<usize>,
+    requests_per_second: Option<f64>,
+    burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,10 +258,18 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Settings, ConfigError> {
             return Err(ConfigError::new(key, "must be at least 1"));
         }
     }
-    let limits = Limits {
+    let region_default = region_limits(
+        "limits.region_",
+        l.region_max_concurrent_requests,
+        l.region_requests_per_second,
+        Some(l.region_burst),
+        &RegionLimits::default(),
+    )?;
+    let mut limits = Limits {
         max_concurrent_requests: l.max_concurrent_requests,
         max_concurrent_targets: l.max_concurrent_targets,
         max_pages_per_target: l.max_pages_per_target,
+        region: region_default.clone(),
         ..Limits::default()
     };
     let client = ClientOptions {
@@ -275,6 +293,16 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Settings, ConfigError> {
             })?,
         };
         endpoints.insert(region.clone(), endpoint);
+        let own = region_limits(
+            &format!("{key}."),
+            r.max_concurrent_requests,
+            r.requests_per_second,
+            r.burst,
+            &region_default,
+        )?;
+        if own != region_default {
+            limits.regions.insert(region.clone(), own);
+        }
     }
 
     let mut credentials = BTreeMap::new();
@@ -374,6 +402,41 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Settings, ConfigError> {
         targets,
         discoveries,
         discovery_interval: Duration::from_secs(raw.discovery.interval_seconds),
+    })
+}
+
+/// A region's limits: its own values where given, else the defaults.
+fn region_limits(
+    prefix: &str,
+    max_concurrent_requests: Option<usize>,
+    requests_per_second: Option<f64>,
+    burst: Option<u32>,
+    defaults: &RegionLimits,
+) -> Result<RegionLimits, ConfigError> {
+    if max_concurrent_requests == Some(0) {
+        return Err(ConfigError::new(
+            format!("{prefix}max_concurrent_requests"),
+            "must be at least 1",
+        ));
+    }
+    if let Some(rps) = requests_per_second
+        && !(rps.is_finite() && rps > 0.0)
+    {
+        return Err(ConfigError::new(
+            format!("{prefix}requests_per_second"),
+            "must be a positive number",
+        ));
+    }
+    if burst == Some(0) {
+        return Err(ConfigError::new(
+            format!("{prefix}burst"),
+            "must be at least 1",
+        ));
+    }
+    Ok(RegionLimits {
+        max_concurrent_requests: max_concurrent_requests.or(defaults.max_concurrent_requests),
+        requests_per_second: requests_per_second.or(defaults.requests_per_second),
+        burst: burst.unwrap_or(defaults.burst.max(1)),
     })
 }
 
@@ -655,6 +718,40 @@ credential = "ops"
             "configured regions by default"
         );
         assert!(!format!("{s:?}").contains("t0k3n"));
+    }
+
+    #[test]
+    fn region_limits_default_and_override() {
+        unsafe { std::env::set_var("BACKUPGW_TEST_CONFIG_TOKEN", "t0k3n") };
+        let text = format!(
+            "[limits]\nregion_requests_per_second = 20.0\nregion_max_concurrent_requests = 8\n[regions.cn-north-4]\nrequests_per_second = 5.0\nburst = 2\n{}",
+            with_project("")
+        );
+        let s = parse(&text).unwrap();
+        assert_eq!(
+            s.limits.region,
+            RegionLimits {
+                max_concurrent_requests: Some(8),
+                requests_per_second: Some(20.0),
+                burst: 10
+            }
+        );
+        assert_eq!(
+            s.limits.regions["cn-north-4"],
+            RegionLimits {
+                max_concurrent_requests: Some(8),
+                requests_per_second: Some(5.0),
+                burst: 2
+            }
+        );
+        let bad = format!(
+            "[regions.cn-north-4]\nrequests_per_second = -1.0\n{}",
+            with_project("")
+        );
+        assert_eq!(
+            parse(&bad).unwrap_err().key,
+            "regions.cn-north-4.requests_per_second"
+        );
     }
 
     #[test]

@@ -3,10 +3,13 @@
 //! the answer strictly.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
+
+use crate::rate::TokenBucket;
 
 use super::auth::{Authorized, Credential};
 use super::error::{DdmError, shorten, upstream_error};
@@ -97,6 +100,40 @@ pub struct PageRequest<'a> {
     pub deadline: Option<Instant>,
     /// Counts the HTTP requests actually sent.
     pub sent: &'a AtomicU64,
+    /// What each attempt waits for before it is sent.
+    pub gate: Gate<'a>,
+    /// Set to the end of a backoff (Unix milliseconds) while one is waited out.
+    pub backoff_until: Option<&'a AtomicU64>,
+}
+
+/// What an attempt holds while it is in flight, and released while it backs off: a slot of
+/// the global limit, a slot of its region's limit, and its turn in the region's request rate.
+#[derive(Clone, Copy, Default)]
+pub struct Gate<'a> {
+    pub global: Option<&'a Semaphore>,
+    pub region: Option<&'a Semaphore>,
+    pub pace: Option<&'a TokenBucket>,
+}
+
+impl Gate<'_> {
+    async fn enter(
+        &self,
+    ) -> Result<(Option<SemaphorePermit<'_>>, Option<SemaphorePermit<'_>>), DdmError> {
+        let closed = |_| DdmError::Transport("the gateway is shutting down".into());
+        // Region first: a throttled region must not hold global slots while it waits.
+        let region = match self.region {
+            Some(s) => Some(s.acquire().await.map_err(closed)?),
+            None => None,
+        };
+        if let Some(bucket) = self.pace {
+            bucket.take().await;
+        }
+        let global = match self.global {
+            Some(s) => Some(s.acquire().await.map_err(closed)?),
+            None => None,
+        };
+        Ok((region, global))
+    }
 }
 
 #[derive(Clone)]
@@ -169,7 +206,13 @@ impl DdmClient {
                 return Err(error);
             }
             tracing::debug!(project = page.project_id, offset = page.offset, attempt, ?wait, %error, "retrying page");
+            if let Some(until) = page.backoff_until {
+                until.store(unix_millis(SystemTime::now() + wait), Ordering::Relaxed);
+            }
             tokio::time::sleep(wait).await;
+            if let Some(until) = page.backoff_until {
+                until.store(0, Ordering::Relaxed);
+            }
         }
     }
 
@@ -201,15 +244,20 @@ impl DdmClient {
             )
         })?;
         request.headers_mut().insert(X_PROJECT_ID, project);
-        // Getting an IAM token counts against the deadline too.
-        let authorized = match tokio::time::timeout(
-            timeout,
-            credential.authorize(&self.http, &mut request, Some(page.project_id)),
-        )
-        .await
-        {
-            Ok(Ok(a)) => a,
+        let entered = async {
+            let permits = page.gate.enter().await?;
+            // Getting an IAM token counts against the deadline too.
+            let authorized = credential
+                .authorize(&self.http, &mut request, Some(page.project_id))
+                .await?;
+            Ok::<_, DdmError>((permits, authorized))
+        };
+        let (_permits, authorized) = match tokio::time::timeout(timeout, entered).await {
+            Ok(Ok(entered)) => entered,
             Ok(Err(e)) => return Err((e, None)),
+            Err(_) if page.deadline.is_some_and(|d| Instant::now() >= d) => {
+                return Err((DdmError::DeadlineExceeded, None));
+            }
             Err(_) => return Err((DdmError::Timeout(timeout), None)),
         };
         page.sent.fetch_add(1, Ordering::Relaxed);
@@ -228,13 +276,15 @@ impl DdmClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            let body = read_body(response, max_body)
-                .await
-                .map_err(|message| DdmError::Decode {
+            let body = read_body(response, max_body).await.map_err(|e| match e {
+                BodyError::TooLarge(message) => DdmError::Decode {
                     status,
                     message,
                     request_id: request_id.clone(),
-                })?;
+                },
+                // A cut-off body is a transport failure: asking again may well work.
+                BodyError::Cut(message) => DdmError::Transport(message),
+            })?;
             if !(200..300).contains(&status) {
                 return Err(upstream_error(status, &body, request_id, retry_after));
             }
@@ -283,25 +333,37 @@ fn page_url(page: &PageRequest<'_>) -> String {
     )
 }
 
-async fn read_body(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+enum BodyError {
+    TooLarge(String),
+    Cut(String),
+}
+
+async fn read_body(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, BodyError> {
     let expected = response.content_length().unwrap_or(0) as usize;
     if expected > max {
-        return Err(format!(
+        return Err(BodyError::TooLarge(format!(
             "the body is {expected} bytes, more than the {max} allowed"
-        ));
+        )));
     }
     let mut body = Vec::with_capacity(expected);
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| format!("the body was cut off: {}", error_chain(&e)))?
+        .map_err(|e| BodyError::Cut(format!("the body was cut off: {}", error_chain(&e))))?
     {
         if body.len() + chunk.len() > max {
-            return Err(format!("the body is more than the {max} bytes allowed"));
+            return Err(BodyError::TooLarge(format!(
+                "the body is more than the {max} bytes allowed"
+            )));
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn transport_error(e: reqwest::Error) -> DdmError {
@@ -343,6 +405,8 @@ mod tests {
             limit: 128,
             deadline: None,
             sent: &sent,
+            gate: Gate::default(),
+            backoff_until: None,
         };
         assert_eq!(
             page_url(&page),

@@ -7,6 +7,8 @@ pub mod model;
 pub mod sign;
 
 pub use auth::{Credential, CredentialKind};
-pub use client::{ClientOptions, DdmClient, MAX_PAGE_SIZE, PageRequest, Pushdown, RetryPolicy};
+pub use client::{
+    ClientOptions, DdmClient, Gate, MAX_PAGE_SIZE, PageRequest, Pushdown, RetryPolicy,
+};
 pub use error::DdmError;
 pub use model::DecodedPage;
