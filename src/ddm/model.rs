@@ -317,6 +317,91 @@ mod tests {
         assert_eq!(decode_page(b"{\"total\":0}", "p", "r").unwrap().items, 0);
     }
 
+    /// A random JSON value, nested up to `depth`.
+    fn random_json(rng: &mut fastrand::Rng, depth: u32) -> serde_json::Value {
+        use serde_json::{Value, json};
+        match rng.u8(..if depth == 0 { 6 } else { 8 }) {
+            0 => Value::Null,
+            1 => json!(rng.bool()),
+            2 => json!(rng.i64(..)),
+            3 => json!(rng.f64() * 1e300),
+            4 => json!(
+                [
+                    "2025-02-19T02:50:20+0800",
+                    "",
+                    "x",
+                    "9999-99-99T99:99:99+9999",
+                    "2025-02-19T02:50:20+08:00"
+                ][rng.usize(..5)]
+            ),
+            5 => json!(String::from_utf8_lossy(
+                &(0..rng.usize(..20)).map(|_| rng.u8(..)).collect::<Vec<_>>()
+            )),
+            6 => Value::Array(
+                (0..rng.usize(..4))
+                    .map(|_| random_json(rng, depth - 1))
+                    .collect(),
+            ),
+            _ => {
+                let keys = [
+                    "id",
+                    "name",
+                    "file_size",
+                    "created",
+                    "updated",
+                    "backup_type",
+                    "status",
+                    "total",
+                    "backups",
+                    "x",
+                ];
+                Value::Object(
+                    (0..rng.usize(..6))
+                        .map(|_| {
+                            (
+                                keys[rng.usize(..keys.len())].to_owned(),
+                                random_json(rng, depth - 1),
+                            )
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+
+    #[test]
+    fn decoding_never_panics_on_any_input() {
+        let valid = br#"{"backups":[{"id":"a","name":"n","file_size":5.4,"created":"2025-02-19T02:50:20+0000","updated":"2025-02-19T02:50:37+0800","backup_type":"auto_metadata"}],"total":1,"offset":0,"limit":10}"#;
+        let mut rng = fastrand::Rng::with_seed(0xbacc);
+        for _ in 0..20_000 {
+            let mut body = valid.to_vec();
+            match rng.u8(..5) {
+                0 => body.truncate(rng.usize(..body.len())),
+                1 => {
+                    for _ in 0..rng.usize(1..8) {
+                        let i = rng.usize(..body.len());
+                        body[i] = rng.u8(..);
+                    }
+                }
+                2 => {
+                    let i = rng.usize(..body.len());
+                    let junk: Vec<u8> = (0..rng.usize(1..16)).map(|_| rng.u8(..)).collect();
+                    body.splice(i..i, junk);
+                }
+                3 => body = (0..rng.usize(..64)).map(|_| rng.u8(..)).collect(),
+                _ => {
+                    // Right syntax, any shape: every field of any type.
+                    let item = random_json(&mut rng, 3);
+                    let page = serde_json::json!({"backups": [item, random_json(&mut rng, 2)], "total": random_json(&mut rng, 1)});
+                    body = page.to_string().into_bytes();
+                }
+            }
+            if let Ok(page) = decode_page(&body, "p", "r") {
+                assert_eq!(page.backups.len() + page.skipped.len(), page.items);
+            }
+        }
+    }
+
     #[test]
     fn sizes_serialize_like_the_upstream() {
         let info = BackupInfo {

@@ -3,6 +3,7 @@
 mod auth;
 mod cli;
 mod common;
+mod faults;
 mod gateway;
 mod grpcurl;
 mod simulator;
