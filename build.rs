@@ -18,6 +18,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // compile_protos() adds this itself; compile_fds() does not.
         .type_attribute(".", "#[allow(clippy::all)]")
+        // Same wire format, sent from pre-encoded pages: see src/wire.rs.
+        .extern_path(
+            ".backupgw.v1.ListBackupsResponse",
+            "crate::wire::ListBackupsResponse",
+        )
         .compile_fds(fds)?;
 
     println!("cargo:rerun-if-changed=proto");

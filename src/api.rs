@@ -60,8 +60,8 @@ impl BackupGateway for Gateway {
         let query = to_query(request.into_inner(), deadline).map_err(|e| status_of(&e))?;
         let events = self.inventory.list(query).map_err(|e| status_of(&e))?;
         let responses = events.map(|event| match event {
-            Ok(Event::Backups(backups)) => Ok(pb::ListBackupsResponse {
-                backups,
+            Ok(Event::Backups(batch)) => Ok(pb::ListBackupsResponse {
+                encoded_backups: batch.encoded,
                 ..Default::default()
             }),
             Ok(Event::TargetDone(target)) => Ok(pb::ListBackupsResponse {

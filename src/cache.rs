@@ -5,10 +5,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use moka::future::Cache;
+use prost_types::Timestamp;
 use tokio::time::Instant;
 
 use crate::ddm::{DdmError, DecodedPage, Pushdown};
+use crate::wire::encode_backups;
 
 /// What identifies a page upstream. Credentials are not part of it: a project has one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -20,9 +23,58 @@ pub struct PageKey {
     pub limit: u32,
 }
 
+/// A page as the cache keeps it: its backups encoded for the wire, and what filters and
+/// de-duplication need of each.
 pub struct CachedPage {
-    pub page: DecodedPage,
+    pub metas: Vec<BackupMeta>,
+    /// The backups as `ListBackupsResponse` field 1 entries; backup i ends at `ends[i]`.
+    pub encoded: Bytes,
+    pub ends: Vec<u32>,
+    pub total: u64,
+    /// Items the upstream sent, readable or not (tells a short page).
+    pub items: usize,
+    /// Why unreadable items were skipped.
+    pub skipped: Vec<String>,
     pub fetched_at: Instant,
+}
+
+/// What the gateway itself looks at in a backup.
+pub struct BackupMeta {
+    pub id: Box<str>,
+    pub backup_type_name: Box<str>,
+    pub status: Box<str>,
+    pub created: Option<Timestamp>,
+}
+
+impl CachedPage {
+    pub fn new(page: DecodedPage) -> Self {
+        let (encoded, ends) = encode_backups(&page.backups);
+        let metas = page
+            .backups
+            .into_iter()
+            .map(|b| BackupMeta {
+                id: b.id.into(),
+                backup_type_name: b.backup_type_name.into(),
+                status: b.status.into(),
+                created: b.created,
+            })
+            .collect();
+        CachedPage {
+            metas,
+            encoded,
+            ends,
+            total: page.total,
+            items: page.items,
+            skipped: page.skipped,
+            fetched_at: Instant::now(),
+        }
+    }
+
+    /// Backup `i`, encoded.
+    pub fn encoded_at(&self, i: usize) -> Bytes {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.encoded.slice(start..self.ends[i] as usize)
+    }
 }
 
 /// Where a page came from.
@@ -43,7 +95,7 @@ impl PageCache {
             .time_to_live(ttl)
             .max_capacity(max_bytes)
             .weigher(|key: &PageKey, page: &Arc<CachedPage>| {
-                u32::try_from(weight(key, &page.page)).unwrap_or(u32::MAX)
+                u32::try_from(weight(key, page)).unwrap_or(u32::MAX)
             })
             .build();
         PageCache { pages }
@@ -72,10 +124,7 @@ impl PageCache {
             .try_get_with(key, async {
                 fetched = true;
                 let page = fetch.await?;
-                Ok(Arc::new(CachedPage {
-                    page,
-                    fetched_at: Instant::now(),
-                }))
+                Ok(Arc::new(CachedPage::new(page)))
             })
             .await?;
         let origin = if fetched {
@@ -94,28 +143,95 @@ impl PageCache {
 }
 
 /// Approximate heap bytes of a cached page.
-fn weight(key: &PageKey, page: &DecodedPage) -> usize {
-    let strings: usize = page
-        .backups
+fn weight(key: &PageKey, page: &CachedPage) -> usize {
+    let metas: usize = page
+        .metas
         .iter()
-        .map(|b| {
-            b.id.len()
-                + b.name.len()
-                + b.description.len()
-                + b.status.len()
-                + b.instance_id.len()
-                + b.instance_name.len()
-                + b.instance_status.len()
-                + b.project_id.len()
-                + b.region.len()
-                + b.backup_type_name.len()
+        .map(|m| {
+            std::mem::size_of::<BackupMeta>()
+                + m.id.len()
+                + m.backup_type_name.len()
+                + m.status.len()
         })
         .sum();
     let skipped: usize = page.skipped.iter().map(String::len).sum();
     std::mem::size_of::<CachedPage>()
+        + std::mem::size_of::<PageKey>()
         + key.endpoint.len()
         + key.project_id.len()
-        + page.backups.len() * std::mem::size_of::<crate::pb::Backup>()
-        + strings
+        + page.encoded.len()
+        + page.ends.len() * 4
+        + metas
         + skipped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb;
+
+    fn page(n: usize) -> DecodedPage {
+        let backups = (0..n)
+            .map(|i| pb::Backup {
+                id: format!("{i:032x}br09"),
+                name: "x".repeat(40),
+                ..Default::default()
+            })
+            .collect();
+        DecodedPage {
+            backups,
+            total: n as u64,
+            items: n,
+            skipped: Vec::new(),
+        }
+    }
+
+    fn key(offset: u64) -> PageKey {
+        PageKey {
+            endpoint: "http://e".into(),
+            project_id: "p".into(),
+            pushdown: Arc::default(),
+            offset,
+            limit: 128,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_is_honoured() {
+        let cache = PageCache::new(Duration::from_secs(60), 256 << 10);
+        for i in 0..200 {
+            let (_, origin) = cache
+                .get_or_fetch(key(i * 128), None, async { Ok(page(128)) })
+                .await
+                .unwrap();
+            assert_eq!(origin, Origin::Upstream);
+        }
+        let (entries, bytes) = cache.usage().await;
+        assert!(bytes <= 256 << 10, "{bytes} bytes in {entries} entries");
+        assert!(entries > 0 && entries < 200);
+    }
+
+    #[tokio::test]
+    async fn pages_are_served_until_too_old_for_the_caller() {
+        let cache = PageCache::new(Duration::from_secs(60), 1 << 20);
+        cache
+            .get_or_fetch(key(0), None, async { Ok(page(1)) })
+            .await
+            .unwrap();
+        let (p, origin) = cache
+            .get_or_fetch(key(0), None, async { Ok(page(2)) })
+            .await
+            .unwrap();
+        assert_eq!((origin, p.metas.len()), (Origin::Cache, 1));
+        let (p, origin) = cache
+            .get_or_fetch(key(0), Some(Duration::ZERO), async { Ok(page(2)) })
+            .await
+            .unwrap();
+        assert_eq!((origin, p.metas.len()), (Origin::Upstream, 2));
+        let (p, _) = cache
+            .get_or_fetch(key(0), None, async { Ok(page(1)) })
+            .await
+            .unwrap();
+        assert_eq!(p.encoded_at(1).len(), p.encoded.len() - p.ends[0] as usize);
+    }
 }

@@ -13,10 +13,12 @@ pub mod inventory;
 pub mod rate;
 pub mod server;
 pub mod sim;
+pub mod wire;
 
 /// The generated gRPC contract (`proto/backupgw/v1/backupgw.proto`).
 pub mod pb {
     tonic::include_proto!("backupgw.v1");
+    pub use crate::wire::ListBackupsResponse;
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("backupgw_descriptor");
 }

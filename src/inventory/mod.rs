@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::cache::PageCache;
+use crate::cache::{BackupMeta, PageCache};
 use crate::ddm::{DdmClient, Pushdown};
 use crate::pb;
 use crate::rate::TokenBucket;
@@ -94,10 +94,18 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, b: &pb::Backup) -> bool {
-        (self.backup_types.is_empty() || self.backup_types.contains(&b.backup_type_name))
-            && (self.statuses.is_empty() || self.statuses.contains(&b.status))
+    fn matches(&self, b: &BackupMeta) -> bool {
+        (self.backup_types.is_empty()
+            || self.backup_types.iter().any(|t| **t == *b.backup_type_name))
+            && (self.statuses.is_empty() || self.statuses.iter().any(|s| **s == *b.status))
             && self.created_in_range(b.created.as_ref())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.backup_types.is_empty()
+            && self.statuses.is_empty()
+            && self.created_after.is_none()
+            && self.created_before.is_none()
     }
 
     fn created_in_range(&self, created: Option<&Timestamp>) -> bool {
@@ -148,7 +156,8 @@ fn describe(violations: &[FieldViolation]) -> String {
 /// What a query's stream carries.
 #[derive(Debug)]
 pub enum Event {
-    Backups(Vec<pb::Backup>),
+    /// Backups, already encoded (see `wire`).
+    Backups(EncodedBatch),
     TargetDone(pb::TargetResult),
     Finished(pb::Summary),
 }
@@ -414,6 +423,13 @@ fn deadline_error() -> pb::TargetError {
     }
 }
 
+/// A batch of backups as `ListBackupsResponse` field 1 entries.
+#[derive(Debug, Clone)]
+pub struct EncodedBatch {
+    pub encoded: bytes::Bytes,
+    pub count: usize,
+}
+
 /// The events of one query. Dropping it aborts the fan-out and all its upstream requests.
 pub struct EventStream {
     events: mpsc::Receiver<Result<Event, InventoryError>>,
@@ -438,12 +454,12 @@ impl Drop for EventStream {
 mod tests {
     use super::*;
 
-    fn backup(kind: &str, status: &str, created: Option<i64>) -> pb::Backup {
-        pb::Backup {
+    fn backup(kind: &str, status: &str, created: Option<i64>) -> BackupMeta {
+        BackupMeta {
+            id: "b".into(),
             backup_type_name: kind.into(),
             status: status.into(),
             created: created.map(|seconds| Timestamp { seconds, nanos: 0 }),
-            ..Default::default()
         }
     }
 

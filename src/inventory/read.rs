@@ -9,16 +9,18 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::StreamExt as _;
 use futures_util::stream;
 use tokio::sync::mpsc;
 
 use super::targets::{Target, TargetHealth};
-use super::{Event, Inventory, InventoryError, Query};
+use super::{EncodedBatch, Event, Inventory, InventoryError, Query};
 use crate::cache::{CachedPage, Origin, PageKey};
 use crate::ddm::{DdmError, Gate, MAX_PAGE_SIZE, PageRequest, Pushdown};
 use crate::pb;
@@ -89,8 +91,7 @@ pub(super) struct TargetRead {
 /// Per-target bookkeeping across reads of its list.
 #[derive(Default)]
 struct Merge {
-    /// Backup id → the read in which it was first seen.
-    seen: HashMap<String, u32>,
+    seen: SeenIds,
     skipped: u32,
     warnings: Vec<String>,
 }
@@ -100,6 +101,63 @@ impl Merge {
         if self.warnings.len() < MAX_WARNINGS {
             self.warnings.push(warning);
         }
+    }
+}
+
+/// The backup ids seen so far, each with the read it was first seen in. Ids are kept in one
+/// growing string, found by a 64-bit hash and compared in full: no allocation per backup, and
+/// a hash collision never hides a backup.
+#[derive(Default)]
+struct SeenIds {
+    hasher: std::hash::RandomState,
+    ids: String,
+    by_hash: HashMap<u64, (u32, u32, u32), BuildHasherDefault<PassThrough>>,
+    collided: HashMap<Box<str>, u32>,
+}
+
+impl SeenIds {
+    /// The read an id was first seen in; records it as seen in `read` if it is new.
+    fn first_seen(&mut self, id: &str, read: u32) -> Option<u32> {
+        let hash = self.hasher.hash_one(id);
+        match self.by_hash.entry(hash) {
+            Entry::Vacant(slot) => {
+                let start = self.ids.len() as u32;
+                self.ids.push_str(id);
+                slot.insert((start, id.len() as u32, read));
+                None
+            }
+            Entry::Occupied(slot) => {
+                let (start, len, first) = *slot.get();
+                if &self.ids[start as usize..(start + len) as usize] == id {
+                    return Some(first);
+                }
+                match self.collided.entry(id.into()) {
+                    Entry::Occupied(c) => Some(*c.get()),
+                    Entry::Vacant(c) => {
+                        c.insert(read);
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// For keys that are hashes already.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -132,7 +190,7 @@ impl TargetRead {
     /// A failed page ends the read with its error, after the other pages have been emitted.
     async fn read_concurrently(&self, merge: &mut Merge) -> Result<bool, DdmError> {
         let first = self.page(0, self.query.max_age).await?;
-        let total = first.page.total;
+        let total = first.total;
         self.progress.total.store(total, Ordering::Relaxed);
         let mut consistent = self.emit(&first, 0, 1, merge).await && fits(&first, 0, total);
 
@@ -166,14 +224,12 @@ impl TargetRead {
         let mut offset = 0;
         loop {
             let page = self.page(offset, Some(Duration::ZERO)).await?;
-            self.progress
-                .total
-                .store(page.page.total, Ordering::Relaxed);
-            totals.push(page.page.total);
+            self.progress.total.store(page.total, Ordering::Relaxed);
+            totals.push(page.total);
             self.emit(&page, offset, 2, merge).await;
             // A list that grows without end is not followed forever.
             let bound = totals[0].saturating_mul(2).saturating_add(100 * limit);
-            if (page.page.items as u64) < limit || offset + limit >= bound {
+            if (page.items as u64) < limit || offset + limit >= bound {
                 break;
             }
             offset += limit;
@@ -189,8 +245,7 @@ impl TargetRead {
 
     /// Sends a page's new, matching backups. Returns false if a backup of this page was already
     /// seen in the same read (the list shifted).
-    async fn emit(&self, cached: &CachedPage, offset: u64, read: u32, merge: &mut Merge) -> bool {
-        let page = &cached.page;
+    async fn emit(&self, page: &CachedPage, offset: u64, read: u32, merge: &mut Merge) -> bool {
         self.progress.pages.fetch_add(1, Ordering::Relaxed);
         for why in &page.skipped {
             merge.skipped += 1;
@@ -199,28 +254,39 @@ impl TargetRead {
             ));
         }
         let mut no_overlap = true;
-        let mut batch = Vec::new();
-        for backup in &page.backups {
-            match merge.seen.entry(backup.id.clone()) {
-                Entry::Occupied(first_read) => {
-                    no_overlap &= *first_read.get() != read;
-                    continue;
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(read);
-                }
+        let unfiltered = self.query.filter.is_empty();
+        let mut chosen = Vec::new();
+        for (i, meta) in page.metas.iter().enumerate() {
+            if let Some(first_read) = merge.seen.first_seen(&meta.id, read) {
+                no_overlap &= first_read != read;
+                continue;
             }
-            if self.query.filter.matches(backup) {
-                batch.push(backup.clone());
+            if unfiltered || self.query.filter.matches(meta) {
+                chosen.push(i);
             }
         }
-        if !batch.is_empty() {
-            let n = batch.len() as u64;
-            // A closed channel means the caller left; this task is being aborted as well.
-            if self.tx.send(Ok(Event::Backups(batch))).await.is_ok() {
-                self.progress.backups.fetch_add(n, Ordering::Relaxed);
-                self.stats.backups.fetch_add(n, Ordering::Relaxed);
+        if chosen.is_empty() {
+            return no_overlap;
+        }
+        // The whole page as cached (the usual case) costs no copy.
+        let encoded = if chosen.len() == page.metas.len() {
+            page.encoded.clone()
+        } else {
+            let mut out = BytesMut::new();
+            for &i in &chosen {
+                out.extend_from_slice(&page.encoded_at(i));
             }
+            out.freeze()
+        };
+        let n = chosen.len() as u64;
+        let batch = EncodedBatch {
+            encoded,
+            count: chosen.len(),
+        };
+        // A closed channel means the caller left; this task is being aborted as well.
+        if self.tx.send(Ok(Event::Backups(batch))).await.is_ok() {
+            self.progress.backups.fetch_add(n, Ordering::Relaxed);
+            self.stats.backups.fetch_add(n, Ordering::Relaxed);
         }
         no_overlap
     }
@@ -274,7 +340,31 @@ impl TargetRead {
 }
 
 /// Whether a page is what the list described by `total` has at `offset`.
-fn fits(cached: &CachedPage, offset: u64, total: u64) -> bool {
+fn fits(page: &CachedPage, offset: u64, total: u64) -> bool {
     let expected = total.saturating_sub(offset).min(u64::from(MAX_PAGE_SIZE));
-    cached.page.total == total && cached.page.items as u64 == expected
+    page.total == total && page.items as u64 == expected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_ids_are_exact() {
+        let mut seen = SeenIds::default();
+        assert_eq!(seen.first_seen("a", 1), None);
+        assert_eq!(seen.first_seen("b", 1), None);
+        assert_eq!(seen.first_seen("a", 2), Some(1));
+        assert_eq!(seen.first_seen("b", 1), Some(1));
+        // Force a collision: another id under the hash of "a".
+        let hash = seen.hasher.hash_one("a");
+        seen.by_hash.insert(hash, (0, 1, 1));
+        let start = seen.ids.len() as u32;
+        seen.ids.push_str("zz");
+        seen.by_hash
+            .insert(seen.hasher.hash_one("zz"), (start, 2, 1));
+        assert_eq!(seen.first_seen("zz", 2), Some(1));
+        let (ids_start, _, _) = seen.by_hash[&hash];
+        assert_eq!(&seen.ids[ids_start as usize..ids_start as usize + 1], "a");
+    }
 }

@@ -1,0 +1,489 @@
+//! `cargo bench --bench inventory`: the release binary's simulator and gateway as separate
+//! processes on loopback, a client here, several repetitions, medians, one table.
+//!
+//! Set BACKUPGW_BENCH_QUICK=1 for a smaller, faster run (fewer repetitions, no sequential
+//! baseline over the whole inventory), and BACKUPGW_BENCH_PROFILE=1 to only stream warm
+//! inventories for 30 s (to profile the gateway with `perf record -p PID`).
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backupgw::ddm::model::decode_page;
+use backupgw::pb;
+use backupgw::pb::backup_gateway_client::BackupGatewayClient;
+use tokio::sync::Semaphore;
+use tonic::transport::Channel;
+
+const LATENCY_MS: u64 = 50;
+/// Upstream requests in flight at once (the gateway's C, and the baselines').
+const CONCURRENCY: usize = 400;
+const PAGE: usize = 128;
+
+/// A child process, killed when dropped.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary and waits for a line starting with `ready`; returns the rest of it.
+fn spawn_until(args: &[&str], ready: &str) -> (Proc, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backupgw"))
+        .args(args)
+        .env("BACKUPGW_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the backupgw binary runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    let rest = lines
+        .find_map(|l| l.strip_prefix(ready).map(str::to_owned))
+        .unwrap_or_else(|| panic!("{args:?} never printed {ready:?}"));
+    std::thread::spawn(move || lines.for_each(drop));
+    (Proc { child }, rest)
+}
+
+struct Sim {
+    _proc: Proc,
+    config: PathBuf,
+    token: String,
+    /// (project id, region endpoint)
+    targets: Vec<(String, String)>,
+}
+
+fn start_sim(dir: &Path, args: &[&str]) -> Sim {
+    let config = dir.join("gateway.toml");
+    let mut all = vec!["sim", "--write-config", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let (proc, _) = spawn_until(&all, "sim ready");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let token = std::fs::read_to_string(format!("{}.token", config.display())).unwrap();
+    // Read the targets back from the configuration the simulator wrote.
+    let parsed: toml::Value = toml::from_str(&text).unwrap();
+    let endpoints = parsed["regions"].as_table().unwrap();
+    let targets = parsed["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let region = p["region"].as_str().unwrap();
+            (
+                p["id"].as_str().unwrap().to_owned(),
+                endpoints[region]["endpoint"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    Sim {
+        _proc: proc,
+        config,
+        token,
+        targets,
+    }
+}
+
+struct Gateway {
+    proc: Proc,
+    client: BackupGatewayClient<Channel>,
+}
+
+async fn start_gateway(sim: &Sim, limits: &str) -> Gateway {
+    // The simulator's configuration, with these limits.
+    let text = std::fs::read_to_string(&sim.config).unwrap();
+    let config = sim
+        .config
+        .with_extension(format!("{}.toml", fastrand::u32(..)));
+    std::fs::write(&config, format!("{text}\n{limits}\n")).unwrap();
+    let (proc, addr) = spawn_until(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "backupgw listening on ",
+    );
+    let client = BackupGatewayClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+        .max_decoding_message_size(64 << 20);
+    Gateway { proc, client }
+}
+
+/// Streams a whole answer; returns (backups, seconds). `pause` slows the client down, and
+/// `for_at_most` stops it early.
+async fn stream_all(
+    client: &mut BackupGatewayClient<Channel>,
+    request: pb::ListBackupsRequest,
+    pause: Option<Duration>,
+    for_at_most: Option<Duration>,
+) -> (u64, f64) {
+    let start = Instant::now();
+    let mut stream = client.list_backups(request).await.unwrap().into_inner();
+    let mut backups = 0u64;
+    while let Some(m) = stream.message().await.unwrap() {
+        backups += m.backups.len() as u64;
+        if let Some(s) = &m.summary {
+            assert_eq!(s.targets_failed, 0, "{s:?}");
+        }
+        if let Some(p) = pause {
+            tokio::time::sleep(p).await;
+        }
+        if for_at_most.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+    }
+    (backups, start.elapsed().as_secs_f64())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Peak resident memory of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ
+}
+
+/// What users do today: one request at a time, pages in order (the SDK examples).
+async fn sequential_client(sim: &Sim, targets: &[(String, String)]) -> (u64, f64) {
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    let mut backups = 0;
+    for (project, endpoint) in targets {
+        backups += read_target_in_order(&http, &sim.token, project, endpoint).await;
+    }
+    (backups, start.elapsed().as_secs_f64())
+}
+
+/// How generic inventory tools page: targets concurrently, each target's pages in order.
+async fn per_target_in_order_client(sim: &Sim) -> (u64, f64) {
+    let http = reqwest::Client::new();
+    let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (project, endpoint) in sim.targets.clone() {
+        let (http, token, slots) = (http.clone(), sim.token.clone(), Arc::clone(&slots));
+        tasks.spawn(async move {
+            let _slot = slots.acquire().await.unwrap();
+            read_target_in_order(&http, &token, &project, &endpoint).await
+        });
+    }
+    let mut backups = 0;
+    while let Some(n) = tasks.join_next().await {
+        backups += n.unwrap();
+    }
+    (backups, start.elapsed().as_secs_f64())
+}
+
+async fn read_target_in_order(
+    http: &reqwest::Client,
+    token: &str,
+    project: &str,
+    endpoint: &str,
+) -> u64 {
+    let mut offset = 0;
+    let mut backups = 0;
+    loop {
+        let url = format!("{endpoint}/v3/{project}/backups?limit={PAGE}&offset={offset}");
+        let body = http
+            .get(&url)
+            .header("X-Auth-Token", token)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let page = decode_page(&body, project, "").unwrap();
+        backups += page.backups.len() as u64;
+        offset += PAGE as u64;
+        if offset >= page.total {
+            return backups;
+        }
+    }
+}
+
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("backupgw-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Row {
+    name: String,
+    value: String,
+    target: String,
+}
+
+#[tokio::main]
+async fn main() {
+    backupgw::ddm::client::install_crypto_provider();
+    let quick = std::env::var_os("BACKUPGW_BENCH_QUICK").is_some();
+    let reps = if quick { 3 } else { 5 };
+    let dir = scratch();
+    let mut rows = Vec::new();
+
+    // 1 + 2 + 4: 4 regions × 50 projects × 300 backups (3 pages each), 50 ms a request.
+    let sim = start_sim(
+        &dir,
+        &[
+            "--regions",
+            "4",
+            "--projects-per-region",
+            "50",
+            "--instances-per-project",
+            "10",
+            "--backups-per-instance",
+            "30",
+            "--latency-ms",
+            &LATENCY_MS.to_string(),
+        ],
+    );
+    let t = sim.targets.len();
+    let r = t * 2;
+    let bound =
+        ((t.div_ceil(CONCURRENCY) + r.div_ceil(CONCURRENCY)) as u64 * LATENCY_MS) as f64 / 1000.0;
+    let limits = format!(
+        "[limits]\nmax_concurrent_requests = {CONCURRENCY}\nmax_concurrent_targets = {CONCURRENCY}\nmax_pages_per_target = 8\n[cache]\nttl_seconds = 3600\nmax_bytes = 268435456"
+    );
+    let everything = pb::ListBackupsRequest::default();
+    if std::env::var_os("BACKUPGW_BENCH_PROFILE").is_some() {
+        // For `perf record -p PID`: warm queries for 30 s.
+        let mut gw = start_gateway(&sim, &limits).await;
+        eprintln!("gateway pid {} sim pid {}", gw.proc.pid(), sim._proc.pid());
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            stream_all(&mut gw.client, everything.clone(), None, None).await;
+        }
+        return;
+    }
+    let (mut cold, mut warm_rate, mut warm_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let mut backups = 0;
+    for _ in 0..reps {
+        let mut gw = start_gateway(&sim, &limits).await;
+        let (n, secs) = stream_all(&mut gw.client, everything.clone(), None, None).await;
+        backups = n;
+        cold.push(secs);
+        for _ in 0..reps {
+            let cpu = cpu_seconds(gw.proc.pid());
+            let (n, secs) = stream_all(&mut gw.client, everything.clone(), None, None).await;
+            let used = cpu_seconds(gw.proc.pid()) - cpu;
+            warm_rate.push(n as f64 / secs);
+            warm_cpu.push(used / n as f64 * 1e6);
+        }
+    }
+    assert_eq!(backups, 60_000);
+    let cold = median(cold);
+    // Baselines over the same inventory.
+    let sequential = if quick {
+        let (_, secs) = sequential_client(&sim, &sim.targets[..20]).await;
+        secs * (t as f64 / 20.0)
+    } else {
+        sequential_client(&sim, &sim.targets).await.1
+    };
+    let mut in_order = Vec::new();
+    for _ in 0..reps {
+        in_order.push(per_target_in_order_client(&sim).await.1);
+    }
+    let in_order = median(in_order);
+    rows.push(Row {
+        name: format!("cold inventory, {t} targets × 300 = {backups} backups, C = {CONCURRENCY}"),
+        value: format!(
+            "{:.0} ms = {:.2} × the {:.0} ms round-trip bound",
+            cold * 1e3,
+            cold / bound,
+            bound * 1e3
+        ),
+        target: "≤ 1.5 × bound".into(),
+    });
+    rows.push(Row {
+        name: format!(
+            "  vs sequential client (one request at a time){}",
+            if quick {
+                ", extrapolated from 20 targets"
+            } else {
+                ""
+            }
+        ),
+        value: format!(
+            "{:.1} s: backupgw is {:.0} × faster",
+            sequential,
+            sequential / cold
+        ),
+        target: "≥ 100 ×".into(),
+    });
+    rows.push(Row {
+        name: "  vs targets concurrent, pages in order".into(),
+        value: format!(
+            "{:.0} ms: backupgw is {:.1} × faster",
+            in_order * 1e3,
+            in_order / cold
+        ),
+        target: String::new(),
+    });
+    rows.push(Row {
+        name: "warm inventory (from cache), backups/s to the client".into(),
+        value: format!(
+            "{:.2} M/s; gateway CPU {:.2} s per million backups",
+            median(warm_rate) / 1e6,
+            median(warm_cpu)
+        ),
+        target: "≥ 1 M/s".into(),
+    });
+
+    // 4: many small queries: one cached target, 64 callers.
+    let gw = start_gateway(&sim, &limits).await;
+    let one = pb::ListBackupsRequest {
+        project_ids: vec![sim.targets[0].0.clone()],
+        ..Default::default()
+    };
+    stream_all(&mut gw.client.clone(), one.clone(), None, None).await; // fills the cache
+    let run_for = Duration::from_secs(if quick { 2 } else { 5 });
+    let start = Instant::now();
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (mut client, one) = (gw.client.clone(), one.clone());
+        callers.spawn(async move {
+            let mut latencies = Vec::new();
+            while start.elapsed() < run_for {
+                let t0 = Instant::now();
+                let (n, _) = stream_all(&mut client, one.clone(), None, None).await;
+                assert_eq!(n, 300);
+                latencies.push(t0.elapsed().as_secs_f64());
+            }
+            latencies
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(l) = callers.join_next().await {
+        latencies.extend(l.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    rows.push(Row {
+        name: "many small queries: 1 cached target (300 backups), 64 callers".into(),
+        value: format!(
+            "{:.0} queries/s; p50 {:.1} ms, p99 {:.1} ms",
+            latencies.len() as f64 / elapsed,
+            percentile(&latencies, 0.5) * 1e3,
+            percentile(&latencies, 0.99) * 1e3
+        ),
+        target: String::new(),
+    });
+    drop(gw);
+    drop(sim);
+
+    // 3: 1,000,000 backups (1,000 targets × 1,000), no latency, cache bounded at 64 MiB.
+    let big_dir = dir.join("big");
+    std::fs::create_dir_all(&big_dir).unwrap();
+    let big = start_sim(
+        &big_dir,
+        &[
+            "--regions",
+            "4",
+            "--projects-per-region",
+            "250",
+            "--instances-per-project",
+            "10",
+            "--backups-per-instance",
+            "100",
+        ],
+    );
+    let big_limits =
+        "[limits]\nmax_concurrent_requests = 64\n[cache]\nttl_seconds = 3600\nmax_bytes = 67108864";
+    let mut gw = start_gateway(&big, big_limits).await;
+    let (n, secs) = stream_all(&mut gw.client, everything.clone(), None, None).await;
+    assert_eq!(n, 1_000_000);
+    rows.push(Row {
+        name: "1,000,000 backups to a fast client: gateway peak RSS".into(),
+        value: format!(
+            "{:.0} MiB ({:.1} s, {:.0} k backups/s cold)",
+            peak_rss_mib(gw.proc.pid()),
+            secs,
+            n as f64 / secs / 1e3
+        ),
+        target: "< 100 MiB".into(),
+    });
+    drop(gw);
+    let mut gw = start_gateway(&big, big_limits).await;
+    let slow_for = Duration::from_secs(if quick { 3 } else { 10 });
+    let (n, _) = stream_all(
+        &mut gw.client,
+        everything,
+        Some(Duration::from_millis(5)),
+        Some(slow_for),
+    )
+    .await;
+    rows.push(Row {
+        name: format!(
+            "  to a slow client (5 ms a message, {} s)",
+            slow_for.as_secs()
+        ),
+        value: format!(
+            "{:.0} MiB after {} k backups",
+            peak_rss_mib(gw.proc.pid()),
+            n / 1000
+        ),
+        target: "bounded".into(),
+    });
+    drop(gw);
+    drop(big);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let width = rows
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(0);
+    let vwidth = rows
+        .iter()
+        .map(|r| r.value.chars().count())
+        .max()
+        .unwrap_or(0);
+    println!(
+        "\n{:<width$}  {:<vwidth$}  target",
+        "benchmark (medians)", "result"
+    );
+    for r in rows {
+        println!("{:<width$}  {:<vwidth$}  {}", r.name, r.value, r.target);
+    }
+}
