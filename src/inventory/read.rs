@@ -109,7 +109,8 @@ impl Merge {
 /// a hash collision never hides a backup.
 #[derive(Default)]
 struct SeenIds {
-    hasher: std::hash::RandomState,
+    /// Seeded per target: crafted ids cannot collide on purpose (and a collision only costs time).
+    hasher: foldhash::fast::RandomState,
     ids: String,
     by_hash: HashMap<u64, (u32, u32, u32), BuildHasherDefault<PassThrough>>,
     collided: HashMap<Box<str>, u32>,
