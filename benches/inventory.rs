@@ -131,7 +131,11 @@ async fn start_gateway(sim: &Sim, limits: &str) -> Gateway {
         .await
         .unwrap();
     let client = BackupGatewayClient::new(channel.clone()).max_decoding_message_size(64 << 20);
-    Gateway { proc, channel, client }
+    Gateway {
+        proc,
+        channel,
+        client,
+    }
 }
 
 /// Streams a whole answer; returns (backups, seconds). `pause` slows the client down, and
@@ -189,7 +193,12 @@ impl prost::Message for Counted {
                 self.backups += 1;
                 prost::encoding::skip_field(wire_type, tag, buf, ctx)
             }
-            3 => prost::encoding::message::merge(wire_type, self.summary.get_or_insert_with(Default::default), buf, ctx),
+            3 => prost::encoding::message::merge(
+                wire_type,
+                self.summary.get_or_insert_with(Default::default),
+                buf,
+                ctx,
+            ),
             _ => prost::encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
@@ -209,8 +218,14 @@ async fn stream_counted(channel: Channel, request: pb::ListBackupsRequest) -> (u
     let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
     grpc.ready().await.unwrap();
     let codec = tonic_prost::ProstCodec::<pb::ListBackupsRequest, Counted>::default();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/backupgw.v1.BackupGateway/ListBackups");
-    let mut stream = grpc.server_streaming(tonic::Request::new(request), path, codec).await.unwrap().into_inner();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/backupgw.v1.BackupGateway/ListBackups",
+    );
+    let mut stream = grpc
+        .server_streaming(tonic::Request::new(request), path, codec)
+        .await
+        .unwrap()
+        .into_inner();
     let mut backups = 0;
     while let Some(m) = stream.message().await.unwrap() {
         backups += m.backups;
@@ -303,7 +318,7 @@ async fn read_target_in_order(
             .await
             .unwrap();
         let page = decode_page(&body, project, "").unwrap();
-        backups += page.backups.len() as u64;
+        backups += page.len() as u64;
         offset += PAGE as u64;
         if offset >= page.total {
             return backups;
@@ -371,7 +386,10 @@ async fn main() {
             stream_counted(gw.channel.clone(), request.clone()).await;
             queries += 1;
         }
-        eprintln!("{queries} queries, gateway CPU {:.2} s", cpu_seconds(gw.proc.pid()));
+        eprintln!(
+            "{queries} queries, gateway CPU {:.2} s",
+            cpu_seconds(gw.proc.pid())
+        );
         return;
     }
     let (mut cold, mut cold_cpu) = (Vec::new(), Vec::new());
@@ -381,7 +399,10 @@ async fn main() {
         let mut gw = start_gateway(&sim, &limits).await;
         let (gw_cpu, sim_cpu) = (cpu_seconds(gw.proc.pid()), cpu_seconds(sim.proc.pid()));
         let (n, secs) = stream_all(&mut gw.client, everything.clone(), None, None).await;
-        cold_cpu.push((cpu_seconds(gw.proc.pid()) - gw_cpu, cpu_seconds(sim.proc.pid()) - sim_cpu));
+        cold_cpu.push((
+            cpu_seconds(gw.proc.pid()) - gw_cpu,
+            cpu_seconds(sim.proc.pid()) - sim_cpu,
+        ));
         backups = n;
         cold.push(secs);
         for _ in 0..reps {
@@ -394,7 +415,10 @@ async fn main() {
             warm_decoded_rate.push(n as f64 / secs);
         }
     }
-    let (gw_cold_cpu, sim_cold_cpu) = (median(cold_cpu.iter().map(|c| c.0).collect()), median(cold_cpu.iter().map(|c| c.1).collect()));
+    let (gw_cold_cpu, sim_cold_cpu) = (
+        median(cold_cpu.iter().map(|c| c.0).collect()),
+        median(cold_cpu.iter().map(|c| c.1).collect()),
+    );
     assert_eq!(backups, 60_000);
     let cold = median(cold);
     // Baselines over the same inventory.

@@ -5,13 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use moka::future::Cache;
-use prost_types::Timestamp;
 use tokio::time::Instant;
 
-use crate::ddm::{DdmError, DecodedPage, Pushdown};
-use crate::wire::encode_backups;
+use crate::ddm::{DdmError, Pushdown};
+use crate::wire::DecodedPage;
 
 /// What identifies a page upstream. Credentials are not part of it: a project has one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -23,57 +21,16 @@ pub struct PageKey {
     pub limit: u32,
 }
 
-/// A page as the cache keeps it: its backups encoded for the wire, and what filters and
-/// de-duplication need of each.
+/// A page as the cache keeps it: encoded for the wire (see `wire::DecodedPage`).
 pub struct CachedPage {
-    pub metas: Vec<BackupMeta>,
-    /// The backups as `ListBackupsResponse` field 1 entries; backup i ends at `ends[i]`.
-    pub encoded: Bytes,
-    pub ends: Vec<u32>,
-    pub total: u64,
-    /// Items the upstream sent, readable or not (tells a short page).
-    pub items: usize,
-    /// Why unreadable items were skipped.
-    pub skipped: Vec<String>,
+    pub page: DecodedPage,
     pub fetched_at: Instant,
 }
 
-/// What the gateway itself looks at in a backup.
-pub struct BackupMeta {
-    pub id: Box<str>,
-    pub backup_type_name: Box<str>,
-    pub status: Box<str>,
-    pub created: Option<Timestamp>,
-}
-
-impl CachedPage {
-    pub fn new(page: DecodedPage) -> Self {
-        let (encoded, ends) = encode_backups(&page.backups);
-        let metas = page
-            .backups
-            .into_iter()
-            .map(|b| BackupMeta {
-                id: b.id.into(),
-                backup_type_name: b.backup_type_name.into(),
-                status: b.status.into(),
-                created: b.created,
-            })
-            .collect();
-        CachedPage {
-            metas,
-            encoded,
-            ends,
-            total: page.total,
-            items: page.items,
-            skipped: page.skipped,
-            fetched_at: Instant::now(),
-        }
-    }
-
-    /// Backup `i`, encoded.
-    pub fn encoded_at(&self, i: usize) -> Bytes {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        self.encoded.slice(start..self.ends[i] as usize)
+impl std::ops::Deref for CachedPage {
+    type Target = DecodedPage;
+    fn deref(&self) -> &DecodedPage {
+        &self.page
     }
 }
 
@@ -124,7 +81,10 @@ impl PageCache {
             .try_get_with(key, async {
                 fetched = true;
                 let page = fetch.await?;
-                Ok(Arc::new(CachedPage::new(page)))
+                Ok(Arc::new(CachedPage {
+                    page,
+                    fetched_at: Instant::now(),
+                }))
             })
             .await?;
         let origin = if fetched {
@@ -142,48 +102,33 @@ impl PageCache {
     }
 }
 
-/// Approximate heap bytes of a cached page.
+/// Approximate heap bytes of a cached page, its key and the cache's bookkeeping.
 fn weight(key: &PageKey, page: &CachedPage) -> usize {
-    let metas: usize = page
-        .metas
-        .iter()
-        .map(|m| {
-            std::mem::size_of::<BackupMeta>()
-                + m.id.len()
-                + m.backup_type_name.len()
-                + m.status.len()
-        })
-        .sum();
-    let skipped: usize = page.skipped.iter().map(String::len).sum();
     std::mem::size_of::<CachedPage>()
         + std::mem::size_of::<PageKey>()
+        + 64 // moka's entry
         + key.endpoint.len()
         + key.project_id.len()
-        + page.encoded.len()
-        + page.ends.len() * 4
-        + metas
-        + skipped
+        + page.heap_size()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb;
+    use crate::ddm::model::BackupInfo;
+    use crate::wire::PageBuilder;
 
     fn page(n: usize) -> DecodedPage {
-        let backups = (0..n)
-            .map(|i| pb::Backup {
-                id: format!("{i:032x}br09"),
-                name: "x".repeat(40),
+        let mut builder = PageBuilder::new("p", "r", n);
+        for i in 0..n {
+            let info = BackupInfo {
+                id: Some(format!("{i:032x}br09").into()),
+                name: Some("x".repeat(40).into()),
                 ..Default::default()
-            })
-            .collect();
-        DecodedPage {
-            backups,
-            total: n as u64,
-            items: n,
-            skipped: Vec::new(),
+            };
+            builder.push(&info).unwrap();
         }
+        builder.finish(n as u64, n)
     }
 
     fn key(offset: u64) -> PageKey {
@@ -222,12 +167,12 @@ mod tests {
             .get_or_fetch(key(0), None, async { Ok(page(2)) })
             .await
             .unwrap();
-        assert_eq!((origin, p.metas.len()), (Origin::Cache, 1));
+        assert_eq!((origin, p.len()), (Origin::Cache, 1));
         let (p, origin) = cache
             .get_or_fetch(key(0), Some(Duration::ZERO), async { Ok(page(2)) })
             .await
             .unwrap();
-        assert_eq!((origin, p.metas.len()), (Origin::Upstream, 2));
+        assert_eq!((origin, p.len()), (Origin::Upstream, 2));
         let (p, _) = cache
             .get_or_fetch(key(0), None, async { Ok(page(1)) })
             .await

@@ -9,6 +9,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::encoding::{DecodeContext, WireType, message, skip_field};
 
+use crate::ddm::model::{BackupInfo, backup_type_of};
 use crate::pb;
 
 #[derive(Clone, Default, PartialEq)]
@@ -83,23 +84,280 @@ impl prost::Message for ListBackupsResponse {
     }
 }
 
-/// Encodes backups as field 1 entries of `ListBackupsResponse`; returns the bytes and where
-/// each backup ends in them.
-pub fn encode_backups(backups: &[pb::Backup]) -> (Bytes, Vec<u32>) {
-    let len: usize = backups.iter().map(|b| message::encoded_len(1, b)).sum();
-    let mut buf = BytesMut::with_capacity(len);
-    let mut ends = Vec::with_capacity(backups.len());
-    for b in backups {
-        message::encode(1, b, &mut buf);
-        ends.push(buf.len() as u32);
+/// A page of readable backups, encoded for the wire, with what the gateway itself looks at in
+/// each (its id, type, status and creation time) kept apart.
+#[derive(Debug, Clone, Default)]
+pub struct DecodedPage {
+    /// The backups as `ListBackupsResponse` field 1 entries; backup i ends at `ends[i]`.
+    pub encoded: Bytes,
+    pub ends: Vec<u32>,
+    metas: Vec<Meta>,
+    /// The metas' strings, one after the other.
+    text: String,
+    /// The upstream's `total`.
+    pub total: u64,
+    /// Items the upstream sent, readable or not (tells a short page).
+    pub items: usize,
+    /// Why unreadable items were skipped.
+    pub skipped: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    id: (u32, u32),
+    backup_type_name: (u32, u32),
+    status: (u32, u32),
+    created: Option<prost_types::Timestamp>,
+}
+
+/// What filters and de-duplication need of a backup.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackupMeta<'a> {
+    pub id: &'a str,
+    pub backup_type_name: &'a str,
+    pub status: &'a str,
+    pub created: Option<prost_types::Timestamp>,
+}
+
+impl DecodedPage {
+    /// Readable backups.
+    pub fn len(&self) -> usize {
+        self.metas.len()
     }
-    (buf.freeze(), ends)
+
+    pub fn is_empty(&self) -> bool {
+        self.metas.is_empty()
+    }
+
+    pub fn meta(&self, i: usize) -> BackupMeta<'_> {
+        let m = &self.metas[i];
+        let text = |(start, end): (u32, u32)| &self.text[start as usize..end as usize];
+        BackupMeta {
+            id: text(m.id),
+            backup_type_name: text(m.backup_type_name),
+            status: text(m.status),
+            created: m.created,
+        }
+    }
+
+    /// Backup `i`, encoded.
+    pub fn encoded_at(&self, i: usize) -> Bytes {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.encoded.slice(start..self.ends[i] as usize)
+    }
+
+    /// The backups, decoded (for tests and tools; the gateway sends `encoded`).
+    pub fn backups(&self) -> Vec<pb::Backup> {
+        let framed = ListBackupsResponse::decode(self.encoded.clone()).unwrap_or_default();
+        framed.backups
+    }
+
+    /// Heap bytes held, roughly.
+    pub fn heap_size(&self) -> usize {
+        self.encoded.len()
+            + self.ends.len() * 4
+            + self.metas.len() * std::mem::size_of::<Meta>()
+            + self.text.len()
+            + self.skipped.iter().map(String::len).sum::<usize>()
+    }
+}
+
+use prost::Message as _;
+
+/// Builds a `DecodedPage` from upstream items: each is checked, then encoded straight from the
+/// borrowed JSON strings, with no `Backup` built in between.
+pub struct PageBuilder<'p> {
+    project_id: &'p str,
+    region: &'p str,
+    page: DecodedPage,
+    buf: BytesMut,
+}
+
+impl<'p> PageBuilder<'p> {
+    pub fn new(project_id: &'p str, region: &'p str, items: usize) -> Self {
+        PageBuilder {
+            project_id,
+            region,
+            page: DecodedPage {
+                ends: Vec::with_capacity(items),
+                metas: Vec::with_capacity(items),
+                text: String::with_capacity(items * 48),
+                ..Default::default()
+            },
+            buf: BytesMut::with_capacity(items * 360),
+        }
+    }
+
+    fn text(&mut self, s: &str) -> (u32, u32) {
+        let start = self.page.text.len() as u32;
+        self.page.text.push_str(s);
+        (start, self.page.text.len() as u32)
+    }
+
+    /// Adds a readable item, or says why it is not.
+    pub fn push(&mut self, info: &BackupInfo<'_>) -> Result<(), String> {
+        let checked = info.check()?;
+        let backup_type_name = info.backup_type.as_deref().unwrap_or_default();
+        let fields = BackupFields {
+            id: info.id.as_deref().unwrap_or_default(),
+            name: info.name.as_deref().unwrap_or_default(),
+            description: info.description.as_deref().unwrap_or_default(),
+            status: info.status.as_deref().unwrap_or_default(),
+            instance_id: info.instance_id.as_deref().unwrap_or_default(),
+            instance_name: info.instance_name.as_deref().unwrap_or_default(),
+            instance_status: info.instance_status.as_deref().unwrap_or_default(),
+            file_size_kb: checked.file_size_kb,
+            created: checked.created,
+            updated: checked.updated,
+            backup_type: backup_type_of(backup_type_name) as i32,
+            project_id: self.project_id,
+            region: self.region,
+            backup_type_name,
+        };
+        fields.encode_framed(&mut self.buf);
+        self.page.ends.push(self.buf.len() as u32);
+        let meta = Meta {
+            id: self.text(fields.id),
+            backup_type_name: self.text(backup_type_name),
+            status: self.text(fields.status),
+            created: checked.created,
+        };
+        self.page.metas.push(meta);
+        Ok(())
+    }
+
+    pub fn skip(&mut self, why: String) {
+        self.page.skipped.push(why);
+    }
+
+    pub fn finish(mut self, total: u64, items: usize) -> DecodedPage {
+        self.page.encoded = self.buf.freeze();
+        self.page.total = total;
+        self.page.items = items;
+        self.page
+    }
+}
+
+/// A `backupgw.v1.Backup`, by reference, encoded exactly as prost encodes `pb::Backup`.
+struct BackupFields<'a> {
+    id: &'a str,
+    name: &'a str,
+    description: &'a str,
+    status: &'a str,
+    instance_id: &'a str,
+    instance_name: &'a str,
+    instance_status: &'a str,
+    file_size_kb: f64,
+    created: Option<prost_types::Timestamp>,
+    updated: Option<prost_types::Timestamp>,
+    backup_type: i32,
+    project_id: &'a str,
+    region: &'a str,
+    backup_type_name: &'a str,
+}
+
+impl BackupFields<'_> {
+    fn strings(&self) -> [(u32, &str); 10] {
+        [
+            (1, self.id),
+            (2, self.name),
+            (3, self.description),
+            (4, self.status),
+            (5, self.instance_id),
+            (6, self.instance_name),
+            (7, self.instance_status),
+            (12, self.project_id),
+            (13, self.region),
+            (14, self.backup_type_name),
+        ]
+    }
+
+    fn encoded_len(&self) -> usize {
+        use prost::encoding::{encoded_len_varint, key_len};
+        let strings: usize = self
+            .strings()
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(tag, v)| key_len(*tag) + encoded_len_varint(v.len() as u64) + v.len())
+            .sum();
+        strings
+            + if self.file_size_kb != 0.0 {
+                key_len(8) + 8
+            } else {
+                0
+            }
+            + self
+                .created
+                .as_ref()
+                .map_or(0, |t| message::encoded_len(9, t))
+            + self
+                .updated
+                .as_ref()
+                .map_or(0, |t| message::encoded_len(10, t))
+            + if self.backup_type != 0 {
+                key_len(11) + encoded_len_varint(self.backup_type as u64)
+            } else {
+                0
+            }
+    }
+
+    /// Writes the backup as field 1 of `ListBackupsResponse`, fields in tag order.
+    fn encode_framed(&self, buf: &mut BytesMut) {
+        use prost::encoding::{encode_key, encode_varint};
+        let string = |tag: u32, v: &str, buf: &mut BytesMut| {
+            if !v.is_empty() {
+                encode_key(tag, WireType::LengthDelimited, buf);
+                encode_varint(v.len() as u64, buf);
+                buf.put_slice(v.as_bytes());
+            }
+        };
+        encode_key(1, WireType::LengthDelimited, buf);
+        encode_varint(self.encoded_len() as u64, buf);
+        let [
+            id,
+            name,
+            description,
+            status,
+            instance_id,
+            instance_name,
+            instance_status,
+            project_id,
+            region,
+            type_name,
+        ] = self.strings();
+        for (tag, v) in [
+            id,
+            name,
+            description,
+            status,
+            instance_id,
+            instance_name,
+            instance_status,
+        ] {
+            string(tag, v, buf);
+        }
+        if self.file_size_kb != 0.0 {
+            prost::encoding::double::encode(8, &self.file_size_kb, buf);
+        }
+        if let Some(t) = &self.created {
+            message::encode(9, t, buf);
+        }
+        if let Some(t) = &self.updated {
+            message::encode(10, t, buf);
+        }
+        if self.backup_type != 0 {
+            prost::encoding::int32::encode(11, &self.backup_type, buf);
+        }
+        for (tag, v) in [project_id, region, type_name] {
+            string(tag, v, buf);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message as _;
+    use std::borrow::Cow;
 
     fn backup(id: &str) -> pb::Backup {
         pb::Backup {
@@ -117,12 +375,14 @@ mod tests {
     }
 
     #[test]
-    fn pre_encoded_backups_decode_as_backups() {
-        let (bytes, ends) = encode_backups(&[backup("a"), backup("b")]);
-        assert_eq!(ends.len(), 2);
-        assert_eq!(*ends.last().unwrap() as usize, bytes.len());
+    fn encoded_and_decoded_backups_travel_together() {
+        let framed = |b: &pb::Backup| {
+            let mut buf = BytesMut::new();
+            message::encode(1, b, &mut buf);
+            buf.freeze()
+        };
         let sent = ListBackupsResponse {
-            encoded_backups: bytes.slice(ends[0] as usize..),
+            encoded_backups: framed(&backup("b")),
             backups: vec![backup("c")],
             targets: vec![pb::TargetResult {
                 project_id: "p".into(),
@@ -141,5 +401,74 @@ mod tests {
         assert_eq!(got.targets, sent.targets);
         assert_eq!(got.summary, sent.summary);
         assert!(got.encoded_backups.is_empty());
+    }
+
+    #[test]
+    fn the_page_builder_encodes_exactly_as_prost() {
+        let info = BackupInfo {
+            id: Some(Cow::Borrowed("a1")),
+            name: Some(Cow::Owned("名前 with \"escapes\"".into())),
+            description: None,
+            status: Some("normal".into()),
+            instance_id: Some("i".into()),
+            instance_name: Some("".into()),
+            instance_status: Some("RUNNING".into()),
+            file_size: Some(5.419922),
+            created: Some("2025-02-19T10:50:20+0800".into()),
+            updated: None,
+            backup_type: Some("auto_metadata".into()),
+        };
+        let mut builder = PageBuilder::new("proj", "cn-north-4", 2);
+        builder.push(&info).unwrap();
+        builder
+            .push(&BackupInfo {
+                id: Some("a2".into()),
+                file_size: Some(0.0),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(builder.push(&BackupInfo::default()).is_err());
+        let page = builder.finish(3, 3);
+        let expected = pb::Backup {
+            id: "a1".into(),
+            name: "名前 with \"escapes\"".into(),
+            status: "normal".into(),
+            instance_id: "i".into(),
+            instance_status: "RUNNING".into(),
+            file_size_kb: 5.419922,
+            created: Some(prost_types::Timestamp {
+                seconds: 1_739_933_420,
+                nanos: 0,
+            }),
+            backup_type: pb::BackupType::AutoMetadata as i32,
+            project_id: "proj".into(),
+            region: "cn-north-4".into(),
+            backup_type_name: "auto_metadata".into(),
+            ..Default::default()
+        };
+        let mut prost_bytes = BytesMut::new();
+        message::encode(1, &expected, &mut prost_bytes);
+        assert_eq!(
+            page.encoded_at(0),
+            prost_bytes.freeze(),
+            "byte for byte as prost"
+        );
+        let backups = page.backups();
+        assert_eq!(backups[0], expected);
+        assert_eq!(
+            (backups[1].id.as_str(), backups[1].backup_type()),
+            ("a2", pb::BackupType::Unspecified)
+        );
+        assert_eq!(
+            page.meta(0),
+            BackupMeta {
+                id: "a1",
+                backup_type_name: "auto_metadata",
+                status: "normal",
+                created: expected.created
+            }
+        );
+        assert_eq!(page.meta(1).id, "a2");
+        assert_eq!((page.len(), page.total, page.items), (2, 3, 3));
     }
 }

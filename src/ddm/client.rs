@@ -13,8 +13,9 @@ use crate::rate::TokenBucket;
 
 use super::auth::{Authorized, Credential};
 use super::error::{DdmError, shorten, upstream_error};
-use super::model::{DecodedPage, decode_page};
+use super::model::decode_page;
 use super::sign::canonical_query;
+use crate::wire::DecodedPage;
 
 /// The most the upstream serves in one page.
 pub const MAX_PAGE_SIZE: u32 = 128;

@@ -6,9 +6,9 @@ pub mod error;
 pub mod model;
 pub mod sign;
 
+pub use crate::wire::DecodedPage;
 pub use auth::{Credential, CredentialKind};
 pub use client::{
     ClientOptions, DdmClient, Gate, MAX_PAGE_SIZE, PageRequest, Pushdown, RetryPolicy,
 };
 pub use error::DdmError;
-pub use model::DecodedPage;

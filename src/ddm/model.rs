@@ -4,53 +4,60 @@
 //! `file_size` may be an integer or a float. Items are decoded one by one so that a single bad
 //! item is reported and skipped instead of failing the whole page.
 
+use std::borrow::Cow;
+
 use prost_types::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::pb;
+use crate::wire::{DecodedPage, PageBuilder};
 
-/// A page of `ListBackups`, with its items still raw.
+/// A page of `ListBackups`, decoded in one pass.
 #[derive(Debug, Deserialize)]
-pub struct RawPage<'a> {
+struct Page<'a> {
     #[serde(borrow, default)]
-    pub backups: Option<Vec<&'a RawValue>>,
-    pub total: Option<u64>,
-    #[allow(dead_code)]
-    pub offset: Option<u64>,
-    #[allow(dead_code)]
-    pub limit: Option<u64>,
+    backups: Option<Vec<BackupInfo<'a>>>,
+    total: Option<u64>,
 }
 
-/// The upstream's `BackupInfo`.
+/// A page of `ListBackups` with its items still raw: to find which item is bad.
+#[derive(Debug, Deserialize)]
+struct RawPage<'a> {
+    #[serde(borrow, default)]
+    backups: Option<Vec<&'a RawValue>>,
+    total: Option<u64>,
+}
+
+/// The upstream's `BackupInfo`. Strings borrow from the body unless they hold escapes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct BackupInfo {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance_status: Option<String>,
+pub struct BackupInfo<'a> {
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub instance_name: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub instance_status: Option<Cow<'a, str>>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         serialize_with = "serialize_size"
     )]
     pub file_size: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub updated: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup_type: Option<String>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub backup_type: Option<Cow<'a, str>>,
 }
 
 /// The upstream writes whole sizes as integers (`5`), others as floats (`5.419922`).
@@ -64,21 +71,11 @@ fn serialize_size<S: serde::Serializer>(size: &Option<f64>, s: S) -> Result<S::O
 
 /// The body the simulator sends for a page.
 #[derive(Debug, Serialize)]
-pub struct PageBody {
-    pub backups: Vec<BackupInfo>,
+pub struct PageBody<'a> {
+    pub backups: Vec<BackupInfo<'a>>,
     pub total: u64,
     pub offset: u64,
     pub limit: u64,
-}
-
-/// A decoded page: the backups that could be read, and why the others could not.
-#[derive(Debug, Clone, Default)]
-pub struct DecodedPage {
-    pub backups: Vec<pb::Backup>,
-    pub total: u64,
-    /// How many items the upstream sent (decoded or not): tells a short page.
-    pub items: usize,
-    pub skipped: Vec<String>,
 }
 
 /// Why a page could not be decoded at all.
@@ -93,37 +90,52 @@ pub fn decode_page(
     project_id: &str,
     region: &str,
 ) -> Result<DecodedPage, PageDecodeError> {
+    // One pass when the page is well formed (the usual case)…
+    if let Ok(page) = serde_json::from_slice::<Page<'_>>(body) {
+        let total = page.total.ok_or_else(no_total)?;
+        let items = page.backups.unwrap_or_default();
+        let mut builder = PageBuilder::new(project_id, region, items.len());
+        for (index, item) in items.iter().enumerate() {
+            if let Err(why) = builder.push(item) {
+                builder.skip(format!("item {index}: {why}"));
+            }
+        }
+        return Ok(builder.finish(total, items.len()));
+    }
+    // …else item by item, to keep the readable ones and say what is wrong with the others.
     let raw: RawPage<'_> = serde_json::from_slice(body)
         .map_err(|e| PageDecodeError(format!("the body is not a ListBackups page: {e}")))?;
-    let total = raw
-        .total
-        .ok_or_else(|| PageDecodeError("the page has no \"total\"".into()))?;
+    let total = raw.total.ok_or_else(no_total)?;
     let items = raw.backups.unwrap_or_default();
-    let mut page = DecodedPage {
-        backups: Vec::with_capacity(items.len()),
-        total,
-        items: items.len(),
-        skipped: Vec::new(),
-    };
+    let mut builder = PageBuilder::new(project_id, region, items.len());
     for (index, item) in items.iter().enumerate() {
-        match decode_item(item.get(), project_id, region) {
-            Ok(backup) => page.backups.push(backup),
-            Err(why) => page.skipped.push(format!("item {index}: {why}")),
+        let pushed = serde_json::from_str::<BackupInfo<'_>>(item.get())
+            .map_err(|e| e.to_string())
+            .and_then(|info| builder.push(&info));
+        if let Err(why) = pushed {
+            builder.skip(format!("item {index}: {why}"));
         }
     }
-    Ok(page)
+    Ok(builder.finish(total, items.len()))
 }
 
-fn decode_item(json: &str, project_id: &str, region: &str) -> Result<pb::Backup, String> {
-    let info: BackupInfo = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    info.into_backup(project_id, region)
+fn no_total() -> PageDecodeError {
+    PageDecodeError("the page has no \"total\"".into())
 }
 
-impl BackupInfo {
-    /// Our model of the backup. Unknown `status`, `instance_status` and `backup_type` values are
-    /// kept verbatim; a missing or unparseable id or timestamp makes the item unreadable.
-    pub fn into_backup(self, project_id: &str, region: &str) -> Result<pb::Backup, String> {
-        let id = match self.id {
+/// What of a `BackupInfo` is checked before it is accepted.
+pub struct Checked {
+    pub created: Option<Timestamp>,
+    pub updated: Option<Timestamp>,
+    pub file_size_kb: f64,
+}
+
+impl BackupInfo<'_> {
+    /// Unknown `status`, `instance_status` and `backup_type` values are kept verbatim; a
+    /// missing id, an unparseable timestamp or a size that is not a number make the item
+    /// unreadable.
+    pub fn check(&self) -> Result<Checked, String> {
+        let id = match self.id.as_deref() {
             Some(id) if !id.is_empty() => id,
             _ => return Err("the backup has no id".into()),
         };
@@ -133,22 +145,10 @@ impl BackupInfo {
         if !file_size_kb.is_finite() {
             return Err(format!("backup {id}: file_size is not a number"));
         }
-        let backup_type_name = self.backup_type.unwrap_or_default();
-        Ok(pb::Backup {
-            id,
-            name: self.name.unwrap_or_default(),
-            description: self.description.unwrap_or_default(),
-            status: self.status.unwrap_or_default(),
-            instance_id: self.instance_id.unwrap_or_default(),
-            instance_name: self.instance_name.unwrap_or_default(),
-            instance_status: self.instance_status.unwrap_or_default(),
-            file_size_kb,
+        Ok(Checked {
             created,
             updated,
-            backup_type: backup_type_of(&backup_type_name) as i32,
-            project_id: project_id.to_owned(),
-            region: region.to_owned(),
-            backup_type_name,
+            file_size_kb,
         })
     }
 }
@@ -281,8 +281,10 @@ mod tests {
         let page = decode_page(body, "p", "r").unwrap();
         assert_eq!(page.total, 5);
         assert_eq!(page.items, 5);
-        assert_eq!(page.backups.len(), 2);
-        let first = &page.backups[0];
+        let backups = page.backups();
+        assert_eq!(backups.len(), 2);
+        assert_eq!(page.meta(1).backup_type_name, "incremental");
+        let first = &backups[0];
         assert_eq!(first.file_size_kb, 5.419922);
         assert_eq!(first.created.unwrap().seconds, 1_739_933_420);
         assert_eq!(first.backup_type(), pb::BackupType::AutoMetadata);
@@ -290,7 +292,7 @@ mod tests {
             (first.project_id.as_str(), first.region.as_str()),
             ("p", "r")
         );
-        let second = &page.backups[1];
+        let second = &backups[1];
         assert_eq!(second.file_size_kb, 5.0);
         assert_eq!(second.backup_type(), pb::BackupType::Other);
         assert_eq!(second.backup_type_name, "incremental");
@@ -397,7 +399,8 @@ mod tests {
                 }
             }
             if let Ok(page) = decode_page(&body, "p", "r") {
-                assert_eq!(page.backups.len() + page.skipped.len(), page.items);
+                assert_eq!(page.len() + page.skipped.len(), page.items);
+                assert_eq!(page.backups().len(), page.len(), "what is encoded decodes");
             }
         }
     }

@@ -19,10 +19,11 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::cache::{BackupMeta, PageCache};
+use crate::cache::PageCache;
 use crate::ddm::{DdmClient, Pushdown};
 use crate::pb;
 use crate::rate::TokenBucket;
+use crate::wire::BackupMeta;
 use read::{QueryStats, TargetProgress, TargetRead};
 use targets::{HealthBook, TargetSet};
 pub use targets::{Target, TargetHealth, TargetSource};
@@ -94,10 +95,9 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, b: &BackupMeta) -> bool {
-        (self.backup_types.is_empty()
-            || self.backup_types.iter().any(|t| **t == *b.backup_type_name))
-            && (self.statuses.is_empty() || self.statuses.iter().any(|s| **s == *b.status))
+    fn matches(&self, b: &BackupMeta<'_>) -> bool {
+        (self.backup_types.is_empty() || self.backup_types.iter().any(|t| t == b.backup_type_name))
+            && (self.statuses.is_empty() || self.statuses.iter().any(|s| s == b.status))
             && self.created_in_range(b.created.as_ref())
     }
 
@@ -454,11 +454,11 @@ impl Drop for EventStream {
 mod tests {
     use super::*;
 
-    fn backup(kind: &str, status: &str, created: Option<i64>) -> BackupMeta {
+    fn backup<'a>(kind: &'a str, status: &'a str, created: Option<i64>) -> BackupMeta<'a> {
         BackupMeta {
-            id: "b".into(),
-            backup_type_name: kind.into(),
-            status: status.into(),
+            id: "b",
+            backup_type_name: kind,
+            status,
             created: created.map(|seconds| Timestamp { seconds, nanos: 0 }),
         }
     }

@@ -264,12 +264,13 @@ impl TargetRead {
         let mut no_overlap = true;
         let unfiltered = self.query.filter.is_empty();
         let mut chosen = Vec::new();
-        for (i, meta) in page.metas.iter().enumerate() {
-            if let Some(first_read) = merge.seen.first_seen(&meta.id, read) {
+        for i in 0..page.len() {
+            let meta = page.meta(i);
+            if let Some(first_read) = merge.seen.first_seen(meta.id, read) {
                 no_overlap &= first_read != read;
                 continue;
             }
-            if unfiltered || self.query.filter.matches(meta) {
+            if unfiltered || self.query.filter.matches(&meta) {
                 chosen.push(i);
             }
         }
@@ -277,7 +278,7 @@ impl TargetRead {
             return no_overlap;
         }
         // The whole page as cached (the usual case) costs no copy.
-        let encoded = if chosen.len() == page.metas.len() {
+        let encoded = if chosen.len() == page.len() {
             page.encoded.clone()
         } else {
             let mut out = BytesMut::new();

@@ -153,6 +153,8 @@ pub struct SimProject {
     pub instances: Vec<SimInstance>,
     /// Newest first.
     pub backups: Vec<SimBackup>,
+    /// `backups[i]` as JSON, rendered once so that serving a page costs little.
+    pub rendered: Vec<Box<str>>,
 }
 
 impl SimProject {
@@ -161,7 +163,7 @@ impl SimProject {
     }
 
     /// The backup as the upstream writes it.
-    pub fn render(&self, b: &SimBackup) -> BackupInfo {
+    pub fn render(&self, b: &SimBackup) -> BackupInfo<'static> {
         let instance = &self.instances[b.instance as usize];
         let day = format_upstream_time(b.created, self.utc_offset_minutes);
         let (name, description) = match b.kind {
@@ -179,18 +181,25 @@ impl SimProject {
             ),
         };
         BackupInfo {
-            id: Some(Self::backup_id(b)),
-            name: Some(name),
-            description: Some(description),
+            id: Some(Self::backup_id(b).into()),
+            name: Some(name.into()),
+            description: Some(description.into()),
             status: Some("normal".into()),
-            instance_id: Some(instance.id.clone()),
-            instance_name: Some(instance.name.clone()),
+            instance_id: Some(instance.id.clone().into()),
+            instance_name: Some(instance.name.clone().into()),
             instance_status: Some(instance.status.into()),
             file_size: Some(b.size_kb),
-            created: Some(day),
-            updated: Some(format_upstream_time(b.updated, self.utc_offset_minutes)),
+            created: Some(day.into()),
+            updated: Some(format_upstream_time(b.updated, self.utc_offset_minutes).into()),
             backup_type: Some(b.kind.as_str().into()),
         }
+    }
+
+    /// The backup's JSON, as the upstream writes it.
+    pub fn render_json(&self, b: &SimBackup) -> Box<str> {
+        serde_json::to_string(&self.render(b))
+            .unwrap_or_default()
+            .into()
     }
 }
 
@@ -296,14 +305,21 @@ fn generate_project(
         }
     }
     backups.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
-    SimProject {
+    let mut project = SimProject {
         id,
         name,
         region: region.to_owned(),
         utc_offset_minutes,
         instances,
         backups,
-    }
+        rendered: Vec::new(),
+    };
+    project.rendered = project
+        .backups
+        .iter()
+        .map(|b| project.render_json(b))
+        .collect();
+    project
 }
 
 #[cfg(test)]

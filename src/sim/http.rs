@@ -198,12 +198,16 @@ async fn list_backups(
             faults::fail(
                 kind,
                 faults,
-                || serde_json::to_value(&page).unwrap_or_default(),
+                || serde_json::from_str(&page).unwrap_or_default(),
                 &request_id,
             )
             .await
         }
-        None => axum::Json(page).into_response(),
+        None => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            page,
+        )
+            .into_response(),
     }
 }
 

@@ -17,7 +17,6 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::ddm::model::PageBody;
 use crate::rate::TokenBucket;
 
 pub use auth::{AuthOptions, SimKey, SimUser};
@@ -117,17 +116,24 @@ impl SimState {
         )
     }
 
-    /// One page of a project's backups as they are now, after this request's churn.
-    fn page(&self, index: usize, faults: &Faults, params: &http::ListParams) -> PageBody {
+    /// One page of a project's backups as they are now, after this request's churn: the body.
+    fn page(&self, index: usize, faults: &Faults, params: &http::ListParams) -> String {
         let project = &self.data.projects[index];
         let mut live = self.live[index].lock().unwrap_or_else(|e| e.into_inner());
         if faults.churn_add > 0 || faults.churn_expire > 0 {
             let backups = live.get_or_insert_with(|| project.backups.clone());
             churn(project, backups, faults);
         }
-        let backups: &[data::SimBackup] = live.as_deref().unwrap_or(&project.backups);
+        // Churned projects are rendered as they are now; the others were rendered once.
+        let (backups, rendered): (&[data::SimBackup], Option<&[Box<str>]>) = match live.as_deref() {
+            Some(b) => (b, None),
+            None => (&project.backups, Some(&project.rendered)),
+        };
         // Pushdown: instance_id and instance_name match exactly, backup_name matches a substring.
-        let matching = backups.iter().filter(|b| {
+        let filtered = params.instance_id.is_some()
+            || params.instance_name.is_some()
+            || params.backup_name.is_some();
+        let matches = |b: &data::SimBackup| {
             let instance = &project.instances[b.instance as usize];
             params
                 .instance_id
@@ -143,21 +149,30 @@ impl SimState {
                         .name
                         .is_some_and(|name| name.contains(n.as_str()))
                 })
-        });
+        };
         let mut total = 0u64;
-        let mut page = Vec::new();
-        for (i, b) in matching.enumerate() {
+        let mut body = String::from("{\"backups\":[");
+        for (i, b) in backups.iter().enumerate() {
+            if filtered && !matches(b) {
+                continue;
+            }
+            let at = total;
             total += 1;
-            if i as u64 >= params.offset && (page.len() as u64) < params.limit {
-                page.push(project.render(b));
+            if at >= params.offset && at < params.offset.saturating_add(params.limit) {
+                if !body.ends_with('[') {
+                    body.push(',');
+                }
+                match rendered {
+                    Some(r) => body.push_str(&r[i]),
+                    None => body.push_str(&project.render_json(b)),
+                }
             }
         }
-        PageBody {
-            backups: page,
-            total,
-            offset: params.offset,
-            limit: params.limit,
-        }
+        body.push_str(&format!(
+            "],\"total\":{total},\"offset\":{},\"limit\":{}}}",
+            params.offset, params.limit
+        ));
+        body
     }
 }
 
