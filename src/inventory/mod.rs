@@ -293,52 +293,20 @@ impl Inventory {
         let progress: Vec<Arc<TargetProgress>> = targets.iter().map(|_| Arc::default()).collect();
         let mut running = JoinSet::new();
         let mut index_of = HashMap::new();
-        for (index, target) in targets.iter().enumerate() {
-            let read = TargetRead {
-                inventory: Arc::clone(&self),
-                target: Arc::clone(target),
-                health: self.health(&target.project_id),
-                query: Arc::clone(&query),
-                pushdown: Arc::clone(&pushdown),
-                stats: Arc::clone(&stats),
-                progress: Arc::clone(&progress[index]),
-                tx: tx.clone(),
-            };
-            let slots = Arc::clone(&target_slots);
-            let handle: AbortHandle = running.spawn(async move {
-                let _slot = slots.acquire_owned().await;
-                read.run().await
-            });
-            index_of.insert(handle.id(), index);
-        }
+        // Targets are spawned only once a slot is free: a waiting target costs nothing.
+        let mut waiting = targets.iter().enumerate();
+        let mut next = waiting.next();
 
         let (mut ok, mut failed) = (0u32, 0u32);
         let mut finished = vec![false; targets.len()];
-        let mut results = Vec::new();
         let mut out_of_time = false;
-        loop {
-            let joined = tokio::select! {
-                joined = running.join_next_with_id() => joined,
-                _ = sleep_until_opt(query.deadline) => {
-                    out_of_time = true;
-                    // Targets that finished just now still count as finished.
-                    running.try_join_next_with_id()
-                }
-            };
-            let Some(joined) = joined else {
-                if out_of_time {
-                    running.abort_all();
-                    for (index, done) in finished.iter().enumerate() {
-                        if !done {
-                            results.push(
-                                progress[index].result(&targets[index], Some(deadline_error())),
-                            );
-                        }
-                    }
-                }
-                break;
-            };
-            let (index, result) = match joined {
+        // What a finished (or crashed) task says about its target.
+        let outcome = |joined: Result<
+            (tokio::task::Id, pb::TargetResult),
+            tokio::task::JoinError,
+        >,
+                       index_of: &HashMap<tokio::task::Id, usize>| {
+            match joined {
                 Ok((id, result)) => (index_of[&id], result),
                 Err(e) => {
                     let index = index_of[&e.id()];
@@ -350,21 +318,62 @@ impl Inventory {
                     };
                     (index, progress[index].result(&targets[index], Some(error)))
                 }
-            };
-            finished[index] = true;
-            results.push(result);
-            // Sent as they come, except past the deadline, when all go out below at once.
-            if !out_of_time {
-                for result in results.drain(..) {
-                    if !self.report(result, &mut ok, &mut failed, &tx).await {
-                        return;
-                    }
-                }
             }
-        }
-        for result in results {
+        };
+        loop {
+            let busy = next.is_some() || !running.is_empty();
+            let joined = tokio::select! {
+                slot = Arc::clone(&target_slots).acquire_owned(), if next.is_some() => {
+                    let (Some((index, target)), Ok(slot)) = (next, slot) else { break };
+                    let read = TargetRead {
+                        inventory: Arc::clone(&self),
+                        target: Arc::clone(target),
+                        health: self.health(&target.project_id),
+                        query: Arc::clone(&query),
+                        pushdown: Arc::clone(&pushdown),
+                        stats: Arc::clone(&stats),
+                        progress: Arc::clone(&progress[index]),
+                        tx: tx.clone(),
+                    };
+                    let handle: AbortHandle = running.spawn(async move {
+                        let _slot = slot;
+                        read.run().await
+                    });
+                    index_of.insert(handle.id(), index);
+                    next = waiting.next();
+                    continue;
+                }
+                Some(joined) = running.join_next_with_id(), if !running.is_empty() => joined,
+                _ = sleep_until_opt(query.deadline), if busy => {
+                    out_of_time = true;
+                    break;
+                }
+                else => break,
+            };
+            let (index, result) = outcome(joined, &index_of);
+            finished[index] = true;
             if !self.report(result, &mut ok, &mut failed, &tx).await {
                 return;
+            }
+        }
+        if out_of_time {
+            // Targets that finished just now count as finished; the others ran out of time.
+            let mut results = Vec::new();
+            while let Some(joined) = running.try_join_next_with_id() {
+                let (index, result) = outcome(joined, &index_of);
+                finished[index] = true;
+                results.push(result);
+            }
+            running.abort_all();
+            for (index, done) in finished.iter().enumerate() {
+                if !done {
+                    results.push(progress[index].result(&targets[index], Some(deadline_error())));
+                }
+            }
+            for result in results {
+                if !self.report(result, &mut ok, &mut failed, &tx).await {
+                    return;
+                }
             }
         }
 
