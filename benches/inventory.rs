@@ -583,8 +583,7 @@ async fn memory(quick: bool, dir: &Path) -> Vec<Row> {
             "100",
         ],
     );
-    let big_limits =
-        "[limits]\nmax_concurrent_requests = 64\n[cache]\nttl_seconds = 3600\nmax_bytes = 67108864";
+    let big_limits = "[limits]\nmax_concurrent_requests = 64\nmax_pages_per_target = 2\n[cache]\nttl_seconds = 3600\nmax_bytes = 67108864";
     let mut gw = start_gateway(&big, big_limits).await;
     let (n, secs) = stream_all(&mut gw.client, everything.clone(), None, None).await;
     assert_eq!(n, 1_000_000);

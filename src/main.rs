@@ -139,11 +139,6 @@ impl DataArgs {
     }
 }
 
-// Pages are many small strings, decoded and freed across threads: glibc's malloc spent a
-// third of the gateway's CPU on them (see README, Performance).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()

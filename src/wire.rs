@@ -155,9 +155,9 @@ impl DecodedPage {
     /// Heap bytes held, roughly.
     pub fn heap_size(&self) -> usize {
         self.encoded.len()
-            + self.ends.len() * 4
-            + self.metas.len() * std::mem::size_of::<Meta>()
-            + self.text.len()
+            + self.ends.capacity() * 4
+            + self.metas.capacity() * std::mem::size_of::<Meta>()
+            + self.text.capacity()
             + self.skipped.iter().map(String::len).sum::<usize>()
     }
 }
@@ -184,7 +184,7 @@ impl<'p> PageBuilder<'p> {
                 text: String::with_capacity(items * 48),
                 ..Default::default()
             },
-            buf: BytesMut::with_capacity(items * 360),
+            buf: BytesMut::with_capacity(items * 320),
         }
     }
 
@@ -231,7 +231,15 @@ impl<'p> PageBuilder<'p> {
     }
 
     pub fn finish(mut self, total: u64, items: usize) -> DecodedPage {
-        self.page.encoded = self.buf.freeze();
+        // Cached pages live long: keep no spare capacity.
+        self.page.encoded = if self.buf.capacity() > self.buf.len() + self.buf.len() / 16 {
+            Bytes::copy_from_slice(&self.buf)
+        } else {
+            self.buf.freeze()
+        };
+        self.page.text.shrink_to_fit();
+        self.page.ends.shrink_to_fit();
+        self.page.metas.shrink_to_fit();
         self.page.total = total;
         self.page.items = items;
         self.page
