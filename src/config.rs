@@ -15,32 +15,33 @@ use crate::ddm::{ClientOptions, Credential, CredentialKind, RetryPolicy};
 use crate::discovery::Discovery;
 use crate::inventory::{Limits, RegionLimits, Target, TargetSource};
 
-/// DDM's public endpoints (the official SDK's region table).
+/// DDM's regions (the official SDK's region table).
+pub const DDM_REGIONS: &[&str] = &[
+    "cn-north-1",
+    "cn-north-4",
+    "cn-north-9",
+    "cn-east-2",
+    "cn-east-3",
+    "cn-south-1",
+    "cn-south-2",
+    "cn-southwest-2",
+    "ap-southeast-1",
+    "ap-southeast-3",
+    "la-north-2",
+    "la-south-2",
+    "sa-brazil-1",
+    "my-kualalumpur-1",
+    "ru-moscow-1",
+    "ae-ad-1",
+    "eu-west-101",
+];
+
+/// DDM's public endpoint in a region.
 pub fn default_endpoint(region: &str) -> Option<String> {
-    const DOT_COM: &[&str] = &[
-        "cn-north-1",
-        "cn-north-4",
-        "cn-north-9",
-        "cn-east-2",
-        "cn-east-3",
-        "cn-south-1",
-        "cn-south-2",
-        "cn-southwest-2",
-        "ap-southeast-1",
-        "ap-southeast-3",
-        "la-north-2",
-        "la-south-2",
-        "sa-brazil-1",
-        "my-kualalumpur-1",
-        "ru-moscow-1",
-        "ae-ad-1",
-    ];
-    if DOT_COM.contains(&region) {
-        Some(format!("https://ddm.{region}.myhuaweicloud.com"))
-    } else if region == "eu-west-101" {
-        Some("https://ddm.eu-west-101.myhuaweicloud.eu".into())
-    } else {
-        None
+    match region {
+        "eu-west-101" => Some("https://ddm.eu-west-101.myhuaweicloud.eu".into()),
+        r if DDM_REGIONS.contains(&r) => Some(format!("https://ddm.{r}.myhuaweicloud.com")),
+        _ => None,
     }
 }
 

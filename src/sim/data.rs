@@ -7,28 +7,23 @@
 
 use std::collections::HashMap;
 
+use crate::config::DDM_REGIONS;
 use crate::ddm::model::{BackupInfo, format_upstream_time};
 
-/// Regions in the order the simulator hands them out (the official SDK's DDM regions).
-pub const REGION_NAMES: &[&str] = &[
+/// The regions the simulator hands out first; then the rest of DDM's, in the SDK's order.
+const FIRST_REGIONS: &[&str] = &[
     "cn-north-4",
     "cn-east-3",
     "cn-south-1",
     "ap-southeast-1",
     "eu-west-101",
-    "cn-north-1",
-    "cn-north-9",
-    "cn-east-2",
-    "cn-south-2",
-    "cn-southwest-2",
-    "ap-southeast-3",
-    "la-north-2",
-    "la-south-2",
-    "sa-brazil-1",
-    "my-kualalumpur-1",
-    "ru-moscow-1",
-    "ae-ad-1",
 ];
+
+/// The name of the simulator's region `i` (from 0), if DDM has that many.
+pub fn region_name(i: usize) -> Option<&'static str> {
+    let rest = DDM_REGIONS.iter().filter(|r| !FIRST_REGIONS.contains(r));
+    FIRST_REGIONS.iter().chain(rest).nth(i).copied()
+}
 
 const SUB_PROJECT_NAMES: &[&str] = &[
     "payments",
@@ -80,10 +75,10 @@ pub struct SpecError(String);
 
 impl DataSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
-        if self.regions == 0 || self.regions > REGION_NAMES.len() {
+        if self.regions == 0 || self.regions > DDM_REGIONS.len() {
             return Err(SpecError(format!(
                 "regions must be 1 to {}, not {}",
-                REGION_NAMES.len(),
+                DDM_REGIONS.len(),
                 self.regions
             )));
         }
@@ -215,9 +210,9 @@ impl DataSet {
     pub fn generate(spec: &DataSpec) -> Result<Self, SpecError> {
         spec.validate()?;
         let mut rng = fastrand::Rng::with_seed(spec.seed);
-        let regions: Vec<String> = REGION_NAMES[..spec.regions]
-            .iter()
-            .map(|r| r.to_string())
+        let regions: Vec<String> = (0..spec.regions)
+            .filter_map(region_name)
+            .map(str::to_owned)
             .collect();
         let mut projects = Vec::new();
         for region in &regions {
@@ -362,6 +357,27 @@ mod tests {
         let info = p.render(&p.backups[0]);
         assert!(info.id.unwrap().ends_with("br09"));
         assert!(info.instance_id.unwrap().ends_with("in09"));
+    }
+
+    #[test]
+    fn every_region_handed_out_is_a_ddm_region_once() {
+        let names: Vec<_> = (0..DDM_REGIONS.len())
+            .map(|i| region_name(i).unwrap())
+            .collect();
+        assert_eq!(
+            &names[..4],
+            ["cn-north-4", "cn-east-3", "cn-south-1", "ap-southeast-1"]
+        );
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), DDM_REGIONS.len());
+        assert!(
+            names
+                .iter()
+                .all(|r| crate::config::default_endpoint(r).is_some())
+        );
+        assert_eq!(region_name(DDM_REGIONS.len()), None);
     }
 
     #[test]

@@ -195,7 +195,7 @@ fn region_faults(region: &str, faults: Faults) -> FaultPlan {
 #[tokio::test]
 async fn a_throttled_region_converges_with_backoff() {
     let spec = small_spec();
-    let region = backupgw::sim::data::REGION_NAMES[1];
+    let region = backupgw::sim::data::region_name(1).unwrap();
     let mut options = sim_options();
     options.faults = region_faults(
         region,
@@ -219,7 +219,7 @@ async fn a_throttled_region_converges_with_backoff() {
 #[tokio::test]
 async fn a_paced_region_is_never_throttled() {
     let spec = small_spec();
-    let region = backupgw::sim::data::REGION_NAMES[1].to_owned();
+    let region = backupgw::sim::data::region_name(1).unwrap().to_owned();
     let mut options = sim_options();
     // The upstream allows 12 requests a second (bursts of 3)…
     options.faults = region_faults(
@@ -249,20 +249,23 @@ async fn a_paced_region_is_never_throttled() {
     assert_eq!(sim.stats().throttled, 0, "never above the configured rate");
 }
 
+/// The small data set, with every request to its third region stalled for ten minutes.
+async fn with_a_stalled_region() -> (&'static str, Simulator, Vec<backupgw::inventory::Target>) {
+    let stalled = backupgw::sim::data::region_name(2).unwrap();
+    let mut options = sim_options();
+    let stall = Faults {
+        stall_ms: 600_000,
+        ..failing(FailWith::Stall, None)
+    };
+    options.faults = region_faults(stalled, stall);
+    let sim = start_sim(&small_spec(), options).await;
+    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    (stalled, sim, targets)
+}
+
 #[tokio::test]
 async fn a_deadline_with_a_stalled_region_returns_everything_else_in_time() {
-    let spec = small_spec();
-    let stalled = backupgw::sim::data::REGION_NAMES[2];
-    let mut options = sim_options();
-    options.faults = region_faults(
-        stalled,
-        Faults {
-            stall_ms: 600_000,
-            ..failing(FailWith::Stall, None)
-        },
-    );
-    let sim = start_sim(&spec, options).await;
-    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    let (stalled, sim, targets) = with_a_stalled_region().await;
     let mut gw = start_gateway(targets, Limits::default(), ClientOptions::default()).await;
     let mut request = tonic::Request::new(pb::ListBackupsRequest::default());
     // The client gives up at 1 s: a stream still open then ends in DEADLINE_EXCEEDED and fails here.
@@ -306,18 +309,7 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn a_caller_that_leaves_stops_all_its_upstream_work() {
-    let spec = small_spec();
-    let stalled = backupgw::sim::data::REGION_NAMES[2];
-    let mut options = sim_options();
-    options.faults = region_faults(
-        stalled,
-        Faults {
-            stall_ms: 600_000,
-            ..failing(FailWith::Stall, None)
-        },
-    );
-    let sim = start_sim(&spec, options).await;
-    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    let (_, sim, targets) = with_a_stalled_region().await;
     let gw = start_gateway(targets, Limits::default(), ClientOptions::default()).await;
     let mut client = gw.client.clone();
     let mut stream = client
@@ -341,7 +333,7 @@ async fn a_caller_that_leaves_stops_all_its_upstream_work() {
     let got = list(
         &mut client,
         pb::ListBackupsRequest {
-            regions: vec![backupgw::sim::data::REGION_NAMES[0].into()],
+            regions: vec![backupgw::sim::data::region_name(0).unwrap().into()],
             ..Default::default()
         },
     )
