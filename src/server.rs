@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::Gateway;
 use crate::cache::PageCache;
@@ -74,7 +74,12 @@ pub async fn serve(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(BackupGatewayServer::new(Gateway::new(inventory)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // tonic's own `tcp_nodelay` applies only to listeners it binds: without it, Nagle holds
+        // a stream's last frames back until the client's delayed ACK.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }

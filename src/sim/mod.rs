@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::serve::ListenerExt as _;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -257,6 +258,10 @@ impl Simulator {
                 region: region.clone(),
             });
             tasks.push(tokio::spawn(async move {
+                // As real front ends do: responses leave at once, not after the client's ACK.
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!(error = %e, "simulator listener stopped");
                 }
