@@ -301,6 +301,10 @@ impl std::io::Write for Captured {
 
 #[tokio::test(flavor = "current_thread")]
 async fn no_secret_appears_in_logs_errors_or_debug_output() {
+    // tracing caches each log line's interest process-wide, decided by the first thread that
+    // reaches it: a parallel test thread without a subscriber would switch lines off for this
+    // capture too. A global subscriber that takes everything (and writes nothing) prevents that.
+    let _ = tracing_subscriber::registry().try_init();
     let captured = Captured::default();
     let writer = captured.clone();
     // Also takes the `log` records of reqwest and hyper.
