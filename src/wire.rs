@@ -169,29 +169,51 @@ use prost::Message as _;
 pub struct PageBuilder<'p> {
     project_id: &'p str,
     region: &'p str,
-    page: DecodedPage,
-    buf: BytesMut,
+    /// Always `Some` until dropped.
+    scratch: Option<Box<Scratch>>,
+    skipped: Vec<String>,
+}
+
+/// Where a page is built before it is copied, at its exact size, into what the cache keeps.
+/// One per thread, reused: decoding leaves no short-lived buffers between the long-lived cached
+/// pages, which is what fragments the heap.
+#[derive(Default)]
+struct Scratch {
+    encoded: BytesMut,
+    ends: Vec<u32>,
+    metas: Vec<Meta>,
+    text: String,
+}
+
+/// Scratch space larger than this is not kept for the next page.
+const MAX_KEPT_SCRATCH: usize = 4 << 20;
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Option<Box<Scratch>>> = const { std::cell::Cell::new(None) };
 }
 
 impl<'p> PageBuilder<'p> {
     pub fn new(project_id: &'p str, region: &'p str, items: usize) -> Self {
+        let mut scratch = SCRATCH.with(|s| s.take()).unwrap_or_default();
+        scratch.ends.reserve(items);
+        scratch.metas.reserve(items);
         PageBuilder {
             project_id,
             region,
-            page: DecodedPage {
-                ends: Vec::with_capacity(items),
-                metas: Vec::with_capacity(items),
-                text: String::with_capacity(items * 48),
-                ..Default::default()
-            },
-            buf: BytesMut::with_capacity(items * 320),
+            scratch: Some(scratch),
+            skipped: Vec::new(),
         }
     }
 
+    fn scratch(&mut self) -> &mut Scratch {
+        self.scratch.as_mut().expect("present until dropped")
+    }
+
     fn text(&mut self, s: &str) -> (u32, u32) {
-        let start = self.page.text.len() as u32;
-        self.page.text.push_str(s);
-        (start, self.page.text.len() as u32)
+        let text = &mut self.scratch().text;
+        let start = text.len() as u32;
+        text.push_str(s);
+        (start, text.len() as u32)
     }
 
     /// Adds a readable item, or says why it is not.
@@ -214,35 +236,56 @@ impl<'p> PageBuilder<'p> {
             region: self.region,
             backup_type_name,
         };
-        fields.encode_framed(&mut self.buf);
-        self.page.ends.push(self.buf.len() as u32);
+        let scratch = self.scratch();
+        fields.encode_framed(&mut scratch.encoded);
+        let end = scratch.encoded.len() as u32;
+        scratch.ends.push(end);
         let meta = Meta {
             id: self.text(fields.id),
             backup_type_name: self.text(backup_type_name),
             status: self.text(fields.status),
             created: checked.created,
         };
-        self.page.metas.push(meta);
+        self.scratch().metas.push(meta);
         Ok(())
     }
 
     pub fn skip(&mut self, why: String) {
-        self.page.skipped.push(why);
+        self.skipped.push(why);
     }
 
     pub fn finish(mut self, total: u64, items: usize) -> DecodedPage {
-        // Cached pages live long: keep no spare capacity.
-        self.page.encoded = if self.buf.capacity() > self.buf.len() + self.buf.len() / 16 {
-            Bytes::copy_from_slice(&self.buf)
-        } else {
-            self.buf.freeze()
+        let skipped = std::mem::take(&mut self.skipped);
+        let s = self.scratch();
+        // Copies at their exact size: cached pages live long.
+        DecodedPage {
+            encoded: Bytes::copy_from_slice(&s.encoded),
+            ends: s.ends.clone(),
+            metas: s.metas.clone(),
+            text: s.text.clone(),
+            total,
+            items,
+            skipped,
+        }
+    }
+}
+
+impl Drop for PageBuilder<'_> {
+    fn drop(&mut self) {
+        let Some(mut s) = self.scratch.take() else {
+            return;
         };
-        self.page.text.shrink_to_fit();
-        self.page.ends.shrink_to_fit();
-        self.page.metas.shrink_to_fit();
-        self.page.total = total;
-        self.page.items = items;
-        self.page
+        let kept = s.encoded.capacity()
+            + s.ends.capacity() * 4
+            + s.metas.capacity() * std::mem::size_of::<Meta>()
+            + s.text.capacity();
+        if kept <= MAX_KEPT_SCRATCH {
+            s.encoded.clear();
+            s.ends.clear();
+            s.metas.clear();
+            s.text.clear();
+            SCRATCH.with(|slot| slot.set(Some(s)));
+        }
     }
 }
 

@@ -168,7 +168,7 @@ pub fn decode_page(
     // One pass when the page is well formed (the usual case): items go straight from the body
     // to the builder, and the body's UTF-8 is checked once rather than string by string…
     if let Ok(text) = std::str::from_utf8(body) {
-        let mut builder = PageBuilder::new(project_id, region, (body.len() / 256).min(1024));
+        let mut builder = PageBuilder::new(project_id, region, 0);
         let mut items = 0;
         let mut de = serde_json::Deserializer::from_str(text);
         let decoded = serde::de::DeserializeSeed::deserialize(
