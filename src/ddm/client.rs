@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::{Bytes, BytesMut};
 use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
@@ -339,27 +340,40 @@ enum BodyError {
     Cut(String),
 }
 
-async fn read_body(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, BodyError> {
+/// The whole body, at most `max` bytes. A body that arrived in one piece is used as it is; one
+/// in several pieces is joined once.
+async fn read_body(mut response: reqwest::Response, max: usize) -> Result<Bytes, BodyError> {
     let expected = response.content_length().unwrap_or(0) as usize;
     if expected > max {
         return Err(BodyError::TooLarge(format!(
             "the body is {expected} bytes, more than the {max} allowed"
         )));
     }
-    let mut body = Vec::with_capacity(expected);
+    let too_large =
+        || BodyError::TooLarge(format!("the body is more than the {max} bytes allowed"));
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
     while let Some(chunk) = response
         .chunk()
         .await
         .map_err(|e| BodyError::Cut(format!("the body was cut off: {}", error_chain(&e))))?
     {
-        if body.len() + chunk.len() > max {
-            return Err(BodyError::TooLarge(format!(
-                "the body is more than the {max} bytes allowed"
-            )));
+        let so_far = first.as_ref().map_or(0, Bytes::len) + joined.len();
+        if so_far + chunk.len() > max {
+            return Err(too_large());
         }
-        body.extend_from_slice(&chunk);
+        match first.take() {
+            None if joined.is_empty() => first = Some(chunk),
+            earlier => {
+                if let Some(earlier) = earlier {
+                    joined.reserve(expected.max(earlier.len() + chunk.len()));
+                    joined.extend_from_slice(&earlier);
+                }
+                joined.extend_from_slice(&chunk);
+            }
+        }
     }
-    Ok(body)
+    Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
 fn unix_millis(t: SystemTime) -> u64 {
