@@ -117,12 +117,6 @@ struct SeenIds {
 }
 
 impl SeenIds {
-    /// Room for `n` more ids of about the usual length.
-    fn reserve(&mut self, n: usize) {
-        self.by_hash.reserve(n);
-        self.ids.reserve(n * 36);
-    }
-
     /// The read an id was first seen in; records it as seen in `read` if it is new.
     fn first_seen(&mut self, id: &str, read: u32) -> Option<u32> {
         let hash = self.hasher.hash_one(id);
@@ -199,7 +193,6 @@ impl TargetRead {
         let first = self.page(0, self.query.max_age).await?;
         let total = first.total;
         self.progress.total.store(total, Ordering::Relaxed);
-        merge.seen.reserve(total.min(1 << 20) as usize);
         let mut consistent = self.emit(&first, 0, 1, merge).await && fits(&first, 0, total);
 
         let offsets = (u64::from(MAX_PAGE_SIZE)..total).step_by(MAX_PAGE_SIZE as usize);
