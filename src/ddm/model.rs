@@ -592,6 +592,7 @@ mod tests {
             b"{\"total\":\"3\"}",
             b"",
             b"{\"total\":-1}",
+            b"{\"backups\":[{\"id\":\"a\"}],\"backups\":[{\"id\":\"a\"}],\"total\":1}",
         ] {
             assert!(
                 decode_page(body, "p", "r").is_err(),
