@@ -418,10 +418,9 @@ async fn main() {
     }
 }
 
-/// Rows 1, 2 and 4: 4 regions × 50 projects × 300 backups (3 pages each), 50 ms a request.
-async fn inventory(quick: bool, reps: usize, dir: &Path) -> Vec<Row> {
-    let mut rows = Vec::new();
-    let sim = start_sim(
+/// The inventory of rows 1, 2 and 4: 4 regions × 50 projects × 300 backups (3 pages each).
+fn start_inventory_sim(dir: &Path, latency_ms: u64) -> Sim {
+    start_sim(
         dir,
         &[
             "--regions",
@@ -433,16 +432,27 @@ async fn inventory(quick: bool, reps: usize, dir: &Path) -> Vec<Row> {
             "--backups-per-instance",
             "30",
             "--latency-ms",
-            &LATENCY_MS.to_string(),
+            &latency_ms.to_string(),
         ],
-    );
+    )
+}
+
+/// C for the gateway, and a cache that holds the whole inventory.
+fn inventory_limits() -> String {
+    format!(
+        "[limits]\nmax_concurrent_requests = {CONCURRENCY}\nmax_concurrent_targets = {CONCURRENCY}\nmax_pages_per_target = 8\n[cache]\nttl_seconds = 3600\nmax_bytes = 268435456"
+    )
+}
+
+/// Rows 1, 2 and 4: 4 regions × 50 projects × 300 backups (3 pages each), 50 ms a request.
+async fn inventory(quick: bool, reps: usize, dir: &Path) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let sim = start_inventory_sim(dir, LATENCY_MS);
     let t = sim.targets.len();
     let r = t * 2;
     let bound =
         ((t.div_ceil(CONCURRENCY) + r.div_ceil(CONCURRENCY)) as u64 * LATENCY_MS) as f64 / 1000.0;
-    let limits = format!(
-        "[limits]\nmax_concurrent_requests = {CONCURRENCY}\nmax_concurrent_targets = {CONCURRENCY}\nmax_pages_per_target = 8\n[cache]\nttl_seconds = 3600\nmax_bytes = 268435456"
-    );
+    let limits = inventory_limits();
     let everything = pb::ListBackupsRequest::default();
     if std::env::var_os("BACKUPGW_BENCH_PROFILE").is_some() {
         // For `perf record -p PID`: warm queries for 30 s.
@@ -651,24 +661,8 @@ const FAR_LATENCY_MS: u64 = 200;
 async fn cold_far_away(reps: usize, dir: &Path) -> (f64, f64) {
     let far_dir = dir.join("far");
     std::fs::create_dir_all(&far_dir).unwrap();
-    let sim = start_sim(
-        &far_dir,
-        &[
-            "--regions",
-            "4",
-            "--projects-per-region",
-            "50",
-            "--instances-per-project",
-            "10",
-            "--backups-per-instance",
-            "30",
-            "--latency-ms",
-            &FAR_LATENCY_MS.to_string(),
-        ],
-    );
-    let limits = format!(
-        "[limits]\nmax_concurrent_requests = {CONCURRENCY}\nmax_concurrent_targets = {CONCURRENCY}\nmax_pages_per_target = 8"
-    );
+    let sim = start_inventory_sim(&far_dir, FAR_LATENCY_MS);
+    let limits = inventory_limits();
     let mut times = Vec::new();
     for _ in 0..reps {
         let gw = start_gateway(&sim, &limits).await;
