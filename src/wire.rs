@@ -194,7 +194,11 @@ thread_local! {
 
 impl<'p> PageBuilder<'p> {
     pub fn new(project_id: &'p str, region: &'p str, items: usize) -> Self {
-        let mut scratch = SCRATCH.with(|s| s.take()).unwrap_or_default();
+        let mut scratch = SCRATCH
+            .try_with(|s| s.take())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         scratch.ends.reserve(items);
         scratch.metas.reserve(items);
         PageBuilder {
@@ -284,7 +288,8 @@ impl Drop for PageBuilder<'_> {
             s.ends.clear();
             s.metas.clear();
             s.text.clear();
-            SCRATCH.with(|slot| slot.set(Some(s)));
+            // Not while the thread is being torn down.
+            let _ = SCRATCH.try_with(|slot| slot.set(Some(s)));
         }
     }
 }
