@@ -58,12 +58,16 @@ impl PageCache {
         PageCache { pages }
     }
 
-    /// The page for `key`, from the cache when it is younger than `max_age`, else from `fetch`.
+    /// The page for `key`, from the cache when it is younger than `max_age`, else from a
+    /// future that `fetch` makes.
+    ///
+    /// A caller that waited on another caller's fetch (a shared miss) and got that caller's
+    /// `DeadlineExceeded` fetches for itself: that deadline was not its own.
     pub async fn get_or_fetch<F>(
         &self,
         key: PageKey,
         max_age: Option<Duration>,
-        fetch: F,
+        mut fetch: impl FnMut() -> F,
     ) -> Result<(Arc<CachedPage>, Origin), Arc<DdmError>>
     where
         F: Future<Output = Result<DecodedPage, DdmError>>,
@@ -74,25 +78,27 @@ impl PageCache {
         {
             self.pages.invalidate(&key).await;
         }
-        // Only the caller whose loader runs sees `fetched` set; waiters on a shared miss do not.
-        let mut fetched = false;
-        let page = self
-            .pages
-            .try_get_with(key, async {
-                fetched = true;
-                let page = fetch.await?;
-                Ok(Arc::new(CachedPage {
-                    page,
-                    fetched_at: Instant::now(),
-                }))
-            })
-            .await?;
-        let origin = if fetched {
-            Origin::Upstream
-        } else {
-            Origin::Cache
-        };
-        Ok((page, origin))
+        loop {
+            // Only the caller whose fetch runs sees `fetched` set; waiters on a shared miss do not.
+            let mut fetched = false;
+            let loaded = self
+                .pages
+                .try_get_with(key.clone(), async {
+                    fetched = true;
+                    let page = fetch().await?;
+                    Ok(Arc::new(CachedPage {
+                        page,
+                        fetched_at: Instant::now(),
+                    }))
+                })
+                .await;
+            match loaded {
+                Ok(page) if fetched => return Ok((page, Origin::Upstream)),
+                Ok(page) => return Ok((page, Origin::Cache)),
+                Err(e) if !fetched && matches!(*e, DdmError::DeadlineExceeded) => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Entries and bytes held now (pending maintenance may lag a little).
@@ -146,7 +152,7 @@ mod tests {
         let cache = PageCache::new(Duration::from_secs(60), 256 << 10);
         for i in 0..200 {
             let (_, origin) = cache
-                .get_or_fetch(key(i * 128), None, async { Ok(page(128)) })
+                .get_or_fetch(key(i * 128), None, || async { Ok(page(128)) })
                 .await
                 .unwrap();
             assert_eq!(origin, Origin::Upstream);
@@ -156,25 +162,58 @@ mod tests {
         assert!(entries > 0 && entries < 200);
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_waiter_is_not_failed_by_another_callers_deadline() {
+        use futures_util::FutureExt as _;
+        let cache = PageCache::new(Duration::from_secs(60), 1 << 20);
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let mut started_tx = Some(started_tx);
+        let mut released = Some(released);
+        // The first caller's fetch runs until its caller's deadline.
+        let first = cache.get_or_fetch(key(0), None, || {
+            let (started_tx, released) = (started_tx.take(), released.take());
+            async move {
+                let _ = started_tx.unwrap().send(());
+                let _ = released.unwrap().await;
+                Err(DdmError::DeadlineExceeded)
+            }
+        });
+        let second = async {
+            started.await.unwrap();
+            let second = cache.get_or_fetch(key(0), None, || async { Ok(page(3)) });
+            tokio::pin!(second);
+            // It waits on the first caller's fetch…
+            assert!((&mut second).now_or_never().is_none());
+            // …which then runs out of its caller's time.
+            release.send(()).unwrap();
+            second.await
+        };
+        let (first, second) = tokio::join!(first, second);
+        assert!(matches!(*first.err().unwrap(), DdmError::DeadlineExceeded));
+        let (page, origin) = second.expect("the second caller fetched the page itself");
+        assert_eq!((origin, page.len()), (Origin::Upstream, 3));
+    }
+
     #[tokio::test]
     async fn pages_are_served_until_too_old_for_the_caller() {
         let cache = PageCache::new(Duration::from_secs(60), 1 << 20);
         cache
-            .get_or_fetch(key(0), None, async { Ok(page(1)) })
+            .get_or_fetch(key(0), None, || async { Ok(page(1)) })
             .await
             .unwrap();
         let (p, origin) = cache
-            .get_or_fetch(key(0), None, async { Ok(page(2)) })
+            .get_or_fetch(key(0), None, || async { Ok(page(2)) })
             .await
             .unwrap();
         assert_eq!((origin, p.len()), (Origin::Cache, 1));
         let (p, origin) = cache
-            .get_or_fetch(key(0), Some(Duration::ZERO), async { Ok(page(2)) })
+            .get_or_fetch(key(0), Some(Duration::ZERO), || async { Ok(page(2)) })
             .await
             .unwrap();
         assert_eq!((origin, p.len()), (Origin::Upstream, 2));
         let (p, _) = cache
-            .get_or_fetch(key(0), None, async { Ok(page(1)) })
+            .get_or_fetch(key(0), None, || async { Ok(page(1)) })
             .await
             .unwrap();
         assert_eq!(p.encoded_at(1).len(), p.encoded.len() - p.ends[0] as usize);

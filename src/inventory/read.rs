@@ -307,7 +307,7 @@ impl TargetRead {
             offset,
             limit: MAX_PAGE_SIZE,
         };
-        let fetch = async {
+        let fetch = || async {
             let request = PageRequest {
                 endpoint: &self.target.endpoint,
                 project_id: &self.target.project_id,
