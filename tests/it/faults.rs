@@ -192,21 +192,31 @@ fn region_faults(region: &str, faults: Faults) -> FaultPlan {
     }
 }
 
+/// The small data set, with `faults` in one region, and a target for each of its projects.
+async fn with_region_faults(
+    region: &str,
+    faults: Faults,
+) -> (Simulator, Vec<backupgw::inventory::Target>) {
+    let mut options = sim_options();
+    options.faults = region_faults(region, faults);
+    let sim = start_sim(&small_spec(), options).await;
+    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    (sim, targets)
+}
+
 #[tokio::test]
 async fn a_throttled_region_converges_with_backoff() {
     let spec = small_spec();
     let region = backupgw::sim::data::region_name(1).unwrap();
-    let mut options = sim_options();
-    options.faults = region_faults(
+    let (sim, targets) = with_region_faults(
         region,
         Faults {
             throttle_rps: Some(20.0),
             throttle_burst: 2,
             ..Faults::default()
         },
-    );
-    let sim = start_sim(&spec, options).await;
-    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    )
+    .await;
     let mut patient = test_client_options();
     patient.retry.max_attempts = 20;
     let mut gw = start_gateway(targets, Limits::default(), patient).await;
@@ -220,18 +230,16 @@ async fn a_throttled_region_converges_with_backoff() {
 async fn a_paced_region_is_never_throttled() {
     let spec = small_spec();
     let region = backupgw::sim::data::region_name(1).unwrap().to_owned();
-    let mut options = sim_options();
     // The upstream allows 12 requests a second (bursts of 3)…
-    options.faults = region_faults(
+    let (sim, targets) = with_region_faults(
         &region,
         Faults {
             throttle_rps: Some(12.0),
             throttle_burst: 3,
             ..Faults::default()
         },
-    );
-    let sim = start_sim(&spec, options).await;
-    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    )
+    .await;
     // …and the gateway is configured to send it at most 10 (bursts of 1).
     let paced = RegionLimits {
         max_concurrent_requests: Some(2),
@@ -252,14 +260,11 @@ async fn a_paced_region_is_never_throttled() {
 /// The small data set, with every request to its third region stalled for ten minutes.
 async fn with_a_stalled_region() -> (&'static str, Simulator, Vec<backupgw::inventory::Target>) {
     let stalled = backupgw::sim::data::region_name(2).unwrap();
-    let mut options = sim_options();
     let stall = Faults {
         stall_ms: 600_000,
         ..failing(FailWith::Stall, None)
     };
-    options.faults = region_faults(stalled, stall);
-    let sim = start_sim(&small_spec(), options).await;
-    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    let (sim, targets) = with_region_faults(stalled, stall).await;
     (stalled, sim, targets)
 }
 
