@@ -41,22 +41,42 @@ impl Drop for Proc {
     }
 }
 
-/// Starts the binary and waits for a line starting with `ready`; returns the rest of it.
+/// Starts the binary and waits for a line (stdout or stderr) containing `ready`; returns the
+/// rest of it. The gateway logs warnings and its `listening` line, not a line per call.
 fn spawn_until(args: &[&str], ready: &str) -> (Proc, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_backupgw"))
         .args(args)
-        .env("BACKUPGW_LOG", "warn")
+        .env(
+            "BACKUPGW_LOG",
+            "warn,backupgw=info,backupgw::inventory=warn",
+        )
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("the backupgw binary runs");
-    let mut lines = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            // Warnings still reach the terminal.
+            if l.contains("WARN") || l.contains("ERROR") {
+                eprintln!("{l}");
+            }
+            let _ = tx2.send(l);
+        }
+    });
     let rest = lines
-        .find_map(|l| l.strip_prefix(ready).map(str::to_owned))
+        .iter()
+        .find_map(|l| l.split_once(ready).map(|(_, rest)| rest.to_owned()))
         .unwrap_or_else(|| panic!("{args:?} never printed {ready:?}"));
-    std::thread::spawn(move || lines.for_each(drop));
+    std::thread::spawn(move || lines.iter().for_each(drop));
     (Proc { child }, rest)
 }
 
@@ -119,8 +139,9 @@ async fn start_gateway(sim: &Sim, limits: &str) -> Gateway {
             "--listen",
             "127.0.0.1:0",
         ],
-        "backupgw listening on ",
+        "listening addr=",
     );
+    let addr = addr.split_whitespace().next().unwrap().to_owned();
     // Receive windows sized for bulk streams, as gRPC clients that tune for throughput do.
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()

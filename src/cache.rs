@@ -9,6 +9,7 @@ use moka::future::Cache;
 use tokio::time::Instant;
 
 use crate::ddm::{DdmError, Pushdown};
+use crate::metrics::Metrics;
 use crate::wire::DecodedPage;
 
 /// What identifies a page upstream. Credentials are not part of it: a project has one.
@@ -44,6 +45,7 @@ pub enum Origin {
 #[derive(Clone)]
 pub struct PageCache {
     pages: Cache<PageKey, Arc<CachedPage>>,
+    metrics: Option<Metrics>,
 }
 
 impl PageCache {
@@ -55,7 +57,15 @@ impl PageCache {
                 u32::try_from(weight(key, page)).unwrap_or(u32::MAX)
             })
             .build();
-        PageCache { pages }
+        PageCache {
+            pages,
+            metrics: None,
+        }
+    }
+
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The page for `key`, from the cache when it is younger than `max_age`, else from a
@@ -92,13 +102,28 @@ impl PageCache {
                     }))
                 })
                 .await;
+            let origin = if fetched {
+                Origin::Upstream
+            } else {
+                Origin::Cache
+            };
+            if let (Some(metrics), Ok(_)) = (&self.metrics, &loaded) {
+                match origin {
+                    Origin::Upstream => metrics.cache_miss(),
+                    Origin::Cache => metrics.cache_hit(),
+                }
+            }
             match loaded {
-                Ok(page) if fetched => return Ok((page, Origin::Upstream)),
-                Ok(page) => return Ok((page, Origin::Cache)),
+                Ok(page) => return Ok((page, origin)),
                 Err(e) if !fetched && matches!(*e, DdmError::DeadlineExceeded) => continue,
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Bytes held, as moka last counted them (for the metrics, at each scrape).
+    pub fn weighted_size(&self) -> u64 {
+        self.pages.weighted_size()
     }
 
     /// Entries and bytes held now (pending maintenance may lag a little).

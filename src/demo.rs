@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 
+use crate::callers::Patterns;
 use crate::ddm::auth::{AccessKey, IamPassword};
 use crate::ddm::{Credential, CredentialKind};
 use crate::discovery::Discovery;
@@ -99,7 +100,7 @@ pub fn demo_setup(sim: &Simulator, c: &DemoCredentials) -> (Vec<Target>, Vec<Dis
     } else {
         vec![Discovery {
             credential: iam,
-            regions: rest,
+            regions: Patterns::new(&rest).expect("region names are globs"),
             endpoints: sim
                 .endpoints()
                 .iter()

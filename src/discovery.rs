@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::callers::Patterns;
 use crate::config::default_endpoint;
 use crate::ddm::{Credential, DdmError};
 use crate::inventory::{Inventory, Target, TargetSource};
@@ -13,30 +14,10 @@ use crate::inventory::{Inventory, Target, TargetSource};
 #[derive(Debug, Clone)]
 pub struct Discovery {
     pub credential: Arc<Credential>,
-    /// Region patterns to keep (`*` matches any run of characters).
-    pub regions: Vec<String>,
+    /// Regions to keep (globs).
+    pub regions: Patterns,
     /// Endpoint overrides by region; other regions use DDM's public endpoint.
     pub endpoints: BTreeMap<String, String>,
-}
-
-/// `cn-*` matches `cn-north-4`. Only `*` is special.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for middle in &parts[1..parts.len() - 1] {
-        match rest.find(middle) {
-            Some(i) => rest = &rest[i + middle.len()..],
-            None => return false,
-        }
-    }
-    true
 }
 
 /// The region a project lives in: its name up to the first `_`.
@@ -55,11 +36,7 @@ impl Discovery {
                 continue;
             }
             let region = region_of(&p.name);
-            if !self
-                .regions
-                .iter()
-                .any(|pattern| glob_match(pattern, region))
-            {
+            if !self.regions.matches(region) {
                 continue;
             }
             let Some(endpoint) = self
@@ -86,7 +63,15 @@ impl Discovery {
     /// Discovers once and updates the inventory; a failure keeps the previous list.
     pub async fn refresh(&self, inventory: &Inventory) -> Result<usize, DdmError> {
         let http = inventory.client().http().clone();
-        match self.targets(&http).await {
+        let found = match tokio::time::timeout(IAM_TIMEOUT, self.targets(&http)).await {
+            Ok(found) => found,
+            Err(_) => Err(DdmError::Timeout(IAM_TIMEOUT)),
+        };
+        inventory.record_discovery(
+            self.credential.name(),
+            found.as_ref().map(Vec::len).map_err(ToString::to_string),
+        );
+        match found {
             Ok(found) => {
                 let n = found.len();
                 inventory.set_discovered(self.credential.name(), found);
@@ -105,19 +90,19 @@ impl Discovery {
     }
 }
 
-/// Runs every discovery once now, then again every `interval` in the background.
-pub async fn start(
+/// How long one discovery (IAM token and project list) may take.
+const IAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs every discovery now and again every `interval`, in the background: nothing waits for
+/// IAM. Its outcome shows in the log and in `ListTargets`.
+pub fn start(
     inventory: Arc<Inventory>,
     discoveries: Vec<Discovery>,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    for d in &discoveries {
-        let _ = d.refresh(&inventory).await;
-    }
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await; // the first tick is now: done above
         loop {
             tick.tick().await;
             for d in &discoveries {
@@ -130,17 +115,6 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("cn-*", "cn-north-4"));
-        assert!(glob_match("*", "anything"));
-        assert!(glob_match("cn-north-4", "cn-north-4"));
-        assert!(glob_match("*-north-*", "cn-north-4"));
-        assert!(!glob_match("cn-*", "ap-southeast-1"));
-        assert!(!glob_match("cn-north-4", "cn-north-40"));
-        assert!(!glob_match("a*b*c", "ab"));
-    }
 
     #[test]
     fn regions_from_names() {

@@ -1,18 +1,23 @@
 //! backupgw: one gRPC endpoint for every Huawei Cloud DDM backup, in every project and region.
 //!
-//! A request enters in [`api`], fans out in [`inventory`], goes through the page [`cache`], and
-//! leaves for the upstream in [`ddm::client`]. [`sim`] is the built-in DDM simulator.
+//! A connection enters in [`listener`], a request in [`api`] after [`callers`] established who
+//! asks; it fans out in [`inventory`], goes through the page [`cache`], and leaves for the
+//! upstream in [`ddm::client`]. [`server`] wires them; [`sim`] is the built-in DDM simulator.
 
 pub mod api;
 pub mod cache;
+pub mod callers;
 pub mod config;
 pub mod ddm;
 pub mod demo;
 pub mod discovery;
 pub mod inventory;
+pub mod listener;
+pub mod metrics;
 pub mod rate;
 pub mod server;
 pub mod sim;
+pub mod tls;
 pub mod wire;
 
 /// The generated gRPC contract (`proto/backupgw/v1/backupgw.proto`).

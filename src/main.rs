@@ -1,4 +1,4 @@
-//! The `backupgw` command: the demo (no arguments), `serve`, and `sim`.
+//! The `backupgw` command: the demo (no arguments), `serve`, `check-config` and `sim`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use backupgw::cache::PageCache;
-use backupgw::config::{DEFAULT_LISTEN, Settings};
+use backupgw::callers::CallerBook;
+use backupgw::config::{DEFAULT_LISTEN, LogOptions, Settings};
 use backupgw::ddm::{ClientOptions, DdmClient};
 use backupgw::inventory::{Inventory, Limits};
+use backupgw::metrics::Metrics;
+use backupgw::server::{Generation, Live, ServerOptions};
 use backupgw::sim::{DataSet, DataSpec, SimOptions, Simulator};
 use backupgw::{demo, server};
 use clap::{Args, Parser, Subcommand};
@@ -39,6 +42,14 @@ enum Command {
         /// Overrides `listen` from the file.
         #[arg(long)]
         listen: Option<SocketAddr>,
+    },
+    /// Checks a configuration file and reports every problem at once; exit 0 only when clean.
+    CheckConfig {
+        file: PathBuf,
+        /// Checks everything but reading the secrets and TLS files themselves (for CI, and for
+        /// files written for another machine).
+        #[arg(long)]
+        no_secrets: bool,
     },
     /// Runs the DDM simulator alone, one listener per region.
     Sim(Box<SimArgs>),
@@ -164,19 +175,66 @@ fn limit_malloc_arenas() {
 }
 
 async fn run() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BACKUPGW_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     server::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
-        None => run_demo(cli.listen, &cli.data).await,
+        None => {
+            init_logging(&LogOptions::default());
+            run_demo(cli.listen, &cli.data).await
+        }
         Some(Command::Serve { config, listen }) => run_serve(&config, listen).await,
-        Some(Command::Sim(args)) => run_sim(*args).await,
+        Some(Command::CheckConfig { file, no_secrets }) => check_config(&file, no_secrets),
+        Some(Command::Sim(args)) => {
+            init_logging(&LogOptions::default());
+            run_sim(*args).await
+        }
+    }
+}
+
+/// Log lines on stderr, as text or JSON; `BACKUPGW_LOG` wins over `[log] level`. Colour only on
+/// a terminal.
+fn init_logging(options: &LogOptions) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BACKUPGW_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(options.level.as_deref().unwrap_or("info"))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if options.json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn check_config(file: &std::path::Path, no_secrets: bool) -> Result<()> {
+    match Settings::check(file, !no_secrets) {
+        Ok(settings) => {
+            for warning in &settings.warnings {
+                println!("warning: {warning}");
+            }
+            println!(
+                "{}: ok ({} projects, {} discovering credentials{})",
+                file.display(),
+                settings.targets.len(),
+                settings.discoveries.len(),
+                if no_secrets {
+                    "; secrets and TLS files not read"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
+        Err(problems) => {
+            for p in &problems.0 {
+                println!("{}: {p}", file.display());
+            }
+            eprintln!("{} problem(s) in {}", problems.0.len(), file.display());
+            std::process::exit(1);
+        }
     }
 }
 
@@ -189,18 +247,21 @@ async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
     };
     let sim = Simulator::bind(set, options, IpAddr::from([127, 0, 0, 1])).await?;
     let (targets, discoveries) = demo::demo_setup(&sim, &credentials);
-    let inventory = Arc::new(Inventory::new(
-        targets,
-        DdmClient::new(ClientOptions::default())?,
-        PageCache::new(Duration::from_secs(60), 64 << 20),
-        Limits::default(),
-    ));
+    let metrics = Metrics::new();
+    let inventory = Arc::new(
+        Inventory::new(
+            targets,
+            DdmClient::new(ClientOptions::default())?.with_metrics(metrics.clone()),
+            PageCache::new(Duration::from_secs(60), 64 << 20).with_metrics(metrics.clone()),
+            Limits::default(),
+        )
+        .with_metrics(metrics.clone()),
+    );
     let _discovery = backupgw::discovery::start(
         Arc::clone(&inventory),
         discoveries,
         Duration::from_secs(600),
-    )
-    .await;
+    );
     let listener = TcpListener::bind(listen).await.with_context(|| {
         format!("cannot listen on {listen} (is another backupgw running? try --listen 127.0.0.1:0)")
     })?;
@@ -241,24 +302,122 @@ async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
         set.regions[0]
     );
     println!("  grpcurl -plaintext {addr} grpc.health.v1.Health/Check");
-    server::serve(listener, inventory, shutdown_signal()).await?;
+    let live = Live::new(
+        Generation {
+            inventory,
+            callers: Arc::new(CallerBook::open()),
+            default_deadline: ServerOptions::default().default_deadline,
+        },
+        metrics,
+    );
+    let (_, stop) = signals();
+    server::serve(listener, live, &ServerOptions::default(), stop).await?;
     Ok(())
 }
 
 async fn run_serve(config: &std::path::Path, listen: Option<SocketAddr>) -> Result<()> {
     let settings = Settings::load(config)
         .with_context(|| format!("invalid configuration {}", config.display()))?;
+    init_logging(&settings.log);
+    for warning in &settings.warnings {
+        tracing::warn!(config = %config.display(), "{warning}");
+    }
     let listen = listen.unwrap_or(settings.listen);
-    let inventory = server::build_inventory(&settings)?;
-    let _discovery = server::start_discovery(&inventory, &settings).await;
+    settings
+        .check_exposure(listen)
+        .with_context(|| format!("invalid configuration {}", config.display()))?;
+    let metrics = Metrics::new();
+    let generation = server::build_generation(&settings, None, &metrics)?;
+    let live = Live::new(generation, metrics.clone());
+    *live.tls.write().unwrap_or_else(|e| e.into_inner()) = settings.tls.clone();
+    let mut discovery = server::start_discovery(&live.current().inventory, &settings);
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, targets = settings.targets.len(), "serving");
-    println!("backupgw listening on {addr}");
-    server::serve(listener, inventory, shutdown_signal()).await?;
-    Ok(())
+    if let Some(metrics_addr) = settings.metrics_listen {
+        let metrics_listener = TcpListener::bind(metrics_addr)
+            .await
+            .with_context(|| format!("cannot listen on {metrics_addr} for metrics"))?;
+        let bound = metrics_listener.local_addr()?;
+        let scraped = Arc::clone(&live);
+        let refresh = move || -> futures_util::future::BoxFuture<'static, ()> {
+            let live = Arc::clone(&scraped);
+            Box::pin(async move {
+                let generation = live.current();
+                let (_, bytes) = generation.inventory.cache().usage().await;
+                live.metrics.set_cache_bytes(bytes);
+            })
+        };
+        tokio::spawn(backupgw::metrics::serve(metrics_listener, metrics, refresh));
+        tracing::info!(addr = %bound, "metrics at /metrics");
+    }
+    tracing::info!(
+        %addr,
+        tls = settings.tls.is_some(),
+        callers = if settings.callers.is_open() { "open" } else { "configured" },
+        targets = settings.targets.len(),
+        discovering = settings.discoveries.len(),
+        "listening"
+    );
+    let (mut reloads, stop) = signals();
+    let options = settings.server.clone();
+    let serving = server::serve(listener, Arc::clone(&live), &options, stop);
+    tokio::pin!(serving);
+    loop {
+        tokio::select! {
+            served = &mut serving => {
+                served?;
+                tracing::info!("stopped");
+                return Ok(());
+            }
+            Some(()) = reloads.recv() => {
+                if let Some(new) = reload(config, listen, &live) {
+                    if let Some(old) = discovery.take() {
+                        old.abort();
+                    }
+                    discovery = server::start_discovery(&live.current().inventory, &new);
+                }
+            }
+        }
+    }
+}
+
+/// Re-reads the configuration; a file with problems is refused and the running one kept.
+fn reload(config: &std::path::Path, listen: SocketAddr, live: &Live) -> Option<Settings> {
+    let settings = match Settings::load(config).and_then(|s| {
+        s.check_exposure(listen)?;
+        Ok(s)
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(config = %config.display(), error = %e, "reload refused; the running configuration stays");
+            return None;
+        }
+    };
+    let current = live.current();
+    let generation = match server::build_generation(&settings, Some(&current), &live.metrics) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; the running configuration stays");
+            return None;
+        }
+    };
+    if settings.listen != listen {
+        tracing::warn!(listen = %settings.listen, "a new listen address takes a restart");
+    }
+    for warning in &settings.warnings {
+        tracing::warn!(config = %config.display(), "{warning}");
+    }
+    live.replace(generation);
+    *live.tls.write().unwrap_or_else(|e| e.into_inner()) = settings.tls.clone();
+    tracing::info!(
+        config = %config.display(),
+        targets = settings.targets.len(),
+        tls = settings.tls.is_some(),
+        "configuration reloaded"
+    );
+    Some(settings)
 }
 
 async fn run_sim(args: SimArgs) -> Result<()> {
@@ -336,6 +495,29 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// SIGHUP asks for a reload (a message on the channel); SIGTERM or Ctrl-C for a shutdown (the
+/// future completes).
+fn signals() -> (
+    tokio::sync::mpsc::Receiver<()>,
+    impl std::future::Future<Output = ()> + Send,
+) {
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    let _ = reload_tx.try_send(());
+                }
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    drop(reload_tx);
+    (reload_rx, shutdown_signal())
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -355,5 +537,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
-    tracing::info!("shutting down");
 }

@@ -53,7 +53,7 @@ impl TokenBucket {
     }
 
     /// Reserves the next token and waits until it is due. Waiters are served in the order
-    /// they reserved.
+    /// they reserved. A waiter that is cancelled gives its token back.
     pub async fn take(&self) {
         let wait = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -66,7 +66,27 @@ impl TokenBucket {
             }
         };
         if !wait.is_zero() {
+            let mut reserved = Reserved {
+                bucket: self,
+                waiting: true,
+            };
             tokio::time::sleep(wait).await;
+            reserved.waiting = false;
+        }
+    }
+}
+
+/// A token reserved ahead; returned if its waiter goes away before it is due.
+struct Reserved<'a> {
+    bucket: &'a TokenBucket,
+    waiting: bool,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if self.waiting {
+            let mut state = self.bucket.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.tokens = (state.tokens + 1.0).min(self.bucket.burst);
         }
     }
 }
@@ -90,6 +110,20 @@ mod tests {
         let elapsed = start.elapsed().as_secs_f64();
         assert!((0.99..=1.01).contains(&elapsed), "{elapsed}");
         assert!(!bucket.try_take());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_waiter_gives_its_token_back() {
+        use futures_util::FutureExt as _;
+        let bucket = TokenBucket::new(1.0, 1);
+        bucket.take().await;
+        for _ in 0..5 {
+            // Each of these reserves the next token, then goes away before it is due.
+            assert!(bucket.take().now_or_never().is_none());
+        }
+        let start = Instant::now();
+        bucket.take().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(1), "not 6 s");
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,10 +18,14 @@ use tokio::time::Instant;
 
 use super::error::{DdmError, upstream_error};
 use super::sign;
+use super::standing::Standing;
 
 const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
 const X_SDK_DATE: HeaderName = HeaderName::from_static("x-sdk-date");
 const X_SUBJECT_TOKEN: &str = "x-subject-token";
+
+/// One IAM request, answer included: start-up and discovery never hang on IAM.
+const IAM_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The global IAM endpoint, used when a credential names none.
 pub const DEFAULT_IAM_ENDPOINT: &str = "https://iam.myhuaweicloud.com";
@@ -30,6 +34,7 @@ pub const DEFAULT_IAM_ENDPOINT: &str = "https://iam.myhuaweicloud.com";
 pub struct Credential {
     name: String,
     kind: CredentialKind,
+    standing: Standing,
 }
 
 pub enum CredentialKind {
@@ -124,9 +129,61 @@ enum Scope<'a> {
 
 impl Credential {
     pub fn new(name: impl Into<String>, kind: CredentialKind) -> Self {
+        // Static tokens are not locked upstream; passwords and access keys are.
+        let guarded = !matches!(kind, CredentialKind::Token(_));
         Credential {
             name: name.into(),
             kind,
+            standing: Standing::new(guarded),
+        }
+    }
+
+    /// How long the credential rests after the upstream rejected it.
+    pub fn with_cooldown(mut self, cooldown: Duration) -> Self {
+        self.standing.set_cooldown(cooldown);
+        self
+    }
+
+    pub fn standing(&self) -> &Standing {
+        &self.standing
+    }
+
+    /// Until when the credential is cooling down after an authentication failure.
+    pub fn failing_until(&self) -> Option<SystemTime> {
+        self.standing.failing().map(|(until, _)| until)
+    }
+
+    /// The error for a request not sent because the credential is cooling down.
+    pub fn cooling_down(&self, until: SystemTime, cause: &DdmError) -> DdmError {
+        let until = prost_types::Timestamp::from(until);
+        DdmError::Auth {
+            credential: self.name.clone(),
+            message: format!(
+                "not used until {until} after an authentication failure (a reload lifts this): {cause}"
+            ),
+            upstream: match cause {
+                DdmError::Upstream { .. } => Some(Box::new(cause.clone())),
+                other => other.upstream_cause().cloned().map(Box::new),
+            },
+        }
+    }
+
+    /// An upstream answer that rejects the credential itself, as an `Auth` error naming it.
+    pub fn explain(&self, error: DdmError) -> DdmError {
+        match error {
+            DdmError::Upstream {
+                status: 401,
+                ref message,
+                ..
+            } => DdmError::Auth {
+                credential: self.name.clone(),
+                message: format!(
+                    "the upstream rejected this {} credential: {message}",
+                    self.kind_name()
+                ),
+                upstream: Some(Box::new(error)),
+            },
+            other => other,
         }
     }
 
@@ -268,6 +325,7 @@ impl Credential {
         let asked_at = Instant::now();
         let response = http
             .post(&url)
+            .timeout(IAM_REQUEST_TIMEOUT)
             .header(CONTENT_TYPE, "application/json;charset=utf8")
             .body(body.to_string())
             .send()
@@ -354,6 +412,7 @@ impl Credential {
         };
         let mut request = http
             .get(format!("{endpoint}/v3/auth/projects"))
+            .timeout(IAM_REQUEST_TIMEOUT)
             .build()
             .map_err(|e| DdmError::Transport(e.to_string()))?;
         self.authorize(http, &mut request, None).await?;

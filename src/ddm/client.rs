@@ -10,6 +10,7 @@ use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
+use crate::metrics::Metrics;
 use crate::rate::TokenBucket;
 
 use super::auth::{Authorized, Credential};
@@ -75,8 +76,12 @@ impl RetryPolicy {
                 status: 429,
                 retry_after,
                 ..
-            } => retry_after.unwrap_or(self.throttle_delay) + jitter,
-            _ => error.retry_after().unwrap_or_default().max(jitter),
+            } => (retry_after.unwrap_or(self.throttle_delay) + jitter).min(self.max_delay),
+            _ => error
+                .retry_after()
+                .unwrap_or_default()
+                .max(jitter)
+                .min(self.max_delay),
         }
     }
 }
@@ -142,6 +147,7 @@ impl Gate<'_> {
 pub struct DdmClient {
     http: reqwest::Client,
     options: ClientOptions,
+    metrics: Option<Metrics>,
 }
 
 const X_PROJECT_ID: HeaderName = HeaderName::from_static("x-project-id");
@@ -156,7 +162,16 @@ impl DdmClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| DdmError::Transport(format!("cannot build the HTTP client: {e}")))?;
-        Ok(DdmClient { http, options })
+        Ok(DdmClient {
+            http,
+            options,
+            metrics: None,
+        })
+    }
+
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn http(&self) -> &reqwest::Client {
@@ -167,8 +182,40 @@ impl DdmClient {
         &self.options
     }
 
-    /// Reads one page, retrying transient failures.
+    /// Reads one page, retrying transient failures. A credential the upstream rejects rests
+    /// for its cool-down (see `standing`); its requests are answered at once meanwhile.
     pub async fn list_backups(
+        &self,
+        page: &PageRequest<'_>,
+        credential: &Credential,
+    ) -> Result<DecodedPage, DdmError> {
+        let admitted = credential.standing().admit();
+        let admission = match page.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, admitted)
+                .await
+                .map_err(|_| DdmError::DeadlineExceeded)?,
+            None => admitted.await,
+        };
+        let _admission =
+            admission.map_err(|(until, cause)| credential.cooling_down(until, &cause))?;
+        let result = self.read_page(page, credential).await;
+        match &result {
+            Ok(_) => credential.standing().accepted(),
+            Err(e) if e.rejects_credential() => {
+                tracing::warn!(
+                    credential = credential.name(),
+                    project = page.project_id,
+                    error = %e,
+                    "the upstream rejected the credential; it rests for its cool-down"
+                );
+                credential.standing().rejected(e);
+            }
+            Err(_) => {}
+        }
+        result.map_err(|e| credential.explain(e))
+    }
+
+    async fn read_page(
         &self,
         page: &PageRequest<'_>,
         credential: &Credential,
@@ -201,13 +248,34 @@ impl DdmClient {
             if !error.is_retryable() || attempt >= retry.max_attempts {
                 return Err(error);
             }
+            // A wait the upstream asks for that we may not give: say so rather than wait.
+            if let Some(advised) = error.retry_after()
+                && advised > retry.max_delay
+            {
+                return Err(throttled(
+                    error,
+                    advised,
+                    format!(
+                        "the {} s this gateway waits (retry_max_delay_ms)",
+                        retry.max_delay.as_secs_f64()
+                    ),
+                ));
+            }
             let wait = retry.delay(attempt, &error);
             if let Some(deadline) = page.deadline
                 && Instant::now() + wait >= deadline
             {
-                return Err(error);
+                return Err(match error.retry_after() {
+                    Some(advised) => {
+                        throttled(error, advised, "the caller's deadline leaves".into())
+                    }
+                    None => error,
+                });
             }
             tracing::debug!(project = page.project_id, offset = page.offset, attempt, ?wait, %error, "retrying page");
+            if let Some(metrics) = &self.metrics {
+                metrics.upstream_retry(page.region, retry_reason(&error));
+            }
             if let Some(until) = page.backoff_until {
                 until.store(unix_millis(SystemTime::now() + wait), Ordering::Relaxed);
             }
@@ -218,21 +286,15 @@ impl DdmClient {
         }
     }
 
-    /// One attempt; on failure, also what authorised it (to renew exactly that token).
+    /// One attempt; on failure, also what authorised it (to renew exactly that token). Waiting
+    /// for a slot or a token is bounded by the caller's deadline; `request_timeout` bounds the
+    /// exchange with the upstream alone.
     async fn attempt(
         &self,
         url: &str,
         page: &PageRequest<'_>,
         credential: &Credential,
     ) -> Result<DecodedPage, (DdmError, Option<Authorized>)> {
-        let mut timeout = self.options.request_timeout;
-        if let Some(deadline) = page.deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err((DdmError::DeadlineExceeded, None));
-            }
-            timeout = timeout.min(left);
-        }
         let mut request = self.http.get(url).build().map_err(|e| {
             (
                 DdmError::Transport(format!("cannot build the request: {e}")),
@@ -248,25 +310,34 @@ impl DdmClient {
         request.headers_mut().insert(X_PROJECT_ID, project);
         let entered = async {
             let permits = page.gate.enter().await?;
-            // Getting an IAM token counts against the deadline too.
             let authorized = credential
                 .authorize(&self.http, &mut request, Some(page.project_id))
                 .await?;
             Ok::<_, DdmError>((permits, authorized))
         };
-        let (_permits, authorized) = match tokio::time::timeout(timeout, entered).await {
-            Ok(Ok(entered)) => entered,
-            Ok(Err(e)) => return Err((e, None)),
-            Err(_) if page.deadline.is_some_and(|d| Instant::now() >= d) => {
+        let entered = match page.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, entered)
+                .await
+                .unwrap_or(Err(DdmError::DeadlineExceeded)),
+            None => entered.await,
+        };
+        let (_permits, authorized) = entered.map_err(|e| (e, None))?;
+        let mut timeout = self.options.request_timeout;
+        if let Some(deadline) = page.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return Err((DdmError::DeadlineExceeded, None));
             }
-            Err(_) => return Err((DdmError::Timeout(timeout), None)),
-        };
+            timeout = timeout.min(left);
+        }
         page.sent.fetch_add(1, Ordering::Relaxed);
         let max_body = self.options.max_body_bytes;
+        let mut answered: Option<u16> = None;
+        let started = Instant::now();
         let exchange = async {
             let response = self.http.execute(request).await.map_err(transport_error)?;
             let status = response.status().as_u16();
+            answered = Some(status);
             let request_id = response
                 .headers()
                 .get(X_REQUEST_ID)
@@ -303,7 +374,31 @@ impl DdmClient {
             }
             Err(_) => Err(DdmError::Timeout(timeout)),
         };
+        if let Some(metrics) = &self.metrics {
+            metrics.upstream_request(page.region, answered, started.elapsed());
+        }
         result.map_err(|e| (e, Some(authorized)))
+    }
+}
+
+fn throttled(error: DdmError, advised: Duration, limit: String) -> DdmError {
+    DdmError::Throttled {
+        retry_after: advised,
+        limit,
+        upstream: Box::new(error),
+    }
+}
+
+/// The `reason` label of a retry.
+fn retry_reason(error: &DdmError) -> &'static str {
+    match error {
+        DdmError::Upstream { status: 429, .. } => "throttled",
+        DdmError::Upstream { status: 400, .. } => "busy",
+        DdmError::Upstream { .. } => "server_error",
+        DdmError::Timeout(_) => "timeout",
+        DdmError::Transport(_) => "transport",
+        DdmError::Decode { .. } => "bad_answer",
+        _ => "other",
     }
 }
 
@@ -447,8 +542,9 @@ mod tests {
             code: "APIGW.0308".into(),
             message: String::new(),
             request_id: None,
-            retry_after: Some(Duration::from_secs(7)),
+            retry_after: Some(Duration::from_secs(3)),
         };
-        assert!(policy.delay(1, &throttled) >= Duration::from_secs(7));
+        assert!(policy.delay(1, &throttled) >= Duration::from_secs(3));
+        assert!(policy.delay(1, &throttled) <= policy.max_delay);
     }
 }

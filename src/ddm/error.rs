@@ -7,7 +7,8 @@ use std::time::Duration;
 pub enum DdmError {
     /// The upstream answered with an error status.
     #[error(
-        "upstream answered HTTP {status} {code}: {message}{}",
+        "upstream answered HTTP {status}{}: {message}{}",
+        code_suffix(*status, code),
         request_id_suffix(request_id)
     )]
     Upstream {
@@ -45,6 +46,23 @@ pub enum DdmError {
     /// The caller's deadline ran out before this call could finish.
     #[error("the caller's deadline ran out")]
     DeadlineExceeded,
+    /// The upstream throttles and asks for a wait longer than we may wait.
+    #[error("throttled: the upstream asks to wait {}s, more than {limit}; {upstream}", retry_after.as_secs())]
+    Throttled {
+        retry_after: Duration,
+        /// What bounds our wait (`retry_max_delay_ms`, or the caller's deadline).
+        limit: String,
+        upstream: Box<DdmError>,
+    },
+}
+
+/// The code after the status, unless it only repeats the status.
+fn code_suffix(status: u16, code: &str) -> String {
+    if code.is_empty() || code == status.to_string() {
+        String::new()
+    } else {
+        format!(" {code}")
+    }
 }
 
 fn request_id_suffix(id: &Option<String>) -> String {
@@ -54,23 +72,28 @@ fn request_id_suffix(id: &Option<String>) -> String {
 }
 
 impl DdmError {
+    /// The upstream answer behind an `Auth` or `Throttled` error.
+    pub fn upstream_cause(&self) -> Option<&DdmError> {
+        match self {
+            DdmError::Auth {
+                upstream: Some(e), ..
+            } => Some(e),
+            DdmError::Throttled { upstream, .. } => Some(upstream),
+            _ => None,
+        }
+    }
+
     pub fn http_status(&self) -> u16 {
         match self {
             DdmError::Upstream { status, .. } | DdmError::Decode { status, .. } => *status,
-            DdmError::Auth {
-                upstream: Some(e), ..
-            } => e.http_status(),
-            _ => 0,
+            _ => self.upstream_cause().map_or(0, DdmError::http_status),
         }
     }
 
     pub fn code(&self) -> &str {
         match self {
             DdmError::Upstream { code, .. } => code,
-            DdmError::Auth {
-                upstream: Some(e), ..
-            } => e.code(),
-            _ => "",
+            _ => self.upstream_cause().map_or("", DdmError::code),
         }
     }
 
@@ -79,10 +102,19 @@ impl DdmError {
             DdmError::Upstream { request_id, .. } | DdmError::Decode { request_id, .. } => {
                 request_id.as_deref()
             }
+            _ => self.upstream_cause().and_then(DdmError::request_id),
+        }
+    }
+
+    /// Whether the upstream refused the credential itself (not a project or a scope): a wrong
+    /// signature or token (401), or IAM refusing the password (401).
+    pub fn rejects_credential(&self) -> bool {
+        match self {
+            DdmError::Upstream { status: 401, .. } => true,
             DdmError::Auth {
                 upstream: Some(e), ..
-            } => e.request_id(),
-            _ => None,
+            } => matches!(**e, DdmError::Upstream { status: 401, .. }),
+            _ => false,
         }
     }
 
@@ -99,8 +131,10 @@ impl DdmError {
             DdmError::Decode { status, .. } => *status >= 500,
             DdmError::Auth {
                 upstream: Some(e), ..
-            } => e.is_retryable(),
-            DdmError::Auth { .. } | DdmError::DeadlineExceeded => false,
+            } => e.is_retryable() && !e.rejects_credential(),
+            DdmError::Auth { .. } | DdmError::DeadlineExceeded | DdmError::Throttled { .. } => {
+                false
+            }
         }
     }
 
@@ -125,6 +159,7 @@ impl DdmError {
             DdmError::Decode { .. } => "decode",
             DdmError::Auth { .. } => "auth",
             DdmError::DeadlineExceeded => "deadline_exceeded",
+            DdmError::Throttled { .. } => "throttled",
         }
     }
 }
@@ -175,7 +210,7 @@ pub fn upstream_error(
             iam.message.unwrap_or_default(),
             None,
         ),
-        _ => (status.to_string(), shorten(body), None),
+        _ => (status.to_string(), readable(body), None),
     };
     DdmError::Upstream {
         status,
@@ -184,6 +219,51 @@ pub fn upstream_error(
         request_id: request_id.or(body_request_id),
         retry_after,
     }
+}
+
+/// A body for a message: an HTML page (a proxy's error page) reduced to its title or text.
+fn readable(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let trimmed = text.trim_start();
+    let lower = trimmed
+        .get(..trimmed.len().min(512))
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !(lower.starts_with("<!doctype")
+        || lower.starts_with("<html")
+        || lower.starts_with("<?xml")
+        || lower.contains("<body"))
+    {
+        return shorten(body);
+    }
+    let title = trimmed
+        .to_ascii_lowercase()
+        .find("<title>")
+        .and_then(|start| {
+            let rest = &trimmed[start + 7..];
+            rest.to_ascii_lowercase()
+                .find("</title>")
+                .map(|end| rest[..end].trim().to_owned())
+        })
+        .filter(|t| !t.is_empty());
+    let text = title.unwrap_or_else(|| {
+        // The text between the tags, its white space folded.
+        let mut out = String::new();
+        let mut in_tag = false;
+        for c in trimmed.chars() {
+            match c {
+                '<' => {
+                    in_tag = true;
+                    out.push(' ');
+                }
+                '>' => in_tag = false,
+                c if !in_tag => out.push(c),
+                _ => {}
+            }
+        }
+        out.split_whitespace().collect::<Vec<_>>().join(" ")
+    });
+    format!("an HTML page: {}", shorten(text.as_bytes()))
 }
 
 /// At most 200 characters of a body, for messages.
@@ -232,8 +312,21 @@ mod tests {
         assert!(e.is_retryable());
         let e = upstream_error(502, b"<html><body>Bad Gateway</body></html>", None, None);
         assert_eq!(e.code(), "502");
-        assert!(e.to_string().contains("Bad Gateway"));
+        assert_eq!(
+            e.to_string(),
+            "upstream answered HTTP 502: an HTML page: Bad Gateway"
+        );
         assert!(e.is_retryable());
+        let e = upstream_error(
+            504,
+            b"<!DOCTYPE html>\n<html><head><title>504 Gateway Time-out</title></head><body><h1>x</h1></body></html>",
+            None,
+            None,
+        );
+        assert_eq!(
+            e.to_string(),
+            "upstream answered HTTP 504: an HTML page: 504 Gateway Time-out"
+        );
         let e = upstream_error(
             401,
             br#"{"error_code":"APIGW.0307","error_msg":"The token must be updated"}"#,

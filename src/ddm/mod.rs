@@ -5,6 +5,7 @@ pub mod client;
 pub mod error;
 pub mod model;
 pub mod sign;
+pub mod standing;
 
 pub use crate::wire::DecodedPage;
 pub use auth::{Credential, CredentialKind};

@@ -3,6 +3,7 @@
 //! emits batches and per-target outcomes on a bounded channel, so a slow caller slows the fan-out
 //! instead of growing memory.
 
+mod query;
 mod read;
 mod targets;
 
@@ -11,21 +12,23 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_util::stream::Stream;
-use prost_types::Timestamp;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::cache::PageCache;
-use crate::ddm::{DdmClient, Pushdown};
+use crate::callers::Scope;
+use crate::ddm::DdmClient;
+use crate::metrics::Metrics;
 use crate::pb;
 use crate::rate::TokenBucket;
-use crate::wire::BackupMeta;
+pub use query::{
+    FieldViolation, Filter, InventoryError, NothingAnsweredCause, Query, Violations, quote,
+};
 use read::{QueryStats, TargetProgress, TargetRead};
-use targets::{HealthBook, TargetSet};
+use targets::{DiscoveryBook, HealthBook, TargetSet};
 pub use targets::{Target, TargetHealth, TargetSource};
 
 #[derive(Debug, Clone)]
@@ -59,7 +62,7 @@ impl Default for Limits {
 /// How hard one region may be asked.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RegionLimits {
-    /// Upstream requests in flight at once in the region; `None`: only the global limit.
+    /// Upstream requests in flight at once in the region; `None`: half the global limit.
     pub max_concurrent_requests: Option<usize>,
     /// Requests a second (a token bucket of `burst`); `None`: unpaced.
     pub requests_per_second: Option<f64>,
@@ -70,87 +73,6 @@ pub struct RegionLimits {
 pub(crate) struct RegionGate {
     pub slots: Option<Semaphore>,
     pub pace: Option<TokenBucket>,
-}
-
-/// A caller's question, validated.
-#[derive(Debug, Clone, Default)]
-pub struct Query {
-    pub project_ids: Vec<String>,
-    pub regions: Vec<String>,
-    pub pushdown: Pushdown,
-    pub filter: Filter,
-    /// Cached pages older than this are read again; `None`: the cache TTL.
-    pub max_age: Option<Duration>,
-    /// When the caller stops waiting; unfinished targets are reported as timed out before it.
-    pub deadline: Option<Instant>,
-}
-
-/// Gateway-side filters.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    pub backup_types: Vec<String>,
-    pub statuses: Vec<String>,
-    pub created_after: Option<Timestamp>,
-    pub created_before: Option<Timestamp>,
-}
-
-impl Filter {
-    fn matches(&self, b: &BackupMeta<'_>) -> bool {
-        (self.backup_types.is_empty() || self.backup_types.iter().any(|t| t == b.backup_type_name))
-            && (self.statuses.is_empty() || self.statuses.iter().any(|s| s == b.status))
-            && self.created_in_range(b.created.as_ref())
-    }
-
-    fn is_empty(&self) -> bool {
-        self.backup_types.is_empty()
-            && self.statuses.is_empty()
-            && self.created_after.is_none()
-            && self.created_before.is_none()
-    }
-
-    fn created_in_range(&self, created: Option<&Timestamp>) -> bool {
-        if self.created_after.is_none() && self.created_before.is_none() {
-            return true;
-        }
-        let Some(c) = created else { return false };
-        let key = |t: &Timestamp| (t.seconds, t.nanos);
-        self.created_after.as_ref().is_none_or(|a| key(c) >= key(a))
-            && self.created_before.as_ref().is_none_or(|b| key(c) < key(b))
-    }
-}
-
-/// A field of the request that is wrong, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldViolation {
-    pub field: String,
-    pub description: String,
-}
-
-impl FieldViolation {
-    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        FieldViolation {
-            field: field.into(),
-            description: description.into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum InventoryError {
-    #[error("invalid request: {}", describe(.0))]
-    InvalidRequest(Vec<FieldViolation>),
-    #[error("none of the {failed} selected targets could be read; see targets[].error")]
-    NothingAnswered { failed: u32 },
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-fn describe(violations: &[FieldViolation]) -> String {
-    violations
-        .iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// What a query's stream carries.
@@ -170,6 +92,8 @@ pub struct Inventory {
     upstream_slots: Semaphore,
     regions: Mutex<HashMap<String, Arc<RegionGate>>>,
     health: HealthBook,
+    metrics: Option<Metrics>,
+    discoveries: DiscoveryBook,
 }
 
 impl Inventory {
@@ -182,7 +106,27 @@ impl Inventory {
             limits,
             regions: Mutex::default(),
             health: HealthBook::default(),
+            metrics: None,
+            discoveries: DiscoveryBook::default(),
         }
+    }
+
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_ref()
+    }
+
+    /// What each credential's discovery last did (for `ListTargets`).
+    pub fn discovery_states(&self) -> Vec<pb::DiscoveryState> {
+        self.discoveries.states()
+    }
+
+    pub(crate) fn record_discovery(&self, credential: &str, outcome: Result<usize, String>) {
+        self.discoveries.record(credential, outcome);
     }
 
     /// The targets now: configured ones and those discovered so far.
@@ -212,8 +156,13 @@ impl Inventory {
                 .regions
                 .get(region)
                 .unwrap_or(&self.limits.region);
+            // Unbounded regions still get a share of the global limit: a stalled region must not
+            // take every slot and queue the healthy ones behind it.
+            let share = self.limits.max_concurrent_requests.div_ceil(2).max(1);
             Arc::new(RegionGate {
-                slots: l.max_concurrent_requests.map(|n| Semaphore::new(n.max(1))),
+                slots: Some(Semaphore::new(
+                    l.max_concurrent_requests.unwrap_or(share).max(1),
+                )),
                 pace: l
                     .requests_per_second
                     .map(|rps| TokenBucket::new(rps, l.burst)),
@@ -226,44 +175,68 @@ impl Inventory {
         &self.cache
     }
 
-    /// The targets a selection names. Unknown projects or regions are caller errors.
+    /// The targets a selection names, within what `scope` allows. Naming a project or region
+    /// outside the scope is refused whether or not it exists; an empty selection is everything
+    /// the scope allows, never more; naming what does not exist is a caller error.
     pub fn select(
         &self,
         project_ids: &[String],
         regions: &[String],
+        scope: &Scope,
     ) -> Result<Vec<Arc<Target>>, InventoryError> {
         let all = self.targets();
-        let mut violations = Vec::new();
         for (i, id) in project_ids.iter().enumerate() {
-            if !all.iter().any(|t| &*t.project_id == id) {
-                violations.push(FieldViolation::new(
-                    format!("project_ids[{i}]"),
-                    format!("no configured project has the id {id:?}"),
-                ));
+            let known = all.iter().find(|t| &*t.project_id == id);
+            if !(scope.projects.matches(id) || known.is_some_and(|t| scope.allows(t))) {
+                return Err(InventoryError::PermissionDenied {
+                    field: format!("project_ids[{i}]"),
+                    message: format!("project {} is outside what this caller may see", quote(id)),
+                });
             }
         }
         for (i, region) in regions.iter().enumerate() {
-            if !all.iter().any(|t| &t.region == region) {
-                violations.push(FieldViolation::new(
-                    format!("regions[{i}]"),
-                    format!("no configured project is in the region {region:?}"),
-                ));
+            if !scope.regions.matches(region) {
+                return Err(InventoryError::PermissionDenied {
+                    field: format!("regions[{i}]"),
+                    message: format!(
+                        "region {} is outside what this caller may see",
+                        quote(region)
+                    ),
+                });
             }
         }
-        if !violations.is_empty() {
-            return Err(InventoryError::InvalidRequest(violations));
+        let mut violations = Violations::default();
+        for (i, id) in project_ids.iter().enumerate() {
+            if !all.iter().any(|t| &*t.project_id == id && scope.allows(t)) {
+                violations.push(
+                    format!("project_ids[{i}]"),
+                    format!("no configured project has the id {}", quote(id)),
+                );
+            }
         }
+        for (i, region) in regions.iter().enumerate() {
+            if !all.iter().any(|t| &t.region == region && scope.allows(t)) {
+                violations.push(
+                    format!("regions[{i}]"),
+                    format!("no configured project is in the region {}", quote(region)),
+                );
+            }
+        }
+        violations.into_result()?;
         let selected: Vec<_> = all
             .iter()
+            .filter(|t| scope.allows(t))
             .filter(|t| project_ids.is_empty() || project_ids.iter().any(|p| *p == *t.project_id))
             .filter(|t| regions.is_empty() || regions.contains(&t.region))
             .cloned()
             .collect();
         if selected.is_empty() && !(project_ids.is_empty() && regions.is_empty()) {
-            return Err(InventoryError::InvalidRequest(vec![FieldViolation::new(
+            let mut v = Violations::default();
+            v.push(
                 "regions",
                 "none of the selected projects is in the selected regions",
-            )]));
+            );
+            return Err(InventoryError::InvalidRequest(v));
         }
         Ok(selected)
     }
@@ -271,7 +244,7 @@ impl Inventory {
     /// Starts the fan-out for `query`. The stream ends with `Event::Finished`, followed by an
     /// error only when no target could be read. Dropping the stream stops all its upstream work.
     pub fn list(self: &Arc<Self>, query: Query) -> Result<EventStream, InventoryError> {
-        let targets = self.select(&query.project_ids, &query.regions)?;
+        let targets = self.select(&query.project_ids, &query.regions, &query.caller.scope)?;
         let (tx, rx) = mpsc::channel(self.limits.stream_buffer.max(1));
         let driver = tokio::spawn(Arc::clone(self).drive(targets, Arc::new(query), tx));
         Ok(EventStream {
@@ -297,7 +270,7 @@ impl Inventory {
         let mut waiting = targets.iter().enumerate();
         let mut next = waiting.next();
 
-        let (mut ok, mut failed) = (0u32, 0u32);
+        let mut tally = Tally::default();
         let mut finished = vec![false; targets.len()];
         let mut out_of_time = false;
         // What a finished (or crashed) task says about its target.
@@ -352,7 +325,10 @@ impl Inventory {
             };
             let (index, result) = outcome(joined, &index_of);
             finished[index] = true;
-            if !self.report(result, &mut ok, &mut failed, &tx).await {
+            if !self
+                .report(&targets[index], result, &query, &mut tally, &tx)
+                .await
+            {
                 return;
             }
         }
@@ -362,21 +338,28 @@ impl Inventory {
             while let Some(joined) = running.try_join_next_with_id() {
                 let (index, result) = outcome(joined, &index_of);
                 finished[index] = true;
-                results.push(result);
+                results.push((index, result));
             }
             running.abort_all();
             for (index, done) in finished.iter().enumerate() {
                 if !done {
-                    results.push(progress[index].result(&targets[index], Some(deadline_error())));
+                    results.push((
+                        index,
+                        progress[index].result(&targets[index], Some(deadline_error())),
+                    ));
                 }
             }
-            for result in results {
-                if !self.report(result, &mut ok, &mut failed, &tx).await {
+            for (index, result) in results {
+                if !self
+                    .report(&targets[index], result, &query, &mut tally, &tx)
+                    .await
+                {
                     return;
                 }
             }
         }
 
+        let (ok, failed) = (tally.ok, tally.failed);
         let summary = pb::Summary {
             targets_ok: ok,
             targets_failed: failed,
@@ -385,13 +368,28 @@ impl Inventory {
             cache_hits: stats.cache_hits.load(Ordering::Relaxed),
             elapsed: prost_types::Duration::try_from(started.elapsed()).ok(),
         };
-        tracing::info!(ok, failed, backups = summary.backups, upstream_requests = summary.upstream_requests, cache_hits = summary.cache_hits, elapsed = ?started.elapsed(), "inventory finished");
+        tracing::info!(
+            caller = &*query.caller.name,
+            method = "ListBackups",
+            projects = ?query.project_ids,
+            regions = ?query.regions,
+            ok,
+            failed,
+            backups = summary.backups,
+            upstream_requests = summary.upstream_requests,
+            cache_hits = summary.cache_hits,
+            elapsed = ?started.elapsed(),
+            "call finished"
+        );
         if tx.send(Ok(Event::Finished(summary))).await.is_err() {
             return;
         }
         if ok == 0 && failed > 0 {
             let _ = tx
-                .send(Err(InventoryError::NothingAnswered { failed }))
+                .send(Err(InventoryError::NothingAnswered {
+                    failed,
+                    cause: tally.cause(),
+                }))
                 .await;
         }
     }
@@ -399,19 +397,67 @@ impl Inventory {
     /// Records a target's outcome and sends it; false when the caller has gone.
     async fn report(
         &self,
+        target: &Target,
         result: pb::TargetResult,
-        ok: &mut u32,
-        failed: &mut u32,
+        query: &Query,
+        tally: &mut Tally,
         tx: &mpsc::Sender<Result<Event, InventoryError>>,
     ) -> bool {
-        let project_id: Arc<str> = result.project_id.as_str().into();
-        self.health(&project_id).record(&result);
-        if result.ok {
-            *ok += 1;
-        } else {
-            *failed += 1;
+        self.health(&target.project_id).record(&result);
+        if let Some(metrics) = &self.metrics {
+            metrics.target_read(&target.project_id, &target.region, result.ok);
+        }
+        tally.count(&result);
+        if let Some(e) = &result.error {
+            tracing::warn!(
+                caller = &*query.caller.name,
+                project = &*target.project_id,
+                region = target.region,
+                credential = target.credential.name(),
+                kind = e.kind,
+                code = e.error_code,
+                request_id = e.request_id,
+                error = e.message,
+                "target failed"
+            );
         }
         tx.send(Ok(Event::TargetDone(result))).await.is_ok()
+    }
+}
+
+/// How the targets of one query ended.
+#[derive(Default)]
+struct Tally {
+    ok: u32,
+    failed: u32,
+    auth: u32,
+    deadline: u32,
+}
+
+impl Tally {
+    fn count(&mut self, result: &pb::TargetResult) {
+        match &result.error {
+            None => self.ok += 1,
+            Some(e) => {
+                self.failed += 1;
+                match e.kind.as_str() {
+                    "auth" => self.auth += 1,
+                    "deadline_exceeded" => self.deadline += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Why nothing answered, when nothing did.
+    fn cause(&self) -> NothingAnsweredCause {
+        if self.auth == self.failed {
+            NothingAnsweredCause::Auth
+        } else if self.deadline == self.failed {
+            NothingAnsweredCause::Deadline
+        } else {
+            NothingAnsweredCause::Unavailable
+        }
     }
 }
 
@@ -456,40 +502,5 @@ impl Stream for EventStream {
 impl Drop for EventStream {
     fn drop(&mut self) {
         self.driver.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn backup<'a>(kind: &'a str, status: &'a str, created: Option<i64>) -> BackupMeta<'a> {
-        BackupMeta {
-            id: "b",
-            backup_type_name: kind,
-            status,
-            created: created.map(|seconds| Timestamp { seconds, nanos: 0 }),
-        }
-    }
-
-    #[test]
-    fn filters_combine() {
-        let f = Filter {
-            backup_types: vec!["metadata".into()],
-            statuses: vec![],
-            created_after: Some(Timestamp {
-                seconds: 100,
-                nanos: 0,
-            }),
-            created_before: Some(Timestamp {
-                seconds: 200,
-                nanos: 0,
-            }),
-        };
-        assert!(f.matches(&backup("metadata", "normal", Some(100))));
-        assert!(!f.matches(&backup("metadata", "normal", Some(200))));
-        assert!(!f.matches(&backup("auto_metadata", "normal", Some(150))));
-        assert!(!f.matches(&backup("metadata", "normal", None)));
-        assert!(Filter::default().matches(&backup("x", "y", None)));
     }
 }

@@ -7,8 +7,8 @@
 //! page. Under DDM's churn — new backups at the front, old ones expiring at the end — reading front
 //! to back can only show a backup twice (de-duplicated here), never skip one.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::StreamExt as _;
-use futures_util::stream;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
 use super::targets::{Target, TargetHealth};
@@ -189,26 +189,48 @@ impl TargetRead {
 
     /// Reads every page at once, after the first. `Ok(false)`: the list shifted meanwhile.
     /// A failed page ends the read with its error, after the other pages have been emitted.
+    ///
+    /// Pages in flight are polled while a batch waits for room in the caller's stream, so a
+    /// caller that does not read never holds an upstream slot or another caller's shared fetch;
+    /// and no new page is asked for while a fetched one waits to be sent.
     async fn read_concurrently(&self, merge: &mut Merge) -> Result<bool, DdmError> {
         let first = self.page(0, self.query.max_age).await?;
         let total = first.total;
         self.progress.total.store(total, Ordering::Relaxed);
         let mut consistent = self.emit(&first, 0, 1, merge).await && fits(&first, 0, total);
 
-        let offsets = (u64::from(MAX_PAGE_SIZE)..total).step_by(MAX_PAGE_SIZE as usize);
-        let mut pages = stream::iter(offsets)
-            .map(|offset| async move { (offset, self.page(offset, self.query.max_age).await) })
-            .buffer_unordered(self.inventory.limits.max_pages_per_target.max(1));
+        let mut offsets = (u64::from(MAX_PAGE_SIZE)..total).step_by(MAX_PAGE_SIZE as usize);
+        let most = self.inventory.limits.max_pages_per_target.max(1);
+        let mut in_flight = FuturesUnordered::new();
+        let mut ready: VecDeque<(u64, Arc<CachedPage>)> = VecDeque::new();
         let mut first_error = None;
-        while let Some((offset, page)) = pages.next().await {
-            match page {
-                Ok(page) => {
-                    consistent &=
-                        self.emit(&page, offset, 1, merge).await && fits(&page, offset, total)
-                }
-                Err(e) => {
-                    tracing::warn!(project = &*self.target.project_id, offset, error = %e, "page failed");
-                    first_error.get_or_insert(e);
+        loop {
+            while ready.is_empty() && in_flight.len() < most {
+                let Some(offset) = offsets.next() else { break };
+                in_flight
+                    .push(async move { (offset, self.page(offset, self.query.max_age).await) });
+            }
+            if in_flight.is_empty() && ready.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some((offset, page)) = in_flight.next(), if !in_flight.is_empty() => match page {
+                    Ok(page) => ready.push_back((offset, page)),
+                    Err(e) => {
+                        tracing::warn!(project = &*self.target.project_id, offset, error = %e, "page failed");
+                        first_error.get_or_insert(e);
+                    }
+                },
+                room = self.tx.reserve(), if !ready.is_empty() => {
+                    // The caller has gone: this task is being aborted.
+                    let Ok(room) = room else { return Ok(consistent) };
+                    let (offset, page) = ready.pop_front().expect("a page is ready");
+                    let (batch, no_overlap) = self.select(&page, offset, 1, merge);
+                    if let Some(batch) = batch {
+                        self.count_sent(batch.count as u64);
+                        room.send(Ok(Event::Backups(batch)));
+                    }
+                    consistent &= no_overlap && fits(&page, offset, total);
                 }
             }
         }
@@ -247,6 +269,31 @@ impl TargetRead {
     /// Sends a page's new, matching backups. Returns false if a backup of this page was already
     /// seen in the same read (the list shifted).
     async fn emit(&self, page: &CachedPage, offset: u64, read: u32, merge: &mut Merge) -> bool {
+        let (batch, no_overlap) = self.select(page, offset, read, merge);
+        if let Some(batch) = batch {
+            let n = batch.count as u64;
+            // A closed channel means the caller left; this task is being aborted as well.
+            if self.tx.send(Ok(Event::Backups(batch))).await.is_ok() {
+                self.count_sent(n);
+            }
+        }
+        no_overlap
+    }
+
+    fn count_sent(&self, n: u64) {
+        self.progress.backups.fetch_add(n, Ordering::Relaxed);
+        self.stats.backups.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A page's new, matching backups as one batch (none when nothing is left), and whether no
+    /// backup of it was already seen in the same read.
+    fn select(
+        &self,
+        page: &CachedPage,
+        offset: u64,
+        read: u32,
+        merge: &mut Merge,
+    ) -> (Option<EncodedBatch>, bool) {
         self.progress.pages.fetch_add(1, Ordering::Relaxed);
         for why in &page.skipped {
             merge.skipped += 1;
@@ -268,7 +315,7 @@ impl TargetRead {
             }
         }
         if chosen.is_empty() {
-            return no_overlap;
+            return (None, no_overlap);
         }
         // The whole page as cached (the usual case) costs no copy.
         let encoded = if chosen.len() == page.len() {
@@ -280,17 +327,11 @@ impl TargetRead {
             }
             out.freeze()
         };
-        let n = chosen.len() as u64;
         let batch = EncodedBatch {
             encoded,
             count: chosen.len(),
         };
-        // A closed channel means the caller left; this task is being aborted as well.
-        if self.tx.send(Ok(Event::Backups(batch))).await.is_ok() {
-            self.progress.backups.fetch_add(n, Ordering::Relaxed);
-            self.stats.backups.fetch_add(n, Ordering::Relaxed);
-        }
-        no_overlap
+        (Some(batch), no_overlap)
     }
 
     async fn page(

@@ -144,3 +144,36 @@ impl HealthBook {
         Arc::clone(book.entry(Arc::clone(project_id)).or_default())
     }
 }
+
+/// What each credential's discovery last did, for `ListTargets`.
+#[derive(Default)]
+pub(super) struct DiscoveryBook(Mutex<BTreeMap<String, pb::DiscoveryState>>);
+
+impl DiscoveryBook {
+    pub(super) fn record(&self, credential: &str, outcome: Result<usize, String>) {
+        let mut book = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let state = book
+            .entry(credential.to_owned())
+            .or_insert_with(|| pb::DiscoveryState {
+                credential: credential.to_owned(),
+                ..Default::default()
+            });
+        let now = Some(SystemTime::now().into());
+        match outcome {
+            Ok(n) => {
+                state.last_success = now;
+                state.targets = n as u32;
+                state.last_error.clear();
+            }
+            Err(e) => {
+                state.last_error_at = now;
+                state.last_error = e;
+            }
+        }
+    }
+
+    pub(super) fn states(&self) -> Vec<pb::DiscoveryState> {
+        let book = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        book.values().cloned().collect()
+    }
+}

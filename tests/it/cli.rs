@@ -18,22 +18,54 @@ impl Drop for Running {
     }
 }
 
-/// Starts the binary and waits for a line starting with `ready`; returns the rest of that line.
+/// Starts the binary and waits for a line (on stdout or stderr) containing `ready`; returns
+/// the rest of that line.
 pub fn spawn_until(args: &[&str], ready: &str) -> (Running, String) {
+    spawn_with_env(args, &[], ready)
+}
+
+pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)], ready: &str) -> (Running, String) {
+    let (running, lines) = spawn_lines(args, env);
+    let rest = lines
+        .iter()
+        .find_map(|l| l.split_once(ready).map(|(_, rest)| rest.to_owned()))
+        .unwrap_or_else(|| panic!("{args:?} never printed {ready:?}"));
+    std::thread::spawn(move || lines.iter().for_each(drop));
+    (running, rest)
+}
+
+/// Starts the binary; its stdout and stderr lines, as they come.
+pub fn spawn_lines(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Running, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_backupgw"))
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
-    let rest = lines
-        .find_map(|l| l.strip_prefix(ready).map(str::to_owned))
-        .unwrap_or_else(|| panic!("{args:?} never printed {ready:?}"));
-    std::thread::spawn(move || lines.for_each(drop));
-    (Running(child), rest)
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx2.send(l);
+        }
+    });
+    (Running(child), rx)
+}
+
+/// The address in a `listening addr=…` log line.
+pub fn listening_addr(rest: &str) -> String {
+    rest.split_whitespace().next().unwrap().to_owned()
 }
 
 pub fn scratch_dir(name: &str) -> PathBuf {
@@ -74,8 +106,9 @@ async fn serve_reads_the_configuration_the_simulator_writes() {
     );
     let (_gw, addr) = spawn_until(
         &["serve", "--config", config, "--listen", "127.0.0.1:0"],
-        "backupgw listening on ",
+        "listening addr=",
     );
+    let addr = listening_addr(&addr);
     let mut client = BackupGatewayClient::connect(format!("http://{addr}"))
         .await
         .unwrap();

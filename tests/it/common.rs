@@ -5,10 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backupgw::cache::PageCache;
+use backupgw::callers::CallerBook;
 use backupgw::ddm::{ClientOptions, Credential, DdmClient, RetryPolicy};
 use backupgw::inventory::{Inventory, Limits, Target};
+use backupgw::metrics::Metrics;
 use backupgw::pb;
 use backupgw::pb::backup_gateway_client::BackupGatewayClient;
+use backupgw::server::{Generation, Live, ServerOptions};
 use backupgw::sim::{AuthOptions, DataSet, DataSpec, SimOptions, Simulator};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
@@ -70,7 +73,30 @@ pub struct Gateway {
     pub client: BackupGatewayClient<Channel>,
     pub addr: std::net::SocketAddr,
     pub inventory: Arc<Inventory>,
+    pub live: Arc<Live>,
     _stop: oneshot::Sender<()>,
+}
+
+/// How a test gateway is set up beyond its targets.
+#[derive(Clone)]
+pub struct GatewaySetup {
+    pub limits: Limits,
+    pub client: ClientOptions,
+    pub server: ServerOptions,
+    pub callers: Arc<CallerBook>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Default for GatewaySetup {
+    fn default() -> Self {
+        GatewaySetup {
+            limits: Limits::default(),
+            client: test_client_options(),
+            server: ServerOptions::default(),
+            callers: Arc::new(CallerBook::open()),
+            tls: None,
+        }
+    }
 }
 
 /// Starts a gateway for `targets` and connects a client to it.
@@ -79,30 +105,64 @@ pub async fn start_gateway(
     limits: Limits,
     options: ClientOptions,
 ) -> Gateway {
-    backupgw::server::install_crypto_provider();
-    let inventory = Arc::new(Inventory::new(
+    start_gateway_with(
         targets,
-        DdmClient::new(options).unwrap(),
-        PageCache::new(Duration::from_secs(300), 64 << 20),
-        limits,
-    ));
+        GatewaySetup {
+            limits,
+            client: options,
+            ..GatewaySetup::default()
+        },
+    )
+    .await
+}
+
+pub async fn start_gateway_with(targets: Vec<Target>, setup: GatewaySetup) -> Gateway {
+    backupgw::server::install_crypto_provider();
+    let metrics = Metrics::new();
+    let inventory = Arc::new(
+        Inventory::new(
+            targets,
+            DdmClient::new(setup.client)
+                .unwrap()
+                .with_metrics(metrics.clone()),
+            PageCache::new(Duration::from_secs(300), 64 << 20).with_metrics(metrics.clone()),
+            setup.limits,
+        )
+        .with_metrics(metrics.clone()),
+    );
+    let live = Live::new(
+        Generation {
+            inventory: Arc::clone(&inventory),
+            callers: setup.callers,
+            default_deadline: setup.server.default_deadline,
+        },
+        metrics,
+    );
+    *live.tls.write().unwrap() = setup.tls.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(backupgw::server::serve(
-        listener,
-        Arc::clone(&inventory),
-        async {
+    let serving = Arc::clone(&live);
+    let options = setup.server.clone();
+    tokio::spawn(async move {
+        backupgw::server::serve(listener, serving, &options, async {
             let _ = stopped.await;
-        },
-    ));
-    let client = BackupGatewayClient::connect(format!("http://{addr}"))
+        })
         .await
-        .unwrap();
+    });
+    let client = if setup.tls.is_some() {
+        // TLS tests connect their own clients.
+        BackupGatewayClient::new(Channel::from_static("http://127.0.0.1:1").connect_lazy())
+    } else {
+        BackupGatewayClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap()
+    };
     Gateway {
         client,
         addr,
         inventory,
+        live,
         _stop: stop,
     }
 }

@@ -222,7 +222,11 @@ async fn a_bad_token_and_a_dead_region_fail_alone() {
     let e = bad.error.as_ref().unwrap();
     assert_eq!(
         (e.kind.as_str(), e.error_code.as_str(), e.http_status),
-        ("upstream", "APIGW.0301", 401)
+        ("auth", "APIGW.0301", 401)
+    );
+    assert!(
+        e.message.contains("\"stale\""),
+        "names the credential: {e:?}"
     );
     assert_eq!(e.request_id.len(), 32, "{e:?}");
     assert!(!e.retryable);
@@ -254,6 +258,7 @@ async fn a_bad_token_and_a_dead_region_fail_alone() {
 
 #[tokio::test]
 async fn when_nothing_answers_the_call_fails_after_reporting_why() {
+    // The code says whether asking again can help: not with these credentials…
     let sim = start_sim(&small_spec(), sim_options()).await;
     let targets = backupgw::demo::sim_targets(&sim, token_credential("bad", "wrong"));
     let mut gw = start_gateway(targets, Limits::default(), test_client_options()).await;
@@ -262,8 +267,24 @@ async fn when_nothing_answers_the_call_fails_after_reporting_why() {
     assert!(got.targets.iter().all(|t| !t.ok));
     assert_eq!(got.summary.unwrap().targets_failed, 9);
     let status = got.status.expect("a terminal error");
-    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert!(status.message().contains("targets[].error"), "{status:?}");
+
+    // …later, when the upstream is back.
+    let mut targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    for t in &mut targets {
+        t.endpoint = dead.as_str().into();
+    }
+    let mut gw = start_gateway(targets, Limits::default(), test_client_options()).await;
+    let got = list(&mut gw.client, pb::ListBackupsRequest::default()).await;
+    assert_eq!(
+        got.status.expect("a terminal error").code(),
+        tonic::Code::Unavailable
+    );
 }
 
 #[tokio::test]
@@ -333,7 +354,7 @@ async fn bad_requests_get_invalid_argument_with_field_violations() {
                 ..Default::default()
             },
             "project_ids[0]",
-            "not a project id",
+            "no configured project has the id",
         ),
         (
             pb::ListBackupsRequest {

@@ -1,0 +1,627 @@
+//! Configuration: a TOML file, validated at start-up (and on reload) into `Settings`. Every
+//! problem names its key, and every problem of a file is reported at once. Secrets are never
+//! written in the file: it names an environment variable or a file instead. Relative paths
+//! resolve from the file's own directory.
+
+mod edge;
+mod raw;
+mod secrets;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::callers::{CallerBook, Patterns};
+use crate::ddm::{ClientOptions, Credential, RetryPolicy};
+use crate::discovery::Discovery;
+use crate::inventory::{Limits, RegionLimits, Target, TargetSource};
+use crate::server::ServerOptions;
+use crate::tls::TlsFiles;
+pub use edge::LogOptions;
+use raw::RawConfig;
+use secrets::SecretFiles;
+
+/// DDM's regions (the official SDK's region table).
+pub const DDM_REGIONS: &[&str] = &[
+    "cn-north-1",
+    "cn-north-4",
+    "cn-north-9",
+    "cn-east-2",
+    "cn-east-3",
+    "cn-south-1",
+    "cn-south-2",
+    "cn-southwest-2",
+    "ap-southeast-1",
+    "ap-southeast-3",
+    "la-north-2",
+    "la-south-2",
+    "sa-brazil-1",
+    "my-kualalumpur-1",
+    "ru-moscow-1",
+    "ae-ad-1",
+    "eu-west-101",
+];
+
+/// DDM's public endpoint in a region.
+pub fn default_endpoint(region: &str) -> Option<String> {
+    match region {
+        "eu-west-101" => Some("https://ddm.eu-west-101.myhuaweicloud.eu".into()),
+        r if DDM_REGIONS.contains(&r) => Some(format!("https://ddm.{r}.myhuaweicloud.com")),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Every problem of a configuration file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    pub fn first(&self) -> &ConfigError {
+        &self.0[0]
+    }
+
+    pub fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|e| e.key.as_str()).collect()
+    }
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "{one}"),
+            all => {
+                write!(f, "{} problems:", all.len())?;
+                for e in all {
+                    write!(f, "\n  {e}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+/// Problems found so far, and warnings (worth saying, not worth refusing the file).
+#[derive(Default)]
+pub(crate) struct Problems {
+    errors: Vec<ConfigError>,
+    warnings: Vec<String>,
+}
+
+impl Problems {
+    pub(crate) fn push(&mut self, key: impl Into<String>, problem: impl Into<String>) {
+        self.errors.push(ConfigError::new(key, problem));
+    }
+
+    fn add(&mut self, e: ConfigError) {
+        self.errors.push(e);
+    }
+
+    /// The value, or `None` with the problem recorded under `key`.
+    pub(crate) fn take<T>(&mut self, r: Result<T, String>, key: impl Into<String>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(problem) => {
+                self.push(key, problem);
+                None
+            }
+        }
+    }
+
+    fn keep<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
+        r.map_err(|e| self.add(e)).ok()
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub allow_unauthenticated: bool,
+    pub server: ServerOptions,
+    pub callers: Arc<CallerBook>,
+    pub tls_files: Option<TlsFiles>,
+    /// The loaded TLS configuration (`None` without `[tls]`, or when files were not read).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log: LogOptions,
+    pub cache_ttl: Duration,
+    pub cache_max_bytes: u64,
+    pub limits: Limits,
+    pub client: ClientOptions,
+    pub targets: Vec<Target>,
+    /// Credentials whose projects are listed through IAM.
+    pub discoveries: Vec<Discovery>,
+    pub discovery_interval: Duration,
+    /// Things worth saying at start-up that do not stop it.
+    pub warnings: Vec<String>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+impl Settings {
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        Self::check(path, true)
+    }
+
+    /// Loads a file; with `read_secrets = false`, secrets and TLS files are named but not read
+    /// (`check-config --no-secrets`).
+    pub fn check(path: &Path, read_secrets: bool) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let base = if base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            base
+        };
+        Self::parse_with(&text, base, read_secrets)
+    }
+
+    /// Parses and validates a configuration; relative file names resolve from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigErrors> {
+        Self::parse_with(text, base, true)
+    }
+
+    fn parse_with(text: &str, base: &Path, read_secrets: bool) -> Result<Self, ConfigErrors> {
+        let mut problems = Problems::default();
+        let raw = parse_raw(text, &mut problems);
+        let settings = raw.and_then(|raw| validate(raw, base, read_secrets, &mut problems));
+        match settings {
+            Some(mut s) if problems.errors.is_empty() => {
+                s.warnings = problems.warnings;
+                Ok(s)
+            }
+            _ => Err(ConfigErrors(problems.errors)),
+        }
+    }
+
+    /// Without callers the gateway answers anyone: only on a loopback address, unless the file
+    /// says `allow_unauthenticated = true`.
+    pub fn check_exposure(&self, listen: SocketAddr) -> Result<(), ConfigError> {
+        if self.callers.is_open() && !listen.ip().is_loopback() && !self.allow_unauthenticated {
+            return Err(ConfigError::new(
+                "callers",
+                format!(
+                    "{listen} is not a loopback address and no [[callers]] are configured: anyone who reaches it would read every backup. Configure [[callers]], or set allow_unauthenticated = true"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The file's shapes. A wrong type or an unknown key is reported by its key, and the parse goes
+/// on without that line, so that every such problem is reported at once.
+fn parse_raw(text: &str, problems: &mut Problems) -> Option<RawConfig> {
+    let mut text = text.to_owned();
+    for _ in 0..50 {
+        match toml::from_str::<RawConfig>(&text) {
+            Ok(raw) => return Some(raw),
+            Err(e) => {
+                let line = e.span().map(|s| line_of(&text, s.start));
+                let key = line.and_then(|l| key_of_line(&text, l));
+                match (line, key) {
+                    (Some(line), Some((key, true))) => {
+                        problems.push(key, e.message().to_owned());
+                        // Leave the line out and look for more.
+                        text = text
+                            .lines()
+                            .enumerate()
+                            .map(|(i, l)| if i == line { "" } else { l })
+                            .collect::<Vec<_>>()
+                            .join("\n");
+                    }
+                    (line, key) => {
+                        let key = key
+                            .map(|(k, _)| k)
+                            .or(line.map(|l| format!("line {}", l + 1)))
+                            .unwrap_or_else(|| "config".to_owned());
+                        problems.push(key, e.message().to_owned());
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The (0-based) line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count()
+}
+
+/// The dotted key a line sets (`limits.max_attempts`, `projects[2].region`), and whether it is
+/// a `key = value` line (else a table header).
+fn key_of_line(text: &str, line: usize) -> Option<(String, bool)> {
+    let mut table = String::new();
+    let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        let header = if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_owned();
+            let n = arrays
+                .entry(name.clone())
+                .and_modify(|n| *n += 1)
+                .or_insert(0);
+            Some(format!("{name}[{n}]"))
+        } else {
+            t.strip_prefix('[')
+                .and_then(|r| r.split(']').next())
+                .map(|name| name.trim().to_owned())
+        };
+        if i == line {
+            if let Some(h) = header {
+                return Some((h, false));
+            }
+            let key = t.split('=').next()?.trim().trim_matches('"');
+            if key.is_empty() || !t.contains('=') {
+                return None;
+            }
+            let full = if table.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{table}.{key}")
+            };
+            return Some((full, true));
+        }
+        if let Some(h) = header {
+            table = h;
+        }
+    }
+    None
+}
+
+fn validate(raw: RawConfig, base: &Path, read_secrets: bool, p: &mut Problems) -> Option<Settings> {
+    let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = p.take(
+        listen_text
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("{listen_text:?} is not an address like 127.0.0.1:50051")),
+        "listen",
+    );
+    let server = edge::server(&raw.server, p);
+    let (tls_files, tls) = edge::tls(raw.tls.as_ref(), base, read_secrets, p);
+    let mtls = tls_files
+        .as_ref()
+        .is_some_and(|t| t.client_ca_file.is_some());
+    let callers = edge::callers(&raw.callers, mtls, p);
+    let metrics_listen = edge::metrics(raw.metrics.as_ref(), p);
+    let log = edge::log(&raw.log, p);
+
+    if raw.cache.ttl_seconds == 0 {
+        p.push("cache.ttl_seconds", "must be at least 1");
+    }
+    let (limits, client) = limits(&raw, p);
+    let region_default = limits.region.clone();
+    let mut limits = limits;
+    let mut endpoints = BTreeMap::new();
+    for (region, r) in &raw.regions {
+        let key = format!("regions.{region}");
+        let endpoint = match &r.endpoint {
+            Some(e) => p.keep(validate_endpoint(&format!("{key}.endpoint"), e)),
+            None => p.take(
+                default_endpoint(region)
+                    .ok_or_else(|| "not a known DDM region: give its endpoint".to_owned()),
+                &key,
+            ),
+        };
+        if let Some(endpoint) = endpoint {
+            endpoints.insert(region.clone(), endpoint);
+        }
+        if let Some(own) = p.keep(region_limits(
+            &format!("{key}."),
+            r.max_concurrent_requests,
+            r.requests_per_second,
+            r.burst,
+            &region_default,
+        )) && own != region_default
+        {
+            limits.regions.insert(region.clone(), own);
+        }
+    }
+
+    let cooldown = Duration::from_secs(raw.limits.auth_failure_cooldown_seconds);
+    let mut files = SecretFiles {
+        base,
+        read: read_secrets,
+        must_be_private: raw.secret_files_must_be_private,
+        warnings: &mut p.warnings,
+    };
+    let mut credentials = BTreeMap::new();
+    let mut broken = Vec::new();
+    for (name, c) in &raw.credentials {
+        match secrets::credential(name, c, &mut files) {
+            Ok(credential) => {
+                credentials.insert(name.clone(), Arc::new(credential.with_cooldown(cooldown)));
+            }
+            Err(e) => broken.push(e),
+        }
+    }
+    for e in broken {
+        p.add(e);
+    }
+
+    let region_patterns = match &raw.discovery.regions {
+        Some(patterns) => p.take(Patterns::new(patterns), "discovery.regions"),
+        None if !endpoints.is_empty() => {
+            Patterns::new(&endpoints.keys().cloned().collect::<Vec<_>>()).ok()
+        }
+        None => Some(Patterns::any()),
+    };
+    if raw.discovery.interval_seconds == 0 {
+        p.push("discovery.interval_seconds", "must be at least 1");
+    }
+    let discovering: Vec<&String> = raw
+        .credentials
+        .iter()
+        .filter(|(_, c)| c.discover)
+        .map(|(name, _)| name)
+        .collect();
+    let discoveries: Vec<Discovery> = match &region_patterns {
+        Some(regions) => discovering
+            .iter()
+            .filter_map(|name| credentials.get(*name))
+            .map(|credential| Discovery {
+                credential: Arc::clone(credential),
+                regions: regions.clone(),
+                endpoints: endpoints.clone(),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+
+    if raw.projects.is_empty() && discovering.is_empty() {
+        p.push(
+            "projects",
+            "no project is configured: add a [[projects]] or set discover = true on a credential",
+        );
+    }
+    let targets = projects(&raw, &endpoints, &credentials, p);
+    unused(&raw, region_patterns.as_ref(), p);
+
+    let settings = Settings {
+        listen: listen?,
+        allow_unauthenticated: raw.allow_unauthenticated,
+        server,
+        callers,
+        tls_files,
+        tls,
+        metrics_listen,
+        log,
+        cache_ttl: Duration::from_secs(raw.cache.ttl_seconds),
+        cache_max_bytes: raw.cache.max_bytes,
+        limits,
+        client,
+        targets,
+        discoveries,
+        discovery_interval: Duration::from_secs(raw.discovery.interval_seconds),
+        warnings: Vec::new(),
+    };
+    if let Err(e) = settings.check_exposure(settings.listen) {
+        p.add(e);
+    }
+    Some(settings)
+}
+
+fn limits(raw: &RawConfig, p: &mut Problems) -> (Limits, ClientOptions) {
+    let l = &raw.limits;
+    for (key, value) in [
+        ("limits.max_concurrent_requests", l.max_concurrent_requests),
+        ("limits.max_concurrent_targets", l.max_concurrent_targets),
+        ("limits.max_pages_per_target", l.max_pages_per_target),
+        ("limits.max_attempts", l.max_attempts as usize),
+        ("limits.request_timeout_ms", l.request_timeout_ms as usize),
+        ("limits.max_body_bytes", l.max_body_bytes),
+    ] {
+        if value == 0 {
+            p.push(key, "must be at least 1");
+        }
+    }
+    let region_default = p
+        .keep(region_limits(
+            "limits.region_",
+            l.region_max_concurrent_requests,
+            l.region_requests_per_second,
+            Some(l.region_burst),
+            &RegionLimits::default(),
+        ))
+        .unwrap_or_default();
+    let limits = Limits {
+        max_concurrent_requests: l.max_concurrent_requests,
+        max_concurrent_targets: l.max_concurrent_targets,
+        max_pages_per_target: l.max_pages_per_target,
+        region: region_default,
+        ..Limits::default()
+    };
+    let client = ClientOptions {
+        request_timeout: Duration::from_millis(l.request_timeout_ms),
+        max_body_bytes: l.max_body_bytes,
+        retry: RetryPolicy {
+            max_attempts: l.max_attempts,
+            base_delay: Duration::from_millis(l.retry_base_delay_ms),
+            max_delay: Duration::from_millis(l.retry_max_delay_ms),
+            throttle_delay: Duration::from_millis(l.throttle_delay_ms),
+        },
+    };
+    (limits, client)
+}
+
+fn projects(
+    raw: &RawConfig,
+    endpoints: &BTreeMap<String, String>,
+    credentials: &BTreeMap<String, Arc<Credential>>,
+    p: &mut Problems,
+) -> Vec<Target> {
+    let mut seen = HashSet::new();
+    let mut targets = Vec::new();
+    for (i, project) in raw.projects.iter().enumerate() {
+        let key = format!("projects[{i}]");
+        if !is_project_id(&project.id) {
+            p.push(
+                format!("{key}.id"),
+                format!(
+                    "{:?} is not a project id (32 lowercase hex characters)",
+                    project.id
+                ),
+            );
+        } else if !seen.insert(project.id.clone()) {
+            p.push(
+                format!("{key}.id"),
+                format!("project {} is listed twice", project.id),
+            );
+        }
+        let endpoint = match endpoints.get(&project.region) {
+            Some(e) => Some(e.clone()),
+            None => p.take(
+                default_endpoint(&project.region).ok_or_else(|| {
+                    format!(
+                        "{:?} is not a known DDM region: add [regions.{}] with its endpoint",
+                        project.region, project.region
+                    )
+                }),
+                format!("{key}.region"),
+            ),
+        };
+        let credential = match credentials.get(&project.credential) {
+            Some(c) => Some(c),
+            // A credential that is defined but broken was reported already.
+            None if raw.credentials.contains_key(&project.credential) => None,
+            None => {
+                p.push(
+                    format!("{key}.credential"),
+                    format!("no [credentials.{}] is defined", project.credential),
+                );
+                None
+            }
+        };
+        if let (Some(endpoint), Some(credential)) = (endpoint, credential) {
+            targets.push(Target {
+                project_id: project.id.as_str().into(),
+                project_name: project.name.clone().unwrap_or_default(),
+                region: project.region.clone(),
+                endpoint: endpoint.into(),
+                credential: Arc::clone(credential),
+                source: TargetSource::Config,
+            });
+        }
+    }
+    targets
+}
+
+/// Tables that nothing uses are most often a typo of something that should have been used.
+fn unused(raw: &RawConfig, discovery_regions: Option<&Patterns>, p: &mut Problems) {
+    let discovers = raw.credentials.values().any(|c| c.discover);
+    for region in raw.regions.keys() {
+        let used = raw.projects.iter().any(|pr| &pr.region == region)
+            || (discovers && discovery_regions.is_some_and(|d| d.matches(region)));
+        if !used && default_endpoint(region).is_none() {
+            p.push(
+                format!("regions.{region}"),
+                "matches no known DDM region and no project or discovery uses it (a typo?)",
+            );
+        }
+    }
+    for (name, c) in &raw.credentials {
+        if !c.discover && !raw.projects.iter().any(|pr| &pr.credential == name) {
+            p.push(
+                format!("credentials.{name}"),
+                "no project uses this credential and it does not discover any (a typo?)",
+            );
+        }
+    }
+}
+
+/// A region's limits: its own values where given, else the defaults.
+fn region_limits(
+    prefix: &str,
+    max_concurrent_requests: Option<usize>,
+    requests_per_second: Option<f64>,
+    burst: Option<u32>,
+    defaults: &RegionLimits,
+) -> Result<RegionLimits, ConfigError> {
+    if max_concurrent_requests == Some(0) {
+        return Err(ConfigError::new(
+            format!("{prefix}max_concurrent_requests"),
+            "must be at least 1",
+        ));
+    }
+    if let Some(rps) = requests_per_second
+        && !(rps.is_finite() && rps > 0.0)
+    {
+        return Err(ConfigError::new(
+            format!("{prefix}requests_per_second"),
+            "must be a positive number",
+        ));
+    }
+    if burst == Some(0) {
+        return Err(ConfigError::new(
+            format!("{prefix}burst"),
+            "must be at least 1",
+        ));
+    }
+    Ok(RegionLimits {
+        max_concurrent_requests: max_concurrent_requests.or(defaults.max_concurrent_requests),
+        requests_per_second: requests_per_second.or(defaults.requests_per_second),
+        burst: burst.unwrap_or(defaults.burst.max(1)),
+    })
+}
+
+pub fn is_project_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+pub(super) fn validate_endpoint(key: &str, endpoint: &str) -> Result<String, ConfigError> {
+    let trimmed = endpoint.trim_end_matches('/');
+    let ok = match reqwest::Url::parse(trimmed) {
+        Ok(url) => {
+            matches!(url.scheme(), "http" | "https")
+                && url.host().is_some()
+                && url.path() == "/"
+                && url.query().is_none()
+        }
+        Err(_) => false,
+    };
+    if ok {
+        Ok(trimmed.to_owned())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!(
+                "{endpoint:?} is not an endpoint like https://ddm.cn-north-4.myhuaweicloud.com"
+            ),
+        ))
+    }
+}

@@ -1,0 +1,212 @@
+//! The configuration file's shapes, as written. `deny_unknown_fields` everywhere: a misspelt
+//! key is an error, not a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::ddm::ClientOptions;
+use crate::inventory::Limits;
+use crate::server::ServerOptions;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) listen: Option<String>,
+    #[serde(default)]
+    pub(super) allow_unauthenticated: bool,
+    /// Refuse secret files that others than their owner may read (else: warn).
+    #[serde(default)]
+    pub(super) secret_files_must_be_private: bool,
+    #[serde(default)]
+    pub(super) server: RawServer,
+    #[serde(default)]
+    pub(super) callers: Vec<RawCaller>,
+    pub(super) tls: Option<RawTls>,
+    pub(super) metrics: Option<RawMetrics>,
+    #[serde(default)]
+    pub(super) log: RawLog,
+    #[serde(default)]
+    pub(super) cache: RawCache,
+    #[serde(default)]
+    pub(super) limits: RawLimits,
+    #[serde(default)]
+    pub(super) regions: BTreeMap<String, RawRegion>,
+    #[serde(default)]
+    pub(super) credentials: BTreeMap<String, RawCredential>,
+    #[serde(default)]
+    pub(super) projects: Vec<RawProject>,
+    #[serde(default)]
+    pub(super) discovery: RawDiscovery,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawDiscovery {
+    /// Region patterns to keep; default: the [regions] table's keys, or every DDM region.
+    pub(super) regions: Option<Vec<String>>,
+    pub(super) interval_seconds: u64,
+}
+
+impl Default for RawDiscovery {
+    fn default() -> Self {
+        RawDiscovery {
+            regions: None,
+            interval_seconds: 600,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawCache {
+    pub(super) ttl_seconds: u64,
+    pub(super) max_bytes: u64,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            ttl_seconds: 60,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLimits {
+    pub(super) max_concurrent_requests: usize,
+    pub(super) max_concurrent_targets: usize,
+    pub(super) max_pages_per_target: usize,
+    pub(super) request_timeout_ms: u64,
+    pub(super) max_attempts: u32,
+    pub(super) retry_base_delay_ms: u64,
+    pub(super) retry_max_delay_ms: u64,
+    pub(super) throttle_delay_ms: u64,
+    pub(super) max_body_bytes: usize,
+    /// Defaults for every region (a [regions.X] entry may say otherwise).
+    pub(super) region_max_concurrent_requests: Option<usize>,
+    pub(super) region_requests_per_second: Option<f64>,
+    pub(super) region_burst: u32,
+    /// How long a credential the upstream rejected rests before it is used again.
+    pub(super) auth_failure_cooldown_seconds: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let limits = Limits::default();
+        let client = ClientOptions::default();
+        RawLimits {
+            max_concurrent_requests: limits.max_concurrent_requests,
+            max_concurrent_targets: limits.max_concurrent_targets,
+            max_pages_per_target: limits.max_pages_per_target,
+            request_timeout_ms: client.request_timeout.as_millis() as u64,
+            max_attempts: client.retry.max_attempts,
+            retry_base_delay_ms: client.retry.base_delay.as_millis() as u64,
+            retry_max_delay_ms: client.retry.max_delay.as_millis() as u64,
+            throttle_delay_ms: client.retry.throttle_delay.as_millis() as u64,
+            max_body_bytes: client.max_body_bytes,
+            region_max_concurrent_requests: None,
+            region_requests_per_second: None,
+            region_burst: 10,
+            auth_failure_cooldown_seconds: crate::ddm::standing::DEFAULT_COOLDOWN.as_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRegion {
+    pub(super) endpoint: Option<String>,
+    pub(super) max_concurrent_requests: Option<usize>,
+    pub(super) requests_per_second: Option<f64>,
+    pub(super) burst: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCredential {
+    pub(super) kind: String,
+    pub(super) token_env: Option<String>,
+    pub(super) token_file: Option<PathBuf>,
+    pub(super) domain: Option<String>,
+    pub(super) user: Option<String>,
+    pub(super) password_env: Option<String>,
+    pub(super) password_file: Option<PathBuf>,
+    pub(super) access_key: Option<String>,
+    pub(super) secret_key_env: Option<String>,
+    pub(super) secret_key_file: Option<PathBuf>,
+    pub(super) iam_endpoint: Option<String>,
+    #[serde(default)]
+    pub(super) discover: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProject {
+    pub(super) id: String,
+    pub(super) name: Option<String>,
+    pub(super) region: String,
+    pub(super) credential: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawServer {
+    pub(super) max_request_bytes: usize,
+    pub(super) default_deadline_seconds: u64,
+    pub(super) handshake_timeout_seconds: u64,
+    pub(super) max_connections: usize,
+    pub(super) max_concurrent_streams_per_connection: u32,
+    pub(super) http2_keepalive_interval_seconds: u64,
+    pub(super) shutdown_grace_seconds: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        let d = ServerOptions::default();
+        RawServer {
+            max_request_bytes: d.max_request_bytes,
+            default_deadline_seconds: d.default_deadline.as_secs(),
+            handshake_timeout_seconds: d.handshake_timeout.as_secs(),
+            max_connections: d.max_connections,
+            max_concurrent_streams_per_connection: d.max_concurrent_streams_per_connection,
+            http2_keepalive_interval_seconds: d.http2_keepalive_interval.as_secs(),
+            shutdown_grace_seconds: d.shutdown_grace.as_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCaller {
+    pub(super) name: String,
+    pub(super) api_key_sha256: Option<String>,
+    pub(super) client_cert_subject: Option<String>,
+    pub(super) projects: Vec<String>,
+    pub(super) regions: Option<Vec<String>>,
+    pub(super) max_concurrent_streams: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) cert_file: PathBuf,
+    pub(super) key_file: PathBuf,
+    pub(super) client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub(super) listen: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLog {
+    pub(super) format: Option<String>,
+    pub(super) level: Option<String>,
+}

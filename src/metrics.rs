@@ -1,0 +1,503 @@
+//! The metrics: one registry, every name in this file. RPC metrics come from a tower layer at
+//! the server, upstream metrics from where the request leaves (`ddm/client.rs`), cache metrics
+//! from the cache. Served as Prometheus text at `/metrics` on a listener of its own.
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use tonic::body::Body;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionStatus {
+    region: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionLabel {
+    region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionReason {
+    region: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Rpc {
+    method: String,
+    code: String,
+    caller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Method {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    project_id: String,
+    region: String,
+}
+
+struct Inner {
+    registry: Registry,
+    upstream_requests: Family<RegionStatus, Counter>,
+    upstream_duration: Family<RegionLabel, Histogram>,
+    upstream_retries: Family<RegionReason, Counter>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_bytes: Gauge,
+    rpc_requests: Family<Rpc, Counter>,
+    streams_open: Family<Method, Gauge>,
+    target_last_success: Family<TargetLabels, Gauge<f64, AtomicU64>>,
+    target_up: Family<TargetLabels, Gauge>,
+}
+
+/// The gateway's metrics; cheap to clone (one registry behind it).
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    // 5 ms … ≈ 20 s
+    Histogram::new(exponential_buckets(0.005, 2.0, 13))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let upstream_requests = Family::<RegionStatus, Counter>::default();
+        let upstream_duration =
+            Family::<RegionLabel, Histogram>::new_with_constructor(duration_histogram as fn() -> _);
+        let upstream_retries = Family::<RegionReason, Counter>::default();
+        let cache_hits = Counter::default();
+        let cache_misses = Counter::default();
+        let cache_bytes = Gauge::default();
+        let rpc_requests = Family::<Rpc, Counter>::default();
+        let streams_open = Family::<Method, Gauge>::default();
+        let target_last_success = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
+        let target_up = Family::<TargetLabels, Gauge>::default();
+        // Counters get their `_total` suffix from the encoder.
+        registry.register(
+            "backupgw_upstream_requests",
+            "Upstream HTTP attempts, by region and HTTP status (\"transport\": no answer)",
+            upstream_requests.clone(),
+        );
+        registry.register(
+            "backupgw_upstream_request_duration_seconds",
+            "Time of one upstream HTTP attempt, body included",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "backupgw_upstream_retries",
+            "Upstream attempts that are retried, by region and reason",
+            upstream_retries.clone(),
+        );
+        registry.register(
+            "backupgw_cache_hits",
+            "Pages served from the cache",
+            cache_hits.clone(),
+        );
+        registry.register(
+            "backupgw_cache_misses",
+            "Pages fetched from the upstream",
+            cache_misses.clone(),
+        );
+        registry.register(
+            "backupgw_cache_bytes",
+            "Bytes the page cache holds",
+            cache_bytes.clone(),
+        );
+        registry.register(
+            "backupgw_rpc_requests",
+            "gRPC calls of backupgw.v1.BackupGateway, by method, final code and caller",
+            rpc_requests.clone(),
+        );
+        registry.register(
+            "backupgw_streams_open",
+            "backupgw.v1.BackupGateway calls in progress",
+            streams_open.clone(),
+        );
+        registry.register(
+            "backupgw_target_last_success_timestamp_seconds",
+            "When every page of the target was last read (Unix seconds)",
+            target_last_success.clone(),
+        );
+        registry.register(
+            "backupgw_target_up",
+            "1 when the target's last read succeeded, else 0",
+            target_up.clone(),
+        );
+        Metrics(Arc::new(Inner {
+            registry,
+            upstream_requests,
+            upstream_duration,
+            upstream_retries,
+            cache_hits,
+            cache_misses,
+            cache_bytes,
+            rpc_requests,
+            streams_open,
+            target_last_success,
+            target_up,
+        }))
+    }
+
+    /// One upstream HTTP attempt: its status (`None`: no answer) and how long it took.
+    pub fn upstream_request(&self, region: &str, status: Option<u16>, took: Duration) {
+        let status = status.map_or_else(|| "transport".to_owned(), |s| s.to_string());
+        self.0
+            .upstream_requests
+            .get_or_create(&RegionStatus {
+                region: region.to_owned(),
+                status,
+            })
+            .inc();
+        self.0
+            .upstream_duration
+            .get_or_create(&RegionLabel {
+                region: region.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn upstream_retry(&self, region: &str, reason: &str) {
+        self.0
+            .upstream_retries
+            .get_or_create(&RegionReason {
+                region: region.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn cache_hit(&self) {
+        self.0.cache_hits.inc();
+    }
+
+    pub fn cache_miss(&self) {
+        self.0.cache_misses.inc();
+    }
+
+    pub fn set_cache_bytes(&self, bytes: u64) {
+        self.0.cache_bytes.set(bytes.min(i64::MAX as u64) as i64);
+    }
+
+    pub fn target_read(&self, project_id: &str, region: &str, ok: bool) {
+        let labels = TargetLabels {
+            project_id: project_id.to_owned(),
+            region: region.to_owned(),
+        };
+        self.0.target_up.get_or_create(&labels).set(i64::from(ok));
+        if ok {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.0.target_last_success.get_or_create(&labels).set(now);
+        }
+    }
+
+    fn rpc_finished(&self, method: &str, code: tonic::Code, caller: &str) {
+        self.0
+            .rpc_requests
+            .get_or_create(&Rpc {
+                method: method.to_owned(),
+                code: code_name(code).to_owned(),
+                caller: caller.to_owned(),
+            })
+            .inc();
+    }
+
+    fn stream_gauge(&self, method: &str) -> Gauge {
+        self.0
+            .streams_open
+            .get_or_create(&Method {
+                method: method.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.0.registry);
+        out
+    }
+}
+
+/// Serves `/metrics` on `listener` until `shutdown`; `refresh` runs before each scrape.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    refresh: impl Fn() -> BoxFuture<'static, ()> + Clone + Send + Sync + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            let refresh = refresh.clone();
+            async move {
+                refresh().await;
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app).await
+}
+
+/// The gRPC code's name as metrics label it (`"INVALID_ARGUMENT"`).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Where the caller interceptor writes the caller's name for the RPC metrics layer (which runs
+/// outside it and cannot see the caller otherwise).
+#[derive(Clone, Default)]
+pub struct CallerSlot(Arc<OnceLock<Arc<str>>>);
+
+impl CallerSlot {
+    pub fn set(&self, name: &Arc<str>) {
+        let _ = self.0.set(Arc::clone(name));
+    }
+
+    fn name(&self) -> &str {
+        self.0.get().map_or("", |n| n)
+    }
+}
+
+const SERVICE_PATH: &str = "/backupgw.v1.BackupGateway/";
+
+/// Counts `BackupGateway` calls by method, final code and caller, and the calls open.
+#[derive(Clone)]
+pub struct RpcMetricsLayer {
+    metrics: Metrics,
+}
+
+impl RpcMetricsLayer {
+    pub fn new(metrics: Metrics) -> Self {
+        RpcMetricsLayer { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+    fn layer(&self, inner: S) -> RpcMetrics<S> {
+        RpcMetrics {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S> tower::Service<http::Request<Body>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // The service that was polled ready answers this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let Some(method) = request
+            .uri()
+            .path()
+            .strip_prefix(SERVICE_PATH)
+            .map(str::to_owned)
+        else {
+            return Box::pin(inner.call(request));
+        };
+        let slot = CallerSlot::default();
+        request.extensions_mut().insert(slot.clone());
+        let call = OpenCall::new(self.metrics.clone(), &method, slot);
+        let response = inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let (parts, body) = response.into_parts();
+            // An answer without a body (the call was refused) has its status in the headers.
+            if let Some(code) = grpc_status(&parts.headers) {
+                call.finish(code);
+                return Ok(http::Response::from_parts(parts, body));
+            }
+            let body = Body::new(MeteredBody {
+                inner: body,
+                call: Some(call),
+            });
+            Ok(http::Response::from_parts(parts, body))
+        })
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    Some(tonic::Code::from_i32(value.parse().ok()?))
+}
+
+/// A call in progress: counted in `streams_open` until it finishes; a call dropped before its
+/// status was sent (the client went away) counts as CANCELLED.
+struct OpenCall {
+    metrics: Metrics,
+    method: String,
+    caller: CallerSlot,
+    open: Gauge,
+    done: bool,
+}
+
+impl OpenCall {
+    fn new(metrics: Metrics, method: &str, caller: CallerSlot) -> Self {
+        let open = metrics.stream_gauge(method);
+        open.inc();
+        OpenCall {
+            metrics,
+            method: method.to_owned(),
+            caller,
+            open,
+            done: false,
+        }
+    }
+
+    fn finish(mut self, code: tonic::Code) {
+        self.record(code);
+    }
+
+    fn record(&mut self, code: tonic::Code) {
+        if !self.done {
+            self.done = true;
+            self.open.dec();
+            self.metrics
+                .rpc_finished(&self.method, code, self.caller.name());
+        }
+    }
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        self.record(tonic::Code::Cancelled);
+    }
+}
+
+struct MeteredBody {
+    inner: Body,
+    call: Option<OpenCall>,
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(trailers) = frame.trailers_ref()
+            && let Some(code) = grpc_status(trailers)
+            && let Some(call) = self.call.take()
+        {
+            call.finish(code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_as_documented() {
+        let m = Metrics::new();
+        m.upstream_request("cn-north-4", Some(429), Duration::from_millis(3));
+        m.upstream_request("cn-north-4", None, Duration::from_millis(3));
+        m.upstream_retry("cn-north-4", "throttled");
+        m.cache_hit();
+        m.target_read("p1", "cn-north-4", false);
+        let text = m.render();
+        for line in [
+            "backupgw_upstream_requests_total{region=\"cn-north-4\",status=\"429\"} 1",
+            "backupgw_upstream_requests_total{region=\"cn-north-4\",status=\"transport\"} 1",
+            "backupgw_upstream_retries_total{region=\"cn-north-4\",reason=\"throttled\"} 1",
+            "backupgw_cache_hits_total 1",
+            "backupgw_target_up{project_id=\"p1\",region=\"cn-north-4\"} 0",
+            "backupgw_upstream_request_duration_seconds_count{region=\"cn-north-4\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+    }
+}
