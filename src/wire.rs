@@ -527,4 +527,54 @@ mod tests {
         assert_eq!(page.meta(1).id, "a2");
         assert_eq!((page.len(), page.total, page.items), (2, 3, 3));
     }
+
+    /// Every field of `backupgw.v1.Backup`, as the descriptor lists them: a field added to the
+    /// proto and not to the page builder fails here.
+    #[test]
+    fn the_page_builder_writes_every_field_of_backup() {
+        use prost::Message as _;
+        let info = BackupInfo {
+            id: Some("id".into()),
+            name: Some("name".into()),
+            description: Some("description".into()),
+            status: Some("normal".into()),
+            instance_id: Some("instance".into()),
+            instance_name: Some("instance name".into()),
+            instance_status: Some("RUNNING".into()),
+            file_size: Some(1.5),
+            created: Some("2025-02-19T10:50:20+0800".into()),
+            updated: Some("2025-02-19T10:51:20+0800".into()),
+            backup_type: Some("metadata".into()),
+        };
+        let mut builder = PageBuilder::new("proj", "cn-north-4", 1);
+        builder.push(&info).unwrap();
+        let page = builder.finish(1, 1);
+        let written = pb::Backup::decode(&page.encoded_at(0)[2..]).unwrap();
+        // Re-encoded by prost, the tags present are the fields the builder wrote.
+        let mut present = std::collections::BTreeSet::new();
+        let mut bytes = written.encode_to_vec();
+        let mut buf = bytes.as_slice();
+        while !buf.is_empty() {
+            let (tag, wire_type) = prost::encoding::decode_key(&mut buf).unwrap();
+            present.insert(tag);
+            prost::encoding::skip_field(wire_type, tag, &mut buf, Default::default()).unwrap();
+        }
+        bytes.clear();
+        let descriptors =
+            prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET).unwrap();
+        let backup = descriptors
+            .file
+            .iter()
+            .flat_map(|f| &f.message_type)
+            .find(|m| m.name() == "Backup")
+            .unwrap();
+        let declared: std::collections::BTreeSet<u32> =
+            backup.field.iter().map(|f| f.number() as u32).collect();
+        assert_eq!(present, declared, "fields written vs fields declared");
+        assert_eq!(page.encoded_at(0), {
+            let mut framed = BytesMut::new();
+            message::encode(1, &written, &mut framed);
+            framed.freeze()
+        });
+    }
 }

@@ -156,3 +156,86 @@ fn endpoints_can_be_overridden() {
         "http://127.0.0.1:8080"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn secret_files_others_may_read_are_warned_about_or_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("backupgw-config-perm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, "t0k3n\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = with_project("").replace(
+        "token_env = \"BACKUPGW_TEST_CONFIG_TOKEN\"",
+        "token_file = \"token\"",
+    );
+    let s = Settings::parse(&text, &dir).unwrap();
+    assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+    assert!(
+        s.warnings[0].contains("credentials.ops.token_file"),
+        "{:?}",
+        s.warnings
+    );
+    let strict = format!("secret_files_must_be_private = true\n{text}");
+    let err = Settings::parse(&strict, &dir).unwrap_err();
+    assert_eq!(err.first().key, "credentials.ops.token_file", "{err}");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let s = Settings::parse(&strict, &dir).unwrap();
+    assert!(s.warnings.is_empty());
+    assert!(!format!("{s:?}").contains("t0k3n"));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    unsafe { std::env::set_var("BACKUPGW_TEST_CONFIG_TOKEN", "t0k3n") };
+    let text = format!(
+        "[limits]\nmax_attempts = \"four\"\nmax_concurrent_requests = 0\n[cache]\nttl_seconds = -1\n[regions.mars-1]\nendpoint = \"http://127.0.0.1:1\"\n[credentials.spare]\nkind = \"token\"\ntoken_env = \"BACKUPGW_TEST_CONFIG_TOKEN\"\n{}",
+        with_project("").replace(PID, "XYZ")
+    );
+    let err = parse(&text).unwrap_err();
+    let keys = err.keys();
+    for key in [
+        "limits.max_attempts",
+        "cache.ttl_seconds",
+        "limits.max_concurrent_requests",
+        "projects[0].id",
+        "regions.mars-1",
+        "credentials.spare",
+    ] {
+        assert!(keys.contains(&key), "{key} not in {keys:?}");
+    }
+}
+
+#[test]
+fn an_open_gateway_listens_on_loopback_only_unless_told() {
+    unsafe { std::env::set_var("BACKUPGW_TEST_CONFIG_TOKEN", "t0k3n") };
+    let open = format!("listen = \"0.0.0.0:50051\"\n{}", with_project(""));
+    assert_eq!(parse(&open).unwrap_err().first().key, "callers");
+    let allowed = format!("allow_unauthenticated = true\n{open}");
+    assert!(parse(&allowed).is_ok());
+    let hash = crate::callers::api_key_sha256("k");
+    let guarded = format!(
+        "{open}\n[[callers]]\nname = \"billing\"\napi_key_sha256 = \"{hash}\"\nprojects = [\"*\"]\n"
+    );
+    assert!(parse(&guarded).is_ok());
+}
+
+#[test]
+fn callers_are_checked_key_by_key() {
+    unsafe { std::env::set_var("BACKUPGW_TEST_CONFIG_TOKEN", "t0k3n") };
+    let text = format!(
+        "{}\n[[callers]]\nname = \"a\"\napi_key_sha256 = \"nothex\"\nprojects = [\"*\"]\n[[callers]]\nname = \"b\"\nclient_cert_subject = \"CN=b\"\nprojects = []\n",
+        with_project("")
+    );
+    let err = parse(&text).unwrap_err();
+    assert_eq!(
+        err.keys(),
+        [
+            "callers[0].api_key_sha256",
+            "callers[1].client_cert_subject",
+            "callers[1].projects"
+        ],
+        "{err}"
+    );
+}

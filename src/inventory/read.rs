@@ -73,7 +73,9 @@ pub(super) fn target_error(e: &DdmError) -> pb::TargetError {
         message: e.to_string(),
         http_status: u32::from(e.http_status()),
         request_id: e.request_id().unwrap_or_default().into(),
-        retryable: e.is_retryable() || matches!(e, DdmError::DeadlineExceeded),
+        // Whether asking again later may succeed (not whether this gateway retried).
+        retryable: e.is_retryable()
+            || matches!(e, DdmError::DeadlineExceeded | DdmError::Throttled { .. }),
     }
 }
 
@@ -399,15 +401,20 @@ mod tests {
         assert_eq!(seen.first_seen("b", 1), None);
         assert_eq!(seen.first_seen("a", 2), Some(1));
         assert_eq!(seen.first_seen("b", 1), Some(1));
-        // Force a collision: another id under the hash of "a".
-        let hash = seen.hasher.hash_one("a");
-        seen.by_hash.insert(hash, (0, 1, 1));
-        let start = seen.ids.len() as u32;
-        seen.ids.push_str("zz");
-        seen.by_hash
-            .insert(seen.hasher.hash_one("zz"), (start, 2, 1));
-        assert_eq!(seen.first_seen("zz", 2), Some(1));
-        let (ids_start, _, _) = seen.by_hash[&hash];
-        assert_eq!(&seen.ids[ids_start as usize..ids_start as usize + 1], "a");
+    }
+
+    #[test]
+    fn a_hash_collision_never_hides_a_backup() {
+        let mut seen = SeenIds::default();
+        assert_eq!(seen.first_seen("a", 1), None);
+        // Make "zz" collide with "a": its hash now leads to "a"'s entry.
+        let entry = seen.by_hash[&seen.hasher.hash_one("a")];
+        seen.by_hash.insert(seen.hasher.hash_one("zz"), entry);
+        // Compared in full, "zz" is new (not "a" seen again)…
+        assert_eq!(seen.first_seen("zz", 2), None);
+        assert_eq!(seen.collided.len(), 1, "the collision path ran");
+        // …and is known from then on, as "a" still is.
+        assert_eq!(seen.first_seen("zz", 3), Some(2));
+        assert_eq!(seen.first_seen("a", 3), Some(1));
     }
 }

@@ -365,6 +365,10 @@ async fn no_secret_appears_in_logs_errors_or_debug_output() {
         secrets.len() > 10,
         "tokens were issued and signatures received"
     );
+    assert!(
+        secrets.iter().any(|s| s.starts_with("MIIT")),
+        "IAM-issued tokens are looked for too"
+    );
     let _ = std::io::stderr().flush();
     for secret in &secrets {
         assert!(!logs.contains(secret.as_str()), "a secret is in the log");

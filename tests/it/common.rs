@@ -1,6 +1,6 @@
 //! A real simulator and a real gateway on ephemeral loopback ports, and helpers to read a stream.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use backupgw::metrics::Metrics;
 use backupgw::pb;
 use backupgw::pb::backup_gateway_client::BackupGatewayClient;
 use backupgw::server::{Generation, Live, ServerOptions};
-use backupgw::sim::{AuthOptions, DataSet, DataSpec, SimOptions, Simulator};
+use backupgw::sim::{AuthOptions, DataSet, DataSpec, FaultPlan, Faults, SimOptions, Simulator};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -240,4 +240,23 @@ pub async fn try_list(
         }
     }
     Ok(out)
+}
+
+pub fn region_faults(region: &str, faults: Faults) -> FaultPlan {
+    FaultPlan {
+        regions: BTreeMap::from([(region.to_owned(), faults)]),
+        ..FaultPlan::default()
+    }
+}
+
+/// The small data set, with `faults` in one region, and a target for each of its projects.
+pub async fn with_region_faults(
+    region: &str,
+    faults: Faults,
+) -> (Simulator, Vec<backupgw::inventory::Target>) {
+    let mut options = sim_options();
+    options.faults = region_faults(region, faults);
+    let sim = start_sim(&small_spec(), options).await;
+    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    (sim, targets)
 }

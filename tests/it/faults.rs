@@ -185,25 +185,6 @@ async fn a_bad_item_is_skipped_and_reported_not_the_page() {
     assert!(t.warnings.iter().any(|w| w.contains("created")), "{t:?}");
 }
 
-fn region_faults(region: &str, faults: Faults) -> FaultPlan {
-    FaultPlan {
-        regions: BTreeMap::from([(region.to_owned(), faults)]),
-        ..FaultPlan::default()
-    }
-}
-
-/// The small data set, with `faults` in one region, and a target for each of its projects.
-async fn with_region_faults(
-    region: &str,
-    faults: Faults,
-) -> (Simulator, Vec<backupgw::inventory::Target>) {
-    let mut options = sim_options();
-    options.faults = region_faults(region, faults);
-    let sim = start_sim(&small_spec(), options).await;
-    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
-    (sim, targets)
-}
-
 #[tokio::test]
 async fn a_throttled_region_converges_with_backoff() {
     let spec = small_spec();

@@ -6,4 +6,5 @@ mod common;
 mod faults;
 mod gateway;
 mod grpcurl;
+mod hostile;
 mod simulator;
