@@ -13,6 +13,7 @@ pub mod demo;
 pub mod discovery;
 pub mod inventory;
 pub mod listener;
+pub mod memory;
 pub mod metrics;
 pub mod rate;
 pub mod server;

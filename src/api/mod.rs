@@ -112,9 +112,10 @@ impl BackupGateway for Gateway {
             .inventory
             .list(query)
             .map_err(|e| status_of(&e))?;
+        let ended = crate::memory::CallMemory;
         let responses = events.map(move |event| {
             // The caller's slot is held as long as its stream is.
-            let _call = &call;
+            let _call = (&call, &ended);
             match event {
                 Ok(Event::Backups(batch)) => Ok(pb::ListBackupsResponse {
                     encoded_backups: batch.encoded,
