@@ -828,9 +828,16 @@ async fn memory(quick: bool, dir: &Path) -> Vec<Row> {
         let gw = start_gateway(&big, &config).await;
         let before = rss_mib(gw.proc.pid());
         for _ in 0..10 {
+            // A connection per round: hyper's client closes a connection on which it cancelled
+            // ~1,000 streams itself (its guard against reset floods).
+            let channel = Channel::from_shared(gw.url.clone())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
             let mut storm = tokio::task::JoinSet::new();
             for _ in 0..50 {
-                let mut client = gw.client.clone();
+                let mut client = BackupGatewayClient::new(channel.clone());
                 let everything = pb::ListBackupsRequest::default();
                 storm.spawn(async move {
                     let mut stream = client.list_backups(everything).await.unwrap().into_inner();
