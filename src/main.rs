@@ -150,11 +150,22 @@ impl DataArgs {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     backupgw::memory::limit_malloc_arenas();
-    tokio::runtime::Runtime::new()
-        .context("the async runtime")?
-        .block_on(run())
+    let ran = tokio::runtime::Runtime::new()
+        .context("the async runtime")
+        .and_then(|runtime| runtime.block_on(run()));
+    match ran {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The cause chain on one line each; a backtrace (RUST_BACKTRACE) helps no user here.
+            eprintln!("backupgw: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run() -> Result<()> {

@@ -11,6 +11,24 @@ use crate::common::{Collected, list};
 
 pub struct Running(Child);
 
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Waits for the process to exit, for at most `limit` (std has no wait with a timeout).
+    pub fn wait_timeout(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -8,4 +8,5 @@ mod faults;
 mod gateway;
 mod grpcurl;
 mod hostile;
+mod operations;
 mod simulator;

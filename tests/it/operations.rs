@@ -1,0 +1,378 @@
+//! The binary as an operator runs it: JSON logs with the caller on them, SIGTERM with a slow
+//! stream open, SIGHUP with a broken and then a valid file, `check-config`, and refusing to
+//! serve everyone on a public address.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use backupgw::callers::api_key_sha256;
+use backupgw::pb;
+use backupgw::pb::backup_gateway_client::BackupGatewayClient;
+use tonic::transport::Channel;
+
+use crate::cli::{Running, scratch_dir, spawn_lines, spawn_until};
+
+const KEY: &str = "operations-test-key-42";
+const HANG: Duration = Duration::from_secs(60);
+
+/// A simulator (2 regions × 2 projects × 2,000 backups) and the configuration it wrote.
+fn simulator(dir: &Path) -> (Running, PathBuf, String) {
+    let config = dir.join("gateway.toml");
+    let (sim, _) = spawn_until(
+        &[
+            "sim",
+            "--regions",
+            "2",
+            "--projects-per-region",
+            "2",
+            "--instances-per-project",
+            "2",
+            "--backups-per-instance",
+            "1000",
+            "--write-config",
+            config.to_str().unwrap(),
+        ],
+        "sim ready",
+    );
+    let written = std::fs::read_to_string(&config).unwrap();
+    (sim, config, written)
+}
+
+fn caller_section(name: &str) -> String {
+    format!(
+        "[[callers]]\nname = \"{name}\"\napi_key_sha256 = \"{}\"\nprojects = [\"*\"]\n",
+        api_key_sha256(KEY)
+    )
+}
+
+/// Starts `serve` on the file; its log lines, and its address.
+fn serve(config: &Path) -> (Running, Receiver<String>, String) {
+    let (gw, lines) = spawn_lines(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let addr = wait_for(&lines, "listening")
+        .split_once("addr")
+        .map(|(_, rest)| {
+            rest.trim_start_matches(['=', '"', ':'])
+                .split(['"', ' '])
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .unwrap();
+    (gw, lines, addr)
+}
+
+fn wait_for(lines: &Receiver<String>, needle: &str) -> String {
+    loop {
+        match lines.recv_timeout(HANG) {
+            Ok(l) if l.contains(needle) => return l,
+            Ok(_) => {}
+            Err(e) => panic!("no line with {needle:?}: {e}"),
+        }
+    }
+}
+
+async fn client(addr: &str) -> BackupGatewayClient<Channel> {
+    BackupGatewayClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+fn with_key<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    request
+}
+
+fn signal(gw: &Running, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_caller_and_every_line_parses() {
+    let dir = scratch_dir("json-logs");
+    let (_sim, config, written) = simulator(&dir);
+    std::fs::write(
+        &config,
+        format!(
+            "{written}\n[log]\nformat = \"json\"\n{}",
+            caller_section("billing")
+        ),
+    )
+    .unwrap();
+    let (gw, lines, addr) = serve(&config);
+    let mut client = client(&addr).await;
+    let mut stream = client
+        .list_backups(with_key(pb::ListBackupsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    while stream.message().await.unwrap().is_some() {}
+    let finished = wait_for(&lines, "call finished");
+    drop(gw);
+    let mut all: Vec<String> = vec![finished];
+    all.extend(lines.iter());
+    for line in &all {
+        let parsed: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            parsed["level"].is_string() && parsed["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    let call: serde_json::Value = serde_json::from_str(&all[0]).unwrap();
+    assert_eq!(call["caller"], "billing", "{call}");
+    assert_eq!(call["method"], "ListBackups");
+    assert_eq!(call["ok"], 4);
+    assert_eq!(call["backups"], 8000);
+    assert!(
+        !all.iter().any(|l| l.contains(KEY)),
+        "the API key is never logged"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_slow_stream_finish_and_exits_zero() {
+    let dir = scratch_dir("sigterm");
+    let (_sim, config, written) = simulator(&dir);
+    std::fs::write(
+        &config,
+        format!("{written}\n[server]\nshutdown_grace_seconds = 60\n"),
+    )
+    .unwrap();
+    let (mut gw, lines, addr) = serve(&config);
+    let mut client = client(&addr).await;
+    let mut stream = client
+        .list_backups(pb::ListBackupsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut backups = stream.message().await.unwrap().unwrap().backups.len();
+    signal(&gw, "TERM");
+    wait_for(&lines, "shutting down");
+    // A slow reader, well inside the grace period.
+    let mut summary = None;
+    while let Some(m) = stream.message().await.unwrap() {
+        backups += m.backups.len();
+        summary = m.summary.or(summary);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(backups, 8000);
+    assert_eq!(summary.unwrap().targets_ok, 4);
+    // No new calls.
+    assert!(
+        BackupGatewayClient::connect(format!("http://{addr}"))
+            .await
+            .is_err()
+    );
+    drop((stream, client));
+    let status = gw.wait_timeout(HANG).expect("exited");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn sigterm_does_not_wait_for_a_caller_that_never_reads() {
+    let dir = scratch_dir("sigterm-stuck");
+    let (_sim, config, written) = simulator(&dir);
+    std::fs::write(
+        &config,
+        format!("{written}\n[server]\nshutdown_grace_seconds = 1\n"),
+    )
+    .unwrap();
+    let (mut gw, _lines, addr) = serve(&config);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .initial_stream_window_size(Some(65_535))
+        .initial_connection_window_size(Some(65_535))
+        .connect()
+        .await
+        .unwrap();
+    let mut stream = BackupGatewayClient::new(channel)
+        .list_backups(pb::ListBackupsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap();
+    signal(&gw, "TERM");
+    let status = gw
+        .wait_timeout(HANG)
+        .expect("waited for a caller that does not read");
+    assert_eq!(status.code(), Some(0));
+    drop(stream);
+}
+
+#[tokio::test]
+async fn sighup_keeps_serving_on_a_broken_file_and_applies_a_valid_one() {
+    let dir = scratch_dir("sighup");
+    let (_sim, config, written) = simulator(&dir);
+    std::fs::write(&config, &written).unwrap();
+    let (gw, lines, addr) = serve(&config);
+    let mut client = client(&addr).await;
+    let targets = |c: &mut BackupGatewayClient<Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.list_targets(with_key(pb::ListTargetsRequest::default()))
+                .await
+                .map(|r| r.into_inner().targets.len())
+        }
+    };
+    assert_eq!(targets(&mut client).await.unwrap(), 4);
+    // A slow stream, open across both reloads.
+    let mut open = client
+        .list_backups(pb::ListBackupsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut backups = open.message().await.unwrap().unwrap().backups.len();
+
+    std::fs::write(
+        &config,
+        format!("{written}\n[limits]\nmax_attempts = \"many\"\n"),
+    )
+    .unwrap();
+    signal(&gw, "HUP");
+    let refused = wait_for(&lines, "reload refused");
+    assert!(refused.contains("limits.max_attempts"), "{refused}");
+    assert_eq!(targets(&mut client).await.unwrap(), 4, "still serving");
+
+    // A valid file: one project less, and callers now required.
+    let mut text = written.clone();
+    let last = text.rfind("[[projects]]").unwrap();
+    text.truncate(last);
+    std::fs::write(&config, format!("{text}\n{}", caller_section("ops"))).unwrap();
+    signal(&gw, "HUP");
+    wait_for(&lines, "configuration reloaded");
+    assert_eq!(targets(&mut client).await.unwrap(), 3);
+    let status = client
+        .list_targets(pb::ListTargetsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+
+    // The stream opened before either reload went on undisturbed.
+    while let Some(m) = open.message().await.unwrap() {
+        backups += m.backups.len();
+    }
+    assert_eq!(backups, 8000);
+}
+
+#[test]
+fn check_config_reports_every_problem_at_once() {
+    let dir = scratch_dir("check-config");
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        "listen = \"0.0.0.0:50051\"\n[limits]\nmax_attempts = \"four\"\n[regions.mars-1]\nendpoint = \"http://127.0.0.1:1\"\n[credentials.ops]\nkind = \"token\"\ntoken_file = \"missing-token\"\n[credentials.spare]\nkind = \"token\"\ntoken_env = \"BACKUPGW_UNSET_FOR_TEST\"\n[[projects]]\nid = \"0123456789abcdef0123456789abcdef\"\nregion = \"cn-north-4\"\ncredential = \"ops\"\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_backupgw"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["check-config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for key in [
+        "limits.max_attempts",
+        "regions.mars-1",
+        "credentials.ops.token_file",
+        "credentials.spare",
+        "callers",
+    ] {
+        assert!(text.contains(&format!(": {key}:")), "{key} not in\n{text}");
+    }
+    // Without reading secrets, the missing token file is not a problem; the rest still is.
+    let out = run(&["check-config", "--no-secrets", file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!text.contains("token_file"), "{text}");
+
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        "[credentials.ops]\nkind = \"token\"\ntoken_file = \"/run/secrets/not-here\"\n[[projects]]\nid = \"0123456789abcdef0123456789abcdef\"\nregion = \"cn-north-4\"\ncredential = \"ops\"\n",
+    )
+    .unwrap();
+    let out = run(&["check-config", "--no-secrets", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        run(&["check-config", good.to_str().unwrap()]).status.code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn an_open_gateway_refuses_a_public_address() {
+    let dir = scratch_dir("public");
+    let file = dir.join("open.toml");
+    std::fs::write(
+        &file,
+        "[credentials.ops]\nkind = \"token\"\ntoken_env = \"PATH\"\n[[projects]]\nid = \"0123456789abcdef0123456789abcdef\"\nregion = \"cn-north-4\"\ncredential = \"ops\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_backupgw"))
+        .args([
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+        ])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no [[callers]] are configured"), "{err}");
+    assert!(err.contains("allow_unauthenticated"), "{err}");
+    assert!(
+        !err.contains("backtrace"),
+        "reads well whatever RUST_BACKTRACE says: {err}"
+    );
+}
+
+#[tokio::test]
+async fn start_up_does_not_wait_for_an_iam_that_never_answers() {
+    let dir = scratch_dir("iam-hang");
+    // Accepts connections (the kernel's backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let file = dir.join("discover.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[regions.cn-north-4]\nendpoint = \"http://127.0.0.1:1\"\n[credentials.iam]\nkind = \"iam_password\"\ndomain = \"acme\"\nuser = \"reader\"\npassword_env = \"PATH\"\niam_endpoint = \"http://{}\"\ndiscover = true\n",
+            silent.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let (_gw, _lines, addr) = serve(&file);
+    let answer = tokio::time::timeout(
+        HANG,
+        client(&addr)
+            .await
+            .list_targets(pb::ListTargetsRequest::default()),
+    )
+    .await
+    .expect("ListTargets waited for IAM")
+    .unwrap()
+    .into_inner();
+    assert!(answer.targets.is_empty(), "nothing discovered yet");
+}
