@@ -164,7 +164,9 @@ fn secret(
     Ok(SecretString::from(value))
 }
 
-/// A secret file that its group or others may read is a leak waiting to happen.
+/// A secret file that others may read is a leak waiting to happen; so is one that a group may
+/// read, unless it is our own group (Kubernetes projects Secrets to a non-root pod with the
+/// pod's fsGroup as their group, mode 0440).
 pub(super) fn check_private(
     key: &str,
     path: &Path,
@@ -172,13 +174,14 @@ pub(super) fn check_private(
 ) -> Result<(), ConfigError> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt as _;
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
         // Kubernetes mounts Secrets through symlinks: the mode that counts is the target's.
         let Ok(meta) = std::fs::metadata(path) else {
             return Ok(()); // reading it will say what is wrong
         };
         let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        let group_ok = mode & 0o070 == 0 || (mode & 0o030 == 0 && is_own_group(meta.gid()));
+        if mode & 0o007 != 0 || !group_ok {
             let problem = format!(
                 "{} may be read by others than its owner (mode {mode:o}); chmod 600 it",
                 path.display()
@@ -190,4 +193,26 @@ pub(super) fn check_private(
         }
     }
     Ok(())
+}
+
+/// Whether `gid` is this process's group or one of its supplementary groups.
+#[cfg(unix)]
+fn is_own_group(gid: u32) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: getegid and getgroups only read the process's credentials into our buffer.
+        unsafe {
+            if libc::getegid() == gid {
+                return true;
+            }
+            let mut groups = [0 as libc::gid_t; 256];
+            let n = libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr());
+            n > 0 && groups[..n as usize].contains(&gid)
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = gid;
+        false
+    }
 }

@@ -165,7 +165,8 @@ fn secret_files_others_may_read_are_warned_about_or_refused() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("token");
     std::fs::write(&file, "t0k3n\n").unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // Readable by others: whatever the group.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o604)).unwrap();
     let text = with_project("").replace(
         "token_env = \"BACKUPGW_TEST_CONFIG_TOKEN\"",
         "token_file = \"token\"",
@@ -180,6 +181,10 @@ fn secret_files_others_may_read_are_warned_about_or_refused() {
     let strict = format!("secret_files_must_be_private = true\n{text}");
     let err = Settings::parse(&strict, &dir).unwrap_err();
     assert_eq!(err.first().key, "credentials.ops.token_file", "{err}");
+    // Readable by our own group (how Kubernetes projects Secrets with fsGroup): fine.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let s = Settings::parse(&strict, &dir).unwrap();
+    assert!(s.warnings.is_empty());
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let s = Settings::parse(&strict, &dir).unwrap();
     assert!(s.warnings.is_empty());

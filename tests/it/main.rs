@@ -4,6 +4,7 @@ mod auth;
 mod callers;
 mod cli;
 mod common;
+mod deploy;
 mod faults;
 mod gateway;
 mod grpcurl;

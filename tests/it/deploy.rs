@@ -1,0 +1,36 @@
+//! deploy/ is part of the product: its example configuration is valid, and the Kubernetes
+//! ConfigMap carries exactly that file. (CI also validates the manifests and the Dockerfile.)
+
+use std::path::Path;
+
+use backupgw::config::Settings;
+
+fn deploy(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path)
+}
+
+/// The block under `backupgw.toml: |` in the ConfigMap, de-indented.
+fn configmap_toml() -> String {
+    let yaml = std::fs::read_to_string(deploy("k8s/configmap.yaml")).unwrap();
+    let (_, block) = yaml.split_once("  backupgw.toml: |\n").unwrap();
+    block
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn the_example_configuration_is_valid_and_guarded() {
+    let settings = Settings::check(&deploy("backupgw.toml"), false).unwrap();
+    assert!(!settings.callers.is_open(), "a public listener needs callers");
+    assert!(settings.tls_files.is_some() && settings.metrics_listen.is_some());
+    assert!(settings.log.json);
+    assert!(!settings.listen.ip().is_loopback());
+}
+
+#[test]
+fn the_configmap_carries_the_example_configuration() {
+    let example = std::fs::read_to_string(deploy("backupgw.toml")).unwrap();
+    assert_eq!(configmap_toml(), example, "deploy/k8s/configmap.yaml drifted");
+}
