@@ -6,7 +6,9 @@ use std::path::Path;
 use backupgw::config::Settings;
 
 fn deploy(path: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(path)
 }
 
 /// The block under `backupgw.toml: |` in the ConfigMap, de-indented.
@@ -23,7 +25,10 @@ fn configmap_toml() -> String {
 #[test]
 fn the_example_configuration_is_valid_and_guarded() {
     let settings = Settings::check(&deploy("backupgw.toml"), false).unwrap();
-    assert!(!settings.callers.is_open(), "a public listener needs callers");
+    assert!(
+        !settings.callers.is_open(),
+        "a public listener needs callers"
+    );
     assert!(settings.tls_files.is_some() && settings.metrics_listen.is_some());
     assert!(settings.log.json);
     assert!(!settings.listen.ip().is_loopback());
@@ -32,5 +37,9 @@ fn the_example_configuration_is_valid_and_guarded() {
 #[test]
 fn the_configmap_carries_the_example_configuration() {
     let example = std::fs::read_to_string(deploy("backupgw.toml")).unwrap();
-    assert_eq!(configmap_toml(), example, "deploy/k8s/configmap.yaml drifted");
+    assert_eq!(
+        configmap_toml(),
+        example,
+        "deploy/k8s/configmap.yaml drifted"
+    );
 }

@@ -3,6 +3,7 @@
 mod auth;
 mod callers;
 mod cli;
+mod clients;
 mod common;
 mod deploy;
 mod faults;
