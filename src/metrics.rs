@@ -377,12 +377,28 @@ where
         let slot = CallerSlot::default();
         request.extensions_mut().insert(slot.clone());
         let call = OpenCall::new(self.metrics.clone(), &method, slot);
+        let started = std::time::Instant::now();
         let response = inner.call(request);
         Box::pin(async move {
             let response = response.await?;
             let (parts, body) = response.into_parts();
             // An answer without a body (the call was refused) has its status in the headers.
+            // Calls that were answered write their own line, with what they found.
             if let Some(code) = grpc_status(&parts.headers) {
+                let reason = parts
+                    .headers
+                    .get("grpc-message")
+                    .and_then(|m| m.to_str().ok())
+                    .map(|m| percent_encoding::percent_decode_str(m).decode_utf8_lossy())
+                    .unwrap_or_default();
+                tracing::info!(
+                    caller = call.caller.name(),
+                    method = call.method,
+                    code = code_name(code),
+                    reason = %reason,
+                    elapsed = ?started.elapsed(),
+                    "call refused"
+                );
                 call.finish(code);
                 return Ok(http::Response::from_parts(parts, body));
             }

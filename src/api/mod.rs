@@ -139,6 +139,7 @@ impl BackupGateway for Gateway {
         &self,
         request: Request<pb::ListTargetsRequest>,
     ) -> Result<Response<pb::ListTargetsResponse>, Status> {
+        let started = Instant::now();
         let (caller, generation) = self.context(&request);
         let _call = caller.start_call().map_err(|e| caller_status(&e))?;
         let r = request.into_inner();
@@ -147,7 +148,7 @@ impl BackupGateway for Gateway {
         let targets = inventory
             .select(&r.project_ids, &r.regions, &caller.scope)
             .map_err(|e| status_of(&e))?;
-        let targets = targets
+        let targets: Vec<pb::Target> = targets
             .iter()
             .map(|t| {
                 let health = inventory.health(&t.project_id);
@@ -167,6 +168,15 @@ impl BackupGateway for Gateway {
                 }
             })
             .collect();
+        tracing::info!(
+            caller = &*caller.name,
+            method = "ListTargets",
+            projects = ?r.project_ids,
+            regions = ?r.regions,
+            targets = targets.len(),
+            elapsed = ?started.elapsed(),
+            "call finished"
+        );
         Ok(Response::new(pb::ListTargetsResponse {
             targets,
             discoveries: inventory.discovery_states(),

@@ -125,8 +125,11 @@ async fn json_logs_carry_the_caller_and_every_line_parses() {
         .into_inner();
     while stream.message().await.unwrap().is_some() {}
     let finished = wait_for(&lines, "call finished");
+    // A refused call has its line too.
+    let _ = client.list_targets(pb::ListTargetsRequest::default()).await;
+    let refused = wait_for(&lines, "call refused");
     drop(gw);
-    let mut all: Vec<String> = vec![finished];
+    let mut all: Vec<String> = vec![finished, refused.clone()];
     all.extend(lines.iter());
     for line in &all {
         let parsed: serde_json::Value =
