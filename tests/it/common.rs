@@ -77,6 +77,14 @@ pub struct Gateway {
     _stop: oneshot::Sender<()>,
 }
 
+impl Gateway {
+    /// Starts the shutdown, as SIGTERM does.
+    pub fn shut_down(&mut self) {
+        let (stop, _) = oneshot::channel();
+        let _ = std::mem::replace(&mut self._stop, stop).send(());
+    }
+}
+
 /// How a test gateway is set up beyond its targets.
 #[derive(Clone)]
 pub struct GatewaySetup {

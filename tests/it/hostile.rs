@@ -411,3 +411,68 @@ async fn over_the_connection_bound_a_client_waits_until_a_connection_closes() {
         .is_ok()
     );
 }
+
+#[tokio::test]
+async fn when_no_target_answers_in_time_the_call_ends_deadline_exceeded() {
+    let mut options = sim_options();
+    options.faults = FaultPlan {
+        all: Faults {
+            fail_with: Some(FailWith::Stall),
+            ..Faults::default()
+        },
+        ..FaultPlan::default()
+    };
+    let sim = start_sim(&small_spec(), options).await;
+    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    let mut gw = start_gateway(targets, Limits::default(), test_client_options()).await;
+    let mut request = tonic::Request::new(pb::ListBackupsRequest::default());
+    request.set_timeout(Duration::from_secs(1));
+    let got = try_list(&mut gw.client, request).await.unwrap();
+    assert_eq!(got.summary.unwrap().targets_failed, 9);
+    assert_eq!(got.status.unwrap().code(), tonic::Code::DeadlineExceeded);
+}
+
+#[tokio::test]
+async fn after_the_shutdown_grace_open_calls_end_unavailable() {
+    let spec = DataSpec {
+        backups_per_instance: 1000,
+        ..small_spec()
+    };
+    let sim = start_sim(&spec, sim_options()).await;
+    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    let mut gw = start_gateway_with(
+        targets,
+        GatewaySetup {
+            server: ServerOptions {
+                shutdown_grace: Duration::from_millis(200),
+                ..ServerOptions::default()
+            },
+            ..GatewaySetup::default()
+        },
+    )
+    .await;
+    let mut client = gw.client.clone();
+    let mut stream = client
+        .list_backups(pb::ListBackupsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut backups = stream.message().await.unwrap().unwrap().backups.len();
+    gw.shut_down();
+    // A reader too slow for the grace period keeps what arrived, then gets UNAVAILABLE.
+    let status = tokio::time::timeout(HANG, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(m)) => backups += m.backups.len(),
+                Ok(None) => panic!("the stream ended normally"),
+                Err(status) => return status,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the stream outlived the grace period");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+    assert!(backups > 0 && backups < 27_000, "{backups}");
+}
