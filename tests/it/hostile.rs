@@ -476,3 +476,61 @@ async fn after_the_shutdown_grace_open_calls_end_unavailable() {
     assert!(status.message().contains("shutting down"), "{status:?}");
     assert!(backups > 0 && backups < 27_000, "{backups}");
 }
+
+#[tokio::test]
+async fn a_stalled_region_does_not_take_every_upstream_slot() {
+    let (sim, targets) = with_region_faults(
+        backupgw::sim::data::region_name(1).unwrap(),
+        Faults {
+            fail_with: Some(FailWith::Stall),
+            ..Faults::default()
+        },
+    )
+    .await;
+    // Three global slots; the stalled region has three targets. Without a share per region its
+    // first pages would hold all three until the deadline.
+    let limits = Limits {
+        max_concurrent_requests: 3,
+        ..Limits::default()
+    };
+    let mut gw = start_gateway(targets, limits, test_client_options()).await;
+    let mut request = tonic::Request::new(pb::ListBackupsRequest::default());
+    request.set_timeout(Duration::from_secs(3));
+    let got = try_list(&mut gw.client, request).await.unwrap();
+    let stalled = &sim.data().regions[1];
+    for t in &got.targets {
+        assert_eq!(t.ok, &t.region != stalled, "{t:?}");
+    }
+    assert_eq!(got.summary.unwrap().targets_ok, 6);
+}
+
+#[tokio::test]
+async fn waiting_for_a_slot_is_not_the_upstream_timing_out() {
+    // One slot, 100 ms a request, 300 ms for one exchange: the ninth request waits ≈ 800 ms
+    // for its slot, which is no reason to call the upstream slow.
+    let spec = DataSpec {
+        backups_per_instance: 10,
+        ..small_spec()
+    };
+    let mut options = sim_options();
+    options.latency = Duration::from_millis(100);
+    let sim = start_sim(&spec, options).await;
+    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    let limits = Limits {
+        max_concurrent_requests: 1,
+        ..Limits::default()
+    };
+    // No retries, which would hide a timeout.
+    let client = backupgw::ddm::ClientOptions {
+        request_timeout: Duration::from_millis(300),
+        retry: backupgw::ddm::RetryPolicy {
+            max_attempts: 1,
+            ..test_client_options().retry
+        },
+        ..test_client_options()
+    };
+    let mut gw = start_gateway(targets, limits, client).await;
+    let got = list(&mut gw.client, pb::ListBackupsRequest::default()).await;
+    assert!(got.targets.iter().all(|t| t.ok), "{:?}", got.targets);
+    assert_eq!(sim.stats().list_requests, 9, "no attempt was retried");
+}
