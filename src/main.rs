@@ -330,6 +330,19 @@ async fn run_serve(config: &std::path::Path, listen: Option<SocketAddr>) -> Resu
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    if let Some(warning) = settings.exposure_warning(addr) {
+        tracing::warn!("{warning}");
+    }
+    let health_listener = match settings.server.health_listen {
+        Some(health_addr) => {
+            let l = TcpListener::bind(health_addr)
+                .await
+                .with_context(|| format!("cannot listen on {health_addr} for health"))?;
+            tracing::info!(addr = %l.local_addr()?, "health (plaintext) for probes");
+            Some(l)
+        }
+        None => None,
+    };
     if let Some(metrics_addr) = settings.metrics_listen {
         let metrics_listener = TcpListener::bind(metrics_addr)
             .await
@@ -358,7 +371,11 @@ async fn run_serve(config: &std::path::Path, listen: Option<SocketAddr>) -> Resu
     let (mut reloads, stop) = signals();
     backupgw::memory::start_trimming();
     let options = settings.server.clone();
-    let serving = server::serve(listener, Arc::clone(&live), &options, stop);
+    let listeners = server::Listeners {
+        api: listener,
+        health: health_listener,
+    };
+    let serving = server::serve(listeners, Arc::clone(&live), &options, stop);
     tokio::pin!(serving);
     loop {
         tokio::select! {

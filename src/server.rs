@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::Gateway;
 use crate::cache::PageCache;
@@ -46,6 +47,9 @@ pub struct ServerOptions {
     pub http2_keepalive_interval: Duration,
     /// How long open calls may go on after SIGTERM.
     pub shutdown_grace: Duration,
+    /// A plaintext listener for `grpc.health.v1` alone: Kubernetes' gRPC probes do not speak
+    /// TLS. `None`: health is served on the main listener only.
+    pub health_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for ServerOptions {
@@ -58,6 +62,7 @@ impl Default for ServerOptions {
             max_concurrent_streams_per_connection: 128,
             http2_keepalive_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
+            health_listen: None,
         }
     }
 }
@@ -97,6 +102,14 @@ impl Live {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(generation);
     }
 
+    /// Completes when a shutdown begins.
+    pub async fn grace_over_begins(&self) {
+        let mut ends = self.grace_ends.subscribe();
+        if ends.wait_for(Option::is_some).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Completes when open calls must end: the shutdown grace is over.
     pub async fn grace_over(&self) {
         let mut ends = self.grace_ends.subscribe();
@@ -122,15 +135,22 @@ pub fn build_generation(
         None => PageCache::new(settings.cache_ttl, settings.cache_max_bytes)
             .with_metrics(metrics.clone()),
     };
-    let inventory = Arc::new(
-        Inventory::new(
-            settings.targets.clone(),
-            client,
-            cache,
-            settings.limits.clone(),
-        )
-        .with_metrics(metrics.clone()),
-    );
+    let mut inventory = Inventory::new(
+        settings.targets.clone(),
+        client,
+        cache,
+        settings.limits.clone(),
+    )
+    .with_metrics(metrics.clone());
+    if let Some(previous) = previous {
+        let discovering: Vec<_> = settings
+            .discoveries
+            .iter()
+            .map(|d| Arc::clone(&d.credential))
+            .collect();
+        inventory = inventory.carry_over(&previous.inventory, &discovering);
+    }
+    let inventory = Arc::new(inventory);
     Ok(Generation {
         inventory,
         callers: Arc::clone(&settings.callers),
@@ -153,17 +173,44 @@ pub fn start_discovery(
     ))
 }
 
-/// Serves the API on `listener` until `shutdown` completes; then health turns NOT_SERVING, no
-/// new connection or call is taken, and open calls have `options.shutdown_grace` to finish
-/// before they end with UNAVAILABLE. Returns soon after, even if a client never reads.
+/// Where the server listens: the API, and optionally health alone in plaintext.
+pub struct Listeners {
+    pub api: TcpListener,
+    pub health: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(api: TcpListener) -> Self {
+        Listeners { api, health: None }
+    }
+}
+
+/// Serves the API until `shutdown` completes; then health turns NOT_SERVING, no new
+/// connection or call is taken, and open calls have `options.shutdown_grace` to finish before
+/// they end with UNAVAILABLE. Returns soon after, even if a client never reads.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     live: Arc<Live>,
     options: &ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let Listeners {
+        api: listener,
+        health: health_listener,
+    } = listeners.into();
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<BackupGatewayServer<Gateway>>().await;
+    if let Some(health_listener) = health_listener {
+        // Plaintext, health alone; it stops taking connections when the shutdown begins.
+        let live = Arc::clone(&live);
+        let health_only = tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(health_listener).with_nodelay(Some(true)),
+                async move { live.grace_over_begins().await },
+            );
+        tokio::spawn(health_only);
+    }
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

@@ -52,7 +52,15 @@ pub(super) fn server(raw: &RawServer, p: &mut Problems) -> ServerOptions {
             "must be at least 1024 (a request with a few selectors is a few hundred bytes)",
         );
     }
+    let health_listen = raw.health_listen.as_ref().and_then(|h| {
+        p.take(
+            h.parse::<SocketAddr>()
+                .map_err(|_| format!("{h:?} is not an address like 0.0.0.0:50052")),
+            "server.health_listen",
+        )
+    });
     ServerOptions {
+        health_listen,
         max_request_bytes: raw.max_request_bytes,
         default_deadline: Duration::from_secs(raw.default_deadline_seconds),
         handshake_timeout: Duration::from_secs(raw.handshake_timeout_seconds),

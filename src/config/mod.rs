@@ -204,6 +204,16 @@ impl Settings {
         }
     }
 
+    /// What to warn about at start-up when the gateway answers anyone on a public address
+    /// (which `allow_unauthenticated = true` allows).
+    pub fn exposure_warning(&self, listen: SocketAddr) -> Option<String> {
+        (self.callers.is_open() && !listen.ip().is_loopback()).then(|| {
+            format!(
+                "no [[callers]] are configured and allow_unauthenticated = true: anyone who reaches {listen} reads every backup"
+            )
+        })
+    }
+
     /// Without callers the gateway answers anyone: only on a loopback address, unless the file
     /// says `allow_unauthenticated = true`.
     pub fn check_exposure(&self, listen: SocketAddr) -> Result<(), ConfigError> {

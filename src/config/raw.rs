@@ -162,6 +162,7 @@ pub(super) struct RawServer {
     pub(super) max_concurrent_streams_per_connection: u32,
     pub(super) http2_keepalive_interval_seconds: u64,
     pub(super) shutdown_grace_seconds: u64,
+    pub(super) health_listen: Option<String>,
 }
 
 impl Default for RawServer {
@@ -175,6 +176,7 @@ impl Default for RawServer {
             max_concurrent_streams_per_connection: d.max_concurrent_streams_per_connection,
             http2_keepalive_interval_seconds: d.http2_keepalive_interval.as_secs(),
             shutdown_grace_seconds: d.shutdown_grace.as_secs(),
+            health_listen: None,
         }
     }
 }

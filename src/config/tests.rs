@@ -218,7 +218,10 @@ fn an_open_gateway_listens_on_loopback_only_unless_told() {
     let open = format!("listen = \"0.0.0.0:50051\"\n{}", with_project(""));
     assert_eq!(parse(&open).unwrap_err().first().key, "callers");
     let allowed = format!("allow_unauthenticated = true\n{open}");
-    assert!(parse(&allowed).is_ok());
+    let s = parse(&allowed).unwrap();
+    let warning = s.exposure_warning(s.listen).expect("a warning at start-up");
+    assert!(warning.contains("0.0.0.0:50051"), "{warning}");
+    assert!(s.exposure_warning("127.0.0.1:1".parse().unwrap()).is_none());
     let hash = crate::callers::api_key_sha256("k");
     let guarded = format!(
         "{open}\n[[callers]]\nname = \"billing\"\napi_key_sha256 = \"{hash}\"\nprojects = [\"*\"]\n"

@@ -17,10 +17,11 @@ use futures_util::stream::Stream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::cache::PageCache;
 use crate::callers::Scope;
-use crate::ddm::DdmClient;
+use crate::ddm::{Credential, DdmClient};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::rate::TokenBucket;
@@ -91,9 +92,9 @@ pub struct Inventory {
     limits: Limits,
     upstream_slots: Semaphore,
     regions: Mutex<HashMap<String, Arc<RegionGate>>>,
-    health: HealthBook,
+    health: Arc<HealthBook>,
     metrics: Option<Metrics>,
-    discoveries: DiscoveryBook,
+    discoveries: Arc<DiscoveryBook>,
 }
 
 impl Inventory {
@@ -105,10 +106,32 @@ impl Inventory {
             upstream_slots: Semaphore::new(limits.max_concurrent_requests.max(1)),
             limits,
             regions: Mutex::default(),
-            health: HealthBook::default(),
+            health: Arc::default(),
             metrics: None,
-            discoveries: DiscoveryBook::default(),
+            discoveries: Arc::default(),
         }
+    }
+
+    /// Keeps what `previous` (the configuration before a reload) knew: each target's health,
+    /// what discovery found (under the new credentials of the same name, until discovery runs
+    /// again) and what discovery last did.
+    pub fn carry_over(mut self, previous: &Inventory, credentials: &[Arc<Credential>]) -> Self {
+        self.health = Arc::clone(&previous.health);
+        self.discoveries = Arc::clone(&previous.discoveries);
+        for credential in credentials {
+            let found = previous.targets.discovered_by(credential.name());
+            if !found.is_empty() {
+                let rebound = found
+                    .iter()
+                    .map(|t| Target {
+                        credential: Arc::clone(credential),
+                        ..(**t).clone()
+                    })
+                    .collect();
+                self.targets.set_discovered(credential.name(), rebound);
+            }
+        }
+        self
     }
 
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
@@ -246,7 +269,14 @@ impl Inventory {
     pub fn list(self: &Arc<Self>, query: Query) -> Result<EventStream, InventoryError> {
         let targets = self.select(&query.project_ids, &query.regions, &query.caller.scope)?;
         let (tx, rx) = mpsc::channel(self.limits.stream_buffer.max(1));
-        let driver = tokio::spawn(Arc::clone(self).drive(targets, Arc::new(query), tx));
+        // Every line logged for this call (targets, pages, retries) carries the caller.
+        let span =
+            tracing::info_span!("call", caller = &*query.caller.name, method = "ListBackups");
+        let driver = tokio::spawn(
+            Arc::clone(self)
+                .drive(targets, Arc::new(query), tx)
+                .instrument(span),
+        );
         Ok(EventStream {
             events: rx,
             driver: driver.abort_handle(),
@@ -308,10 +338,13 @@ impl Inventory {
                         progress: Arc::clone(&progress[index]),
                         tx: tx.clone(),
                     };
-                    let handle: AbortHandle = running.spawn(async move {
-                        let _slot = slot;
-                        read.run().await
-                    });
+                    let handle: AbortHandle = running.spawn(
+                        async move {
+                            let _slot = slot;
+                            read.run().await
+                        }
+                        .in_current_span(),
+                    );
                     index_of.insert(handle.id(), index);
                     next = waiting.next();
                     continue;

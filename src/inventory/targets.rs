@@ -75,6 +75,14 @@ impl TargetSet {
     }
 }
 
+impl TargetSet {
+    /// What `credential` discovered last.
+    pub(super) fn discovered_by(&self, credential: &str) -> Vec<Arc<Target>> {
+        let discovered = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
+        discovered.get(credential).cloned().unwrap_or_default()
+    }
+}
+
 /// Orders targets round-robin over regions, so no region is hammered first.
 fn interleave_regions(targets: Vec<Arc<Target>>) -> Vec<Arc<Target>> {
     let mut regions: Vec<(String, Vec<Arc<Target>>)> = Vec::new();

@@ -317,6 +317,10 @@ async fn mtls_identifies_callers_by_certificate_and_refuses_other_cas() {
         GatewaySetup {
             callers: Arc::new(callers),
             tls: Some(tls),
+            server: backupgw::server::ServerOptions {
+                health_listen: Some("127.0.0.1:0".parse().unwrap()),
+                ..Default::default()
+            },
             ..GatewaySetup::default()
         },
     )
@@ -366,6 +370,28 @@ async fn mtls_identifies_callers_by_certificate_and_refuses_other_cas() {
     );
     assert!(connect(None).await.is_err());
     assert_eq!(sim.stats().list_requests, 0);
+
+    // Probes (which do not speak TLS) reach health alone, in plaintext, on its own listener.
+    let plain = Channel::from_shared(format!("http://{}", gw.health_addr.unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(plain.clone());
+    let answer = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().status, 1, "SERVING");
+    let status = BackupGatewayClient::new(plain)
+        .list_targets(pb::ListTargetsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        tonic::Code::Unimplemented,
+        "health alone: {status:?}"
+    );
 }
 
 #[tokio::test]

@@ -74,6 +74,8 @@ pub struct Gateway {
     pub addr: std::net::SocketAddr,
     pub inventory: Arc<Inventory>,
     pub live: Arc<Live>,
+    /// The plaintext health listener, when `server.health_listen` asked for one.
+    pub health_addr: Option<std::net::SocketAddr>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -149,11 +151,20 @@ pub async fn start_gateway_with(targets: Vec<Target>, setup: GatewaySetup) -> Ga
     *live.tls.write().unwrap() = setup.tls.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let health = match setup.server.health_listen {
+        Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        None => None,
+    };
+    let health_addr = health.as_ref().map(|h| h.local_addr().unwrap());
+    let listeners = backupgw::server::Listeners {
+        api: listener,
+        health,
+    };
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = Arc::clone(&live);
     let options = setup.server.clone();
     tokio::spawn(async move {
-        backupgw::server::serve(listener, serving, &options, async {
+        backupgw::server::serve(listeners, serving, &options, async {
             let _ = stopped.await;
         })
         .await
@@ -171,6 +182,7 @@ pub async fn start_gateway_with(targets: Vec<Target>, setup: GatewaySetup) -> Ga
         addr,
         inventory,
         live,
+        health_addr,
         _stop: stop,
     }
 }

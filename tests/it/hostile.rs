@@ -458,8 +458,25 @@ async fn after_the_shutdown_grace_open_calls_end_unavailable() {
         .unwrap()
         .into_inner();
     let mut backups = stream.message().await.unwrap().unwrap().backups.len();
+    let channel = Channel::from_shared(format!("http://{}", gw.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = tonic_health::pb::health_client::HealthClient::new(channel)
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, 1, "SERVING");
     gw.shut_down();
-    // A reader too slow for the grace period keeps what arrived, then gets UNAVAILABLE.
+    // Health turns NOT_SERVING at once…
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        2,
+        "NOT_SERVING"
+    );
+    // …and a reader too slow for the grace period keeps what arrived, then gets UNAVAILABLE.
     let status = tokio::time::timeout(HANG, async {
         loop {
             match stream.message().await {

@@ -141,6 +141,8 @@ async fn json_logs_carry_the_caller_and_every_line_parses() {
     }
     let call: serde_json::Value = serde_json::from_str(&all[0]).unwrap();
     assert_eq!(call["caller"], "billing", "{call}");
+    // Every line logged within the call carries the caller, through its span.
+    assert_eq!(call["span"]["caller"], "billing", "{call}");
     assert_eq!(call["method"], "ListBackups");
     assert_eq!(call["ok"], 4);
     assert_eq!(call["backups"], 8000);
@@ -236,6 +238,13 @@ async fn sighup_keeps_serving_on_a_broken_file_and_applies_a_valid_one() {
         }
     };
     assert_eq!(targets(&mut client).await.unwrap(), 4);
+    // Every target read once: its last success is known.
+    let mut all = client
+        .list_backups(pb::ListBackupsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    while all.message().await.unwrap().is_some() {}
     // A slow stream, open across both reloads.
     let mut open = client
         .list_backups(pb::ListBackupsRequest::default())
@@ -262,6 +271,16 @@ async fn sighup_keeps_serving_on_a_broken_file_and_applies_a_valid_one() {
     signal(&gw, "HUP");
     wait_for(&lines, "configuration reloaded");
     assert_eq!(targets(&mut client).await.unwrap(), 3);
+    let listed = client
+        .list_targets(with_key(pb::ListTargetsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .targets;
+    assert!(
+        listed.iter().all(|t| t.last_success.is_some()),
+        "what the gateway knew of its targets survives a reload: {listed:?}"
+    );
     let status = client
         .list_targets(pb::ListTargetsRequest::default())
         .await
