@@ -280,3 +280,27 @@ pub async fn with_region_faults(
     let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
     (sim, targets)
 }
+
+/// A caller that does not read: tiny HTTP/2 windows, an inventory of everything asked for, its
+/// first message read and then nothing. Returns that message and the stream left unread.
+pub async fn caller_that_does_not_read(
+    addr: std::net::SocketAddr,
+) -> (
+    pb::ListBackupsResponse,
+    tonic::Streaming<pb::ListBackupsResponse>,
+) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .initial_stream_window_size(Some(65_535))
+        .initial_connection_window_size(Some(65_535))
+        .connect()
+        .await
+        .unwrap();
+    let mut stream = BackupGatewayClient::new(channel)
+        .list_backups(pb::ListBackupsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    (first, stream)
+}

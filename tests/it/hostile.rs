@@ -10,12 +10,11 @@ use backupgw::ddm::auth::AccessKey;
 use backupgw::ddm::{Credential, CredentialKind};
 use backupgw::inventory::Limits;
 use backupgw::pb;
-use backupgw::pb::backup_gateway_client::BackupGatewayClient;
 use backupgw::server::ServerOptions;
 use backupgw::sim::{AuthOptions, DataSpec, FailWith, FaultPlan, Faults, SimKey};
 use secrecy::SecretString;
 use tokio::io::AsyncReadExt as _;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
 
 use crate::common::*;
@@ -41,20 +40,7 @@ async fn a_caller_that_does_not_read_costs_only_its_own_stream() {
         let gw = start_gateway(targets, limits, test_client_options()).await;
         (sim, gw)
     };
-    // The slow caller: small HTTP/2 windows, reads one message and then nothing.
-    let slow_channel = Endpoint::from_shared(format!("http://{}", gw.addr))
-        .unwrap()
-        .initial_stream_window_size(Some(65_535))
-        .initial_connection_window_size(Some(65_535))
-        .connect()
-        .await
-        .unwrap();
-    let mut slow = BackupGatewayClient::new(slow_channel)
-        .list_backups(pb::ListBackupsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let first = slow.message().await.unwrap().unwrap();
+    let (first, mut slow) = caller_that_does_not_read(gw.addr).await;
 
     // Another caller asks one project, fresh from the upstream, while the slow one sits.
     let project = sim.data().projects[4].id.clone();

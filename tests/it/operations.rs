@@ -201,19 +201,7 @@ async fn sigterm_does_not_wait_for_a_caller_that_never_reads() {
     )
     .unwrap();
     let (mut gw, _lines, addr) = serve(&config);
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .initial_stream_window_size(Some(65_535))
-        .initial_connection_window_size(Some(65_535))
-        .connect()
-        .await
-        .unwrap();
-    let mut stream = BackupGatewayClient::new(channel)
-        .list_backups(pb::ListBackupsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    stream.message().await.unwrap();
+    let (_, stream) = crate::common::caller_that_does_not_read(addr.parse().unwrap()).await;
     signal(&gw, "TERM");
     let status = gw
         .wait_timeout(HANG)
