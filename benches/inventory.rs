@@ -384,7 +384,11 @@ async fn read_target_in_order(
             .bytes()
             .await
             .unwrap();
-        let page = decode_page(&body, project, "").unwrap();
+        let owner = backupgw::wire::Owner {
+            project_id: project,
+            ..Default::default()
+        };
+        let page = decode_page(&body, owner).unwrap();
         backups += page.len() as u64;
         offset += PAGE as u64;
         if offset >= page.total {

@@ -150,7 +150,14 @@ mod tests {
     use crate::wire::PageBuilder;
 
     fn page(n: usize) -> DecodedPage {
-        let mut builder = PageBuilder::new("p", "r", n);
+        let mut builder = PageBuilder::new(
+            crate::wire::Owner {
+                project_id: "p",
+                project_name: "",
+                region: "r",
+            },
+            n,
+        );
         for i in 0..n {
             let info = BackupInfo {
                 id: Some(format!("{i:032x}br09").into()),

@@ -164,11 +164,18 @@ impl DecodedPage {
 
 use prost::Message as _;
 
+/// Whose backups a page holds: written into every one of them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Owner<'a> {
+    pub project_id: &'a str,
+    pub project_name: &'a str,
+    pub region: &'a str,
+}
+
 /// Builds a `DecodedPage` from upstream items: each is checked, then encoded straight from the
 /// borrowed JSON strings, with no `Backup` built in between.
 pub struct PageBuilder<'p> {
-    project_id: &'p str,
-    region: &'p str,
+    owner: Owner<'p>,
     /// Always `Some` until dropped.
     scratch: Option<Box<Scratch>>,
     skipped: Vec<String>,
@@ -193,7 +200,7 @@ thread_local! {
 }
 
 impl<'p> PageBuilder<'p> {
-    pub fn new(project_id: &'p str, region: &'p str, items: usize) -> Self {
+    pub fn new(owner: Owner<'p>, items: usize) -> Self {
         let mut scratch = SCRATCH
             .try_with(|s| s.take())
             .ok()
@@ -202,8 +209,7 @@ impl<'p> PageBuilder<'p> {
         scratch.ends.reserve(items);
         scratch.metas.reserve(items);
         PageBuilder {
-            project_id,
-            region,
+            owner,
             scratch: Some(scratch),
             skipped: Vec::new(),
         }
@@ -236,9 +242,10 @@ impl<'p> PageBuilder<'p> {
             created: checked.created,
             updated: checked.updated,
             backup_type: backup_type_of(backup_type_name) as i32,
-            project_id: self.project_id,
-            region: self.region,
+            project_id: self.owner.project_id,
+            region: self.owner.region,
             backup_type_name,
+            project_name: self.owner.project_name,
         };
         let scratch = self.scratch();
         fields.encode_framed(&mut scratch.encoded);
@@ -310,10 +317,11 @@ struct BackupFields<'a> {
     project_id: &'a str,
     region: &'a str,
     backup_type_name: &'a str,
+    project_name: &'a str,
 }
 
 impl BackupFields<'_> {
-    fn strings(&self) -> [(u32, &str); 10] {
+    fn strings(&self) -> [(u32, &str); 11] {
         [
             (1, self.id),
             (2, self.name),
@@ -325,6 +333,7 @@ impl BackupFields<'_> {
             (12, self.project_id),
             (13, self.region),
             (14, self.backup_type_name),
+            (15, self.project_name),
         ]
     }
 
@@ -380,6 +389,7 @@ impl BackupFields<'_> {
             project_id,
             region,
             type_name,
+            project_name,
         ] = self.strings();
         for (tag, v) in [
             id,
@@ -404,7 +414,7 @@ impl BackupFields<'_> {
         if self.backup_type != 0 {
             prost::encoding::int32::encode(11, &self.backup_type, buf);
         }
-        for (tag, v) in [project_id, region, type_name] {
+        for (tag, v) in [project_id, region, type_name, project_name] {
             string(tag, v, buf);
         }
     }
@@ -474,7 +484,14 @@ mod tests {
             updated: None,
             backup_type: Some("auto_metadata".into()),
         };
-        let mut builder = PageBuilder::new("proj", "cn-north-4", 2);
+        let mut builder = PageBuilder::new(
+            Owner {
+                project_id: "proj",
+                project_name: "cn-north-4_payments",
+                region: "cn-north-4",
+            },
+            2,
+        );
         builder.push(&info).unwrap();
         builder
             .push(&BackupInfo {
@@ -500,6 +517,7 @@ mod tests {
             project_id: "proj".into(),
             region: "cn-north-4".into(),
             backup_type_name: "auto_metadata".into(),
+            project_name: "cn-north-4_payments".into(),
             ..Default::default()
         };
         let mut prost_bytes = BytesMut::new();
@@ -546,10 +564,23 @@ mod tests {
             updated: Some("2025-02-19T10:51:20+0800".into()),
             backup_type: Some("metadata".into()),
         };
-        let mut builder = PageBuilder::new("proj", "cn-north-4", 1);
+        let mut builder = PageBuilder::new(
+            Owner {
+                project_id: "proj",
+                project_name: "cn-north-4_payments",
+                region: "cn-north-4",
+            },
+            1,
+        );
         builder.push(&info).unwrap();
         let page = builder.finish(1, 1);
-        let written = pb::Backup::decode(&page.encoded_at(0)[2..]).unwrap();
+        // Field 1 of ListBackupsResponse: a key, a length, the backup.
+        let framed = page.encoded_at(0);
+        let mut header = &framed[..];
+        assert_eq!(prost::encoding::decode_key(&mut header).unwrap().0, 1);
+        let len = prost::encoding::decode_varint(&mut header).unwrap() as usize;
+        assert_eq!(header.len(), len);
+        let written = pb::Backup::decode(header).unwrap();
         // Re-encoded by prost, the tags present are the fields the builder wrote.
         let mut present = std::collections::BTreeSet::new();
         let mut bytes = written.encode_to_vec();

@@ -17,7 +17,7 @@ use super::auth::{Authorized, Credential};
 use super::error::{DdmError, shorten, upstream_error};
 use super::model::decode_page;
 use super::sign::canonical_query;
-use crate::wire::DecodedPage;
+use crate::wire::{DecodedPage, Owner};
 
 /// The most the upstream serves in one page.
 pub const MAX_PAGE_SIZE: u32 = 128;
@@ -99,6 +99,8 @@ pub struct PageRequest<'a> {
     /// `scheme://host[:port]`, no trailing slash.
     pub endpoint: &'a str,
     pub project_id: &'a str,
+    /// Written into every backup of the page, beside the id.
+    pub project_name: &'a str,
     pub region: &'a str,
     pub pushdown: &'a Pushdown,
     pub offset: u64,
@@ -361,7 +363,12 @@ impl DdmClient {
             if !(200..300).contains(&status) {
                 return Err(upstream_error(status, &body, request_id, retry_after));
             }
-            decode_page(&body, page.project_id, page.region).map_err(|e| DdmError::Decode {
+            let owner = Owner {
+                project_id: page.project_id,
+                project_name: page.project_name,
+                region: page.region,
+            };
+            decode_page(&body, owner).map_err(|e| DdmError::Decode {
                 status,
                 message: format!("{e}; body starts: {}", shorten(&body)),
                 request_id,
@@ -509,6 +516,7 @@ mod tests {
         let page = PageRequest {
             endpoint: "http://127.0.0.1:1",
             project_id: "0123456789abcdef0123456789abcdef",
+            project_name: "",
             region: "r",
             pushdown: &pushdown,
             offset: 256,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::pb;
-use crate::wire::{DecodedPage, PageBuilder};
+use crate::wire::{DecodedPage, Owner, PageBuilder};
 
 /// A page of `ListBackups` with its items still raw: to find which item is bad.
 #[derive(Debug, Deserialize)]
@@ -160,15 +160,11 @@ pub struct PageDecodeError(pub String);
 
 /// Decodes a page body. Fails only when the page as a whole is unreadable; bad items are
 /// skipped and described in `skipped`.
-pub fn decode_page(
-    body: &[u8],
-    project_id: &str,
-    region: &str,
-) -> Result<DecodedPage, PageDecodeError> {
+pub fn decode_page(body: &[u8], owner: Owner<'_>) -> Result<DecodedPage, PageDecodeError> {
     // One pass when the page is well formed (the usual case): items go straight from the body
     // to the builder, and the body's UTF-8 is checked once rather than string by string…
     if let Ok(text) = std::str::from_utf8(body) {
-        let mut builder = PageBuilder::new(project_id, region, 0);
+        let mut builder = PageBuilder::new(owner, 0);
         let mut items = 0;
         let mut de = serde_json::Deserializer::from_str(text);
         let decoded = serde::de::DeserializeSeed::deserialize(
@@ -189,7 +185,7 @@ pub fn decode_page(
         .map_err(|e| PageDecodeError(format!("the body is not a ListBackups page: {e}")))?;
     let total = raw.total.ok_or_else(no_total)?;
     let items = raw.backups.unwrap_or_default();
-    let mut builder = PageBuilder::new(project_id, region, items.len());
+    let mut builder = PageBuilder::new(owner, items.len());
     for (index, item) in items.iter().enumerate() {
         let pushed = serde_json::from_str::<BackupInfo<'_>>(item.get())
             .map_err(|e| e.to_string())
@@ -477,6 +473,14 @@ pub fn format_upstream_time(unix_seconds: i64, offset_minutes: i32) -> String {
 mod tests {
     use super::*;
 
+    fn owner() -> Owner<'static> {
+        Owner {
+            project_id: "p",
+            project_name: "p-name",
+            region: "r",
+        }
+    }
+
     #[test]
     fn offsets_become_the_right_instant() {
         let utc = parse_upstream_time("2025-02-19T02:50:20+0000").unwrap();
@@ -561,7 +565,7 @@ mod tests {
             {"name":"no id"},
             {"id":"b5","file_size":"big"}
         ],"total":5,"offset":0,"limit":10}"#;
-        let page = decode_page(body, "p", "r").unwrap();
+        let page = decode_page(body, owner()).unwrap();
         assert_eq!(page.total, 5);
         assert_eq!(page.items, 5);
         let backups = page.backups();
@@ -572,8 +576,12 @@ mod tests {
         assert_eq!(first.created.unwrap().seconds, 1_739_933_420);
         assert_eq!(first.backup_type(), pb::BackupType::AutoMetadata);
         assert_eq!(
-            (first.project_id.as_str(), first.region.as_str()),
-            ("p", "r")
+            (
+                first.project_id.as_str(),
+                first.project_name.as_str(),
+                first.region.as_str()
+            ),
+            ("p", "p-name", "r")
         );
         let second = &backups[1];
         assert_eq!(second.file_size_kb, 5.0);
@@ -595,12 +603,12 @@ mod tests {
             b"{\"backups\":[{\"id\":\"a\"}],\"backups\":[{\"id\":\"a\"}],\"total\":1}",
         ] {
             assert!(
-                decode_page(body, "p", "r").is_err(),
+                decode_page(body, owner()).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(body)
             );
         }
-        assert_eq!(decode_page(b"{\"total\":0}", "p", "r").unwrap().items, 0);
+        assert_eq!(decode_page(b"{\"total\":0}", owner()).unwrap().items, 0);
     }
 
     /// A random JSON value, nested up to `depth`.
@@ -682,7 +690,7 @@ mod tests {
                     body = page.to_string().into_bytes();
                 }
             }
-            if let Ok(page) = decode_page(&body, "p", "r") {
+            if let Ok(page) = decode_page(&body, owner()) {
                 assert_eq!(page.len() + page.skipped.len(), page.items);
                 assert_eq!(page.backups().len(), page.len(), "what is encoded decodes");
             }

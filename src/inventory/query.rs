@@ -43,7 +43,11 @@ impl Default for Query {
 /// Gateway-side filters.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
+    /// The upstream's words (`metadata`) or the enum's names (`BACKUP_TYPE_METADATA`), in any
+    /// case; `BACKUP_TYPE_OTHER` is every type this gateway does not know, and
+    /// `BACKUP_TYPE_UNSPECIFIED` a backup without one.
     pub backup_types: Vec<String>,
+    /// The upstream's words, in any case.
     pub statuses: Vec<String>,
     pub created_after: Option<Timestamp>,
     pub created_before: Option<Timestamp>,
@@ -51,8 +55,16 @@ pub struct Filter {
 
 impl Filter {
     pub(super) fn matches(&self, b: &BackupMeta<'_>) -> bool {
-        (self.backup_types.is_empty() || self.backup_types.iter().any(|t| t == b.backup_type_name))
-            && (self.statuses.is_empty() || self.statuses.iter().any(|s| s == b.status))
+        (self.backup_types.is_empty()
+            || self
+                .backup_types
+                .iter()
+                .any(|t| type_matches(t, b.backup_type_name)))
+            && (self.statuses.is_empty()
+                || self
+                    .statuses
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(b.status)))
             && self.created_in_range(b.created.as_ref())
     }
 
@@ -71,6 +83,23 @@ impl Filter {
         let key = |t: &Timestamp| (t.seconds, t.nanos);
         self.created_after.as_ref().is_none_or(|a| key(c) >= key(a))
             && self.created_before.as_ref().is_none_or(|b| key(c) < key(b))
+    }
+}
+
+/// Whether a backup type asked for (an upstream word, or an enum name) is the upstream's
+/// `actual` one.
+fn type_matches(wanted: &str, actual: &str) -> bool {
+    let enum_name = wanted
+        .get(..12)
+        .filter(|prefix| prefix.eq_ignore_ascii_case("backup_type_"))
+        .map(|_| &wanted[12..]);
+    match enum_name {
+        Some(name) if name.eq_ignore_ascii_case("other") => {
+            !matches!(actual, "" | "auto_metadata" | "metadata")
+        }
+        Some(name) if name.eq_ignore_ascii_case("unspecified") => actual.is_empty(),
+        Some(name) => name.eq_ignore_ascii_case(actual),
+        None => wanted.eq_ignore_ascii_case(actual),
     }
 }
 
@@ -209,6 +238,36 @@ mod tests {
         assert!(!f.matches(&backup("auto_metadata", "normal", Some(150))));
         assert!(!f.matches(&backup("metadata", "normal", None)));
         assert!(Filter::default().matches(&backup("x", "y", None)));
+    }
+
+    #[test]
+    fn types_and_statuses_by_word_or_enum_name_in_any_case() {
+        let by = |types: &[&str], statuses: &[&str]| Filter {
+            backup_types: types.iter().map(|s| s.to_string()).collect(),
+            statuses: statuses.iter().map(|s| s.to_string()).collect(),
+            ..Filter::default()
+        };
+        let meta = backup("metadata", "normal", None);
+        for t in [
+            "metadata",
+            "METADATA",
+            "BACKUP_TYPE_METADATA",
+            "backup_type_metadata",
+        ] {
+            assert!(by(&[t], &[]).matches(&meta), "{t}");
+        }
+        assert!(!by(&["BACKUP_TYPE_AUTO_METADATA"], &[]).matches(&meta));
+        assert!(by(&["auto_metadata"], &[]).matches(&backup("auto_metadata", "normal", None)));
+        // OTHER: whatever this gateway does not know; UNSPECIFIED: no type at all.
+        assert!(by(&["BACKUP_TYPE_OTHER"], &[]).matches(&backup("incremental", "x", None)));
+        assert!(!by(&["BACKUP_TYPE_OTHER"], &[]).matches(&meta));
+        assert!(by(&["BACKUP_TYPE_UNSPECIFIED"], &[]).matches(&backup("", "x", None)));
+        assert!(!by(&["BACKUP_TYPE_UNSPECIFIED"], &[]).matches(&meta));
+        // An upstream word is never mistaken for an enum name.
+        assert!(by(&["other"], &[]).matches(&backup("other", "x", None)));
+        assert!(!by(&["other"], &[]).matches(&backup("incremental", "x", None)));
+        assert!(by(&[], &["NORMAL"]).matches(&meta));
+        assert!(!by(&[], &["failed"]).matches(&meta));
     }
 
     #[test]

@@ -354,6 +354,7 @@ impl TargetRead {
             let request = PageRequest {
                 endpoint: &self.target.endpoint,
                 project_id: &self.target.project_id,
+                project_name: &self.target.project_name,
                 region: &self.target.region,
                 pushdown: &self.pushdown,
                 offset,

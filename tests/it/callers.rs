@@ -204,6 +204,35 @@ async fn a_caller_sees_and_queries_only_its_own_targets() {
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
         assert!(status.message().starts_with(field), "{status:?}");
     }
+    // Globs select within the scope, never beyond it; a name outside it is refused.
+    let got = try_list(
+        &mut gw.client,
+        with_key(
+            pb::ListBackupsRequest {
+                project_ids: vec!["*".into()],
+                regions: vec!["*".into()],
+                ..Default::default()
+            },
+            BILLING_KEY,
+        ),
+    )
+    .await
+    .unwrap();
+    let seen: HashSet<_> = got.backups.iter().map(|b| b.project_id.clone()).collect();
+    assert_eq!(seen, billing_ids);
+    let status = gw
+        .client
+        .list_backups(with_key(
+            pb::ListBackupsRequest {
+                project_ids: vec![data.regions[0].clone()],
+                ..Default::default()
+            },
+            BILLING_KEY,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
     // The fields passed down to the upstream only ever reach its own targets.
     let their_instance = &theirs.instances[0];
     let got = try_list(
@@ -256,37 +285,6 @@ async fn a_caller_over_its_stream_bound_is_told_to_wait() {
         .list_targets(with_key(pb::ListTargetsRequest::default(), AUDIT_KEY))
         .await
         .unwrap();
-}
-
-/// A CA, and a certificate it signs for `name` (a server's DNS name or a client's CN).
-struct TestCa {
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl TestCa {
-    fn new(name: &str) -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = rcgen::KeyPair::generate().unwrap();
-        TestCa {
-            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
-        }
-    }
-
-    /// (certificate PEM, key PEM)
-    fn sign(&self, dns_names: &[&str], common_name: &str) -> (String, String) {
-        let names: Vec<String> = dns_names.iter().map(|s| s.to_string()).collect();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, common_name);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
 }
 
 #[tokio::test]

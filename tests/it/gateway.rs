@@ -42,6 +42,7 @@ async fn the_streamed_inventory_equals_the_data_set() {
             };
             assert_eq!(got.backup_type(), kind);
             assert_eq!(got.region, project.region);
+            assert_eq!(got.project_name, project.name);
         }
     }
     assert!(
@@ -354,7 +355,7 @@ async fn bad_requests_get_invalid_argument_with_field_violations() {
                 ..Default::default()
             },
             "project_ids[0]",
-            "no configured project has the id",
+            "no project this caller may see is named",
         ),
         (
             pb::ListBackupsRequest {
@@ -362,7 +363,7 @@ async fn bad_requests_get_invalid_argument_with_field_violations() {
                 ..Default::default()
             },
             "project_ids[0]",
-            "no configured project",
+            "no project this caller may see",
         ),
         (
             pb::ListBackupsRequest {
@@ -370,7 +371,7 @@ async fn bad_requests_get_invalid_argument_with_field_violations() {
                 ..Default::default()
             },
             "regions[0]",
-            "no configured project is in the region",
+            "no project this caller may see is in a region named",
         ),
         (
             pb::ListBackupsRequest {
@@ -415,5 +416,78 @@ async fn bad_requests_get_invalid_argument_with_field_violations() {
         sim.stats().list_requests,
         0,
         "bad requests never reach the upstream"
+    );
+}
+
+#[tokio::test]
+async fn projects_and_regions_by_name_or_glob_types_by_word_or_enum_name() {
+    let (sim, mut gw) = start_pair(&small_spec()).await;
+    let data = sim.data();
+    let ids = |got: &Collected| -> HashSet<String> {
+        got.backups.iter().map(|b| b.project_id.clone()).collect()
+    };
+    let wanted = |f: &dyn Fn(&SimProject) -> bool| -> HashSet<String> {
+        data.projects
+            .iter()
+            .filter(|p| f(p))
+            .map(|p| p.id.clone())
+            .collect()
+    };
+    let ask = |project_ids: &[&str], regions: &[&str]| pb::ListBackupsRequest {
+        project_ids: project_ids.iter().map(|s| s.to_string()).collect(),
+        regions: regions.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    // A project by its name, and every backup carries its project's name.
+    let by_name = list(&mut gw.client, ask(&["cn-north-4_payments"], &[])).await;
+    assert_eq!(ids(&by_name), wanted(&|p| p.name == "cn-north-4_payments"));
+    assert!(
+        by_name
+            .backups
+            .iter()
+            .all(|b| b.project_name == "cn-north-4_payments")
+    );
+    // Globs over names, and over regions.
+    let payments = list(&mut gw.client, ask(&["*_payments"], &[])).await;
+    assert_eq!(ids(&payments), wanted(&|p| p.name.ends_with("_payments")));
+    let two = list(&mut gw.client, ask(&[], &["*-3", "cn-north-?"])).await;
+    assert_eq!(
+        ids(&two),
+        wanted(&|p| p.region.ends_with("-3") || p.region == "cn-north-4")
+    );
+    assert!(ids(&two).len() < data.projects.len());
+    // A glob that selects nothing is a caller error, as a name that names nothing is.
+    let status = gw
+        .client
+        .list_backups(ask(&["*_nothing"], &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("project_ids[0]"), "{status:?}");
+
+    // Types and statuses by the upstream's word or the enum's name, in any case.
+    let mut by = Vec::new();
+    for (types, statuses) in [
+        (vec!["metadata"], vec!["normal"]),
+        (vec!["BACKUP_TYPE_METADATA"], vec!["NORMAL"]),
+        (vec!["Backup_Type_Metadata"], vec![]),
+    ] {
+        let got = list(
+            &mut gw.client,
+            pb::ListBackupsRequest {
+                backup_types: types.iter().map(|s| s.to_string()).collect(),
+                statuses: statuses.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut keys: Vec<_> = got.by_key().into_keys().collect();
+        keys.sort();
+        by.push(keys);
+    }
+    assert!(!by[0].is_empty());
+    assert!(
+        by.iter().all(|k| *k == by[0]),
+        "the same backups, however named"
     );
 }

@@ -108,10 +108,18 @@ fn signal(gw: &Running, name: &str) {
 async fn json_logs_carry_the_caller_and_every_line_parses() {
     let dir = scratch_dir("json-logs");
     let (_sim, config, written) = simulator(&dir);
+    // One more project, which the simulator does not know: a failing target.
+    let unknown = "fedcba9876543210fedcba9876543210";
+    let region = written
+        .lines()
+        .find_map(|l| l.strip_prefix("region = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
     std::fs::write(
         &config,
         format!(
-            "{written}\n[log]\nformat = \"json\"\n{}",
+            "{written}\n[[projects]]\nid = \"{unknown}\"\nregion = \"{region}\"\ncredential = \"sim\"\n[log]\nformat = \"json\"\n{}",
             caller_section("billing")
         ),
     )
@@ -124,12 +132,13 @@ async fn json_logs_carry_the_caller_and_every_line_parses() {
         .unwrap()
         .into_inner();
     while stream.message().await.unwrap().is_some() {}
+    let failed = wait_for(&lines, "target failed");
     let finished = wait_for(&lines, "call finished");
     // A refused call has its line too.
     let _ = client.list_targets(pb::ListTargetsRequest::default()).await;
     let refused = wait_for(&lines, "call refused");
     drop(gw);
-    let mut all: Vec<String> = vec![finished, refused.clone()];
+    let mut all: Vec<String> = vec![finished, refused.clone(), failed.clone()];
     all.extend(lines.iter());
     for line in &all {
         let parsed: serde_json::Value =
@@ -144,8 +153,20 @@ async fn json_logs_carry_the_caller_and_every_line_parses() {
     // Every line logged within the call carries the caller, through its span.
     assert_eq!(call["span"]["caller"], "billing", "{call}");
     assert_eq!(call["method"], "ListBackups");
-    assert_eq!(call["ok"], 4);
+    assert_eq!((&call["ok"], &call["failed"]), (&4.into(), &1.into()));
     assert_eq!(call["backups"], 8000);
+    // One WARN per failed target, with what support asks for.
+    let failed: serde_json::Value = serde_json::from_str(&failed).unwrap();
+    assert_eq!(failed["level"], "WARN");
+    assert_eq!(failed["project"], unknown);
+    assert_eq!(failed["region"], region.as_str());
+    assert_eq!(failed["credential"], "sim");
+    assert_eq!(
+        (&failed["kind"], &failed["code"]),
+        (&"upstream".into(), &"APIGW.0310".into())
+    );
+    assert_eq!(failed["request_id"].as_str().unwrap().len(), 32, "{failed}");
+    assert_eq!(failed["span"]["caller"], "billing");
     assert!(
         !all.iter().any(|l| l.contains(KEY)),
         "the API key is never logged"
@@ -385,4 +406,53 @@ async fn start_up_does_not_wait_for_an_iam_that_never_answers() {
     .unwrap()
     .into_inner();
     assert!(answer.targets.is_empty(), "nothing discovered yet");
+}
+
+#[tokio::test]
+async fn sighup_reads_the_tls_certificate_again() {
+    let dir = scratch_dir("tls-reload");
+    let (_sim, config, written) = simulator(&dir);
+    let write_cert = |ca: &crate::common::TestCa| {
+        let (cert, key) = ca.sign(&["localhost"], "backupgw");
+        std::fs::write(dir.join("server.crt"), cert).unwrap();
+        std::fs::write(dir.join("server.key"), key).unwrap();
+    };
+    let (first, second) = (
+        crate::common::TestCa::new("first CA"),
+        crate::common::TestCa::new("second CA"),
+    );
+    write_cert(&first);
+    std::fs::write(
+        &config,
+        format!("{written}\n[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\n"),
+    )
+    .unwrap();
+    let (gw, lines, addr) = serve(&config);
+    let port = addr.rsplit_once(':').unwrap().1.to_owned();
+    let trusting = |ca: &crate::common::TestCa| {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca.issuer.pem()))
+            .domain_name("localhost");
+        let url = format!("https://localhost:{port}");
+        async move {
+            let channel = Channel::from_shared(url)
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await?;
+            BackupGatewayClient::new(channel)
+                .list_targets(pb::ListTargetsRequest::default())
+                .await
+                .map_err(Box::<dyn std::error::Error>::from)
+        }
+    };
+    assert!(trusting(&first).await.is_ok());
+    assert!(trusting(&second).await.is_err());
+    write_cert(&second);
+    signal(&gw, "HUP");
+    wait_for(&lines, "configuration reloaded");
+    // New connections get the new certificate.
+    assert!(trusting(&second).await.is_ok());
+    assert!(trusting(&first).await.is_err());
 }
