@@ -121,6 +121,11 @@ impl PageCache {
         }
     }
 
+    /// The cache's bound, in bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.pages.policy().max_capacity().unwrap_or(u64::MAX)
+    }
+
     /// Bytes held, as moka last counted them (for the metrics, at each scrape).
     pub fn weighted_size(&self) -> u64 {
         self.pages.weighted_size()

@@ -65,6 +65,7 @@ pub fn status_of(error: &InventoryError) -> Status {
             Status::with_error_details(tonic::Code::InvalidArgument, message, details)
         }
         InventoryError::PermissionDenied { .. } => Status::permission_denied(message),
+        InventoryError::AnswerTooLarge { .. } => Status::resource_exhausted(message),
         InventoryError::NothingAnswered { cause, .. } => match cause {
             NothingAnsweredCause::Auth => Status::failed_precondition(message),
             NothingAnsweredCause::Deadline => Status::deadline_exceeded(message),

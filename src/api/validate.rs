@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::callers::Caller;
 use crate::ddm::Pushdown;
-use crate::inventory::{Filter, InventoryError, Query, Violations, quote};
+use crate::inventory::{Filter, InventoryError, Order, Query, Violations, quote};
 use crate::pb;
 
 /// Longest string accepted in a filter or selector.
@@ -54,6 +54,15 @@ pub fn list_backups(
     {
         v.push("created_before", "must be later than created_after");
     }
+    let order = match pb::Order::try_from(r.order) {
+        Ok(pb::Order::Unspecified) => Order::Arrival,
+        Ok(pb::Order::NewestFirst) => Order::NewestFirst,
+        Ok(pb::Order::OldestFirst) => Order::OldestFirst,
+        Err(_) => {
+            v.push("order", format!("{} is not an Order", r.order));
+            Order::Arrival
+        }
+    };
     let max_age = match r.max_age {
         None => None,
         Some(d) => match Duration::try_from(d) {
@@ -82,6 +91,7 @@ pub fn list_backups(
         max_age,
         deadline: Some(deadline),
         caller,
+        order,
     })
 }
 

@@ -3,6 +3,7 @@
 //! emits batches and per-target outcomes on a bounded channel, so a slow caller slows the fan-out
 //! instead of growing memory.
 
+mod order;
 mod query;
 mod read;
 mod targets;
@@ -25,6 +26,7 @@ use crate::ddm::{Credential, DdmClient};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::rate::TokenBucket;
+pub use order::Order;
 pub use query::{
     FieldViolation, Filter, InventoryError, NothingAnsweredCause, Query, Violations, quote,
 };
@@ -279,7 +281,21 @@ impl Inventory {
 
     /// Starts the fan-out for `query`. The stream ends with `Event::Finished`, followed by an
     /// error only when no target could be read. Dropping the stream stops all its upstream work.
-    pub fn list(self: &Arc<Self>, query: Query) -> Result<EventStream, InventoryError> {
+    /// An ordered query's backups come after its target results, sorted (see `order`).
+    pub fn list(self: &Arc<Self>, query: Query) -> Result<Events, InventoryError> {
+        let order = query.order;
+        let events = self.fan_out(query)?;
+        Ok(match order {
+            Order::Arrival => Box::pin(events),
+            order => Box::pin(order::Ordered::new(
+                events,
+                order,
+                self.cache.max_bytes() as usize,
+            )),
+        })
+    }
+
+    fn fan_out(self: &Arc<Self>, query: Query) -> Result<EventStream, InventoryError> {
         let targets = self.select(&query.project_ids, &query.regions, &query.caller.scope)?;
         let (tx, rx) = mpsc::channel(self.limits.stream_buffer.max(1));
         // Every line logged for this call (targets, pages, retries) carries the caller.
@@ -292,7 +308,7 @@ impl Inventory {
         );
         Ok(EventStream {
             events: rx,
-            driver: driver.abort_handle(),
+            driver: Some(driver.abort_handle()),
         })
     }
 
@@ -577,10 +593,24 @@ pub struct EncodedBatch {
     pub count: usize,
 }
 
+/// What a query answers, in order.
+pub type Events = Pin<Box<dyn Stream<Item = Result<Event, InventoryError>> + Send>>;
+
 /// The events of one query. Dropping it aborts the fan-out and all its upstream requests.
 pub struct EventStream {
     events: mpsc::Receiver<Result<Event, InventoryError>>,
-    driver: AbortHandle,
+    driver: Option<AbortHandle>,
+}
+
+impl EventStream {
+    /// Events from `events`, with no fan-out behind them (for tests of what consumes them).
+    #[cfg(test)]
+    pub(crate) fn detached(events: mpsc::Receiver<Result<Event, InventoryError>>) -> Self {
+        EventStream {
+            events,
+            driver: None,
+        }
+    }
 }
 
 impl Stream for EventStream {
@@ -593,6 +623,8 @@ impl Stream for EventStream {
 
 impl Drop for EventStream {
     fn drop(&mut self) {
-        self.driver.abort();
+        if let Some(driver) = &self.driver {
+            driver.abort();
+        }
     }
 }

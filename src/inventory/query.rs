@@ -24,6 +24,7 @@ pub struct Query {
     pub deadline: Option<Instant>,
     /// Who asks: its scope bounds the targets, its name is on the log lines.
     pub caller: Arc<Caller>,
+    pub order: super::Order,
 }
 
 impl Default for Query {
@@ -36,6 +37,7 @@ impl Default for Query {
             max_age: None,
             deadline: None,
             caller: Arc::new(Caller::anonymous()),
+            order: super::Order::Arrival,
         }
     }
 }
@@ -202,6 +204,11 @@ pub enum InventoryError {
         failed: u32,
         cause: NothingAnsweredCause,
     },
+    #[error(
+        "an ordered answer of more than {} MiB: narrow the selection, or ask without order",
+        limit_bytes >> 20
+    )]
+    AnswerTooLarge { limit_bytes: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -491,3 +491,87 @@ async fn projects_and_regions_by_name_or_glob_types_by_word_or_enum_name() {
         "the same backups, however named"
     );
 }
+
+/// (created, project, id) of each backup, in the order they came.
+fn created_order(got: &Collected) -> Vec<((i64, i32), String, String)> {
+    got.backups
+        .iter()
+        .map(|b| {
+            let t = b.created.unwrap();
+            ((t.seconds, t.nanos), b.project_id.clone(), b.id.clone())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn backups_in_order_across_every_target_both_ways() {
+    let (_sim, mut gw) = start_pair(&small_spec()).await;
+    let unordered = list(&mut gw.client, pb::ListBackupsRequest::default()).await;
+    let mut expected = created_order(&unordered);
+    expected.sort();
+    // Every target contributes backups from the same days: their times interleave.
+    let projects_of_first_day: HashSet<_> = expected[..50].iter().map(|(_, p, _)| p).collect();
+    assert!(projects_of_first_day.len() > 1);
+
+    let oldest = list(
+        &mut gw.client,
+        pb::ListBackupsRequest {
+            order: pb::Order::OldestFirst as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(oldest.status.is_none(), "{:?}", oldest.status);
+    assert_eq!(created_order(&oldest), expected);
+    let newest = list(
+        &mut gw.client,
+        pb::ListBackupsRequest {
+            order: pb::Order::NewestFirst as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    let got = created_order(&newest);
+    let mut by_time_desc = expected.clone();
+    by_time_desc.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| (&a.1, &a.2).cmp(&(&b.1, &b.2))));
+    assert_eq!(got, by_time_desc);
+    // Still streamed in batches, and every target reported.
+    assert!(newest.messages > newest.backups.len() / 200);
+    assert_eq!(newest.targets.len(), 9);
+    assert_eq!(newest.summary.unwrap().backups, 2700);
+}
+
+#[tokio::test]
+async fn an_ordered_answer_cut_short_by_the_deadline_keeps_what_arrived_in_order() {
+    let (sim, targets) = with_region_faults(
+        backupgw::sim::data::region_name(2).unwrap(),
+        backupgw::sim::Faults {
+            fail_with: Some(backupgw::sim::FailWith::Stall),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut gw = start_gateway(targets, Limits::default(), test_client_options()).await;
+    let mut request = tonic::Request::new(pb::ListBackupsRequest {
+        order: pb::Order::NewestFirst as i32,
+        ..Default::default()
+    });
+    request.set_timeout(std::time::Duration::from_secs(1));
+    let got = try_list(&mut gw.client, request).await.unwrap();
+    let stalled = &sim.data().regions[2];
+    assert_eq!(
+        got.backups.len(),
+        6 * 300,
+        "every backup of the targets that answered"
+    );
+    assert!(got.backups.iter().all(|b| &b.region != stalled));
+    let order = created_order(&got);
+    assert!(order.windows(2).all(|w| w[0].0 >= w[1].0), "newest first");
+    for t in &got.targets {
+        let timed_out = t
+            .error
+            .as_ref()
+            .is_some_and(|e| e.kind == "deadline_exceeded");
+        assert_eq!(timed_out, &t.region == stalled, "{t:?}");
+    }
+}
