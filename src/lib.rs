@@ -17,6 +17,7 @@ pub mod memory;
 pub mod metrics;
 pub mod rate;
 pub mod server;
+pub mod shell;
 pub mod sim;
 pub mod tls;
 pub mod wire;

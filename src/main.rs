@@ -51,6 +51,10 @@ enum Command {
         #[arg(long)]
         no_secrets: bool,
     },
+    /// Lists backups from a running gateway (exit 2 when some targets failed).
+    Ls(Box<backupgw::shell::LsArgs>),
+    /// Lists the targets a running gateway reads for you.
+    Targets(Box<backupgw::shell::TargetsArgs>),
     /// Runs the DDM simulator alone, one listener per region.
     Sim(Box<SimArgs>),
 }
@@ -178,10 +182,22 @@ async fn run() -> Result<()> {
         }
         Some(Command::Serve { config, listen }) => run_serve(&config, listen).await,
         Some(Command::CheckConfig { file, no_secrets }) => check_config(&file, no_secrets),
+        Some(Command::Ls(args)) => exit_with(backupgw::shell::ls(*args).await),
+        Some(Command::Targets(args)) => exit_with(backupgw::shell::targets(*args).await),
         Some(Command::Sim(args)) => {
             init_logging(&LogOptions::default());
             run_sim(*args).await
         }
+    }
+}
+
+/// Ends the process with the shell client's status (0, or 2 when some targets failed); a
+/// reader that stopped reading (`| head`) ends it quietly.
+fn exit_with(outcome: Result<u8, backupgw::shell::ShellError>) -> Result<()> {
+    match outcome {
+        Ok(0) | Err(backupgw::shell::ShellError::OutputClosed) => Ok(()),
+        Ok(status) => std::process::exit(i32::from(status)),
+        Err(e) => Err(e.into()),
     }
 }
 

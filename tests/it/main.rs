@@ -11,4 +11,5 @@ mod gateway;
 mod grpcurl;
 mod hostile;
 mod operations;
+mod shell;
 mod simulator;

@@ -1,0 +1,65 @@
+//! `--since` and `--until`: a time ago (`7d`, `12h`, `30m`, `2w`) or a date (`2026-11-01`, or
+//! RFC 3339 with its offset).
+
+use std::time::{Duration, SystemTime};
+
+use prost_types::Timestamp;
+
+use super::ShellError;
+
+pub fn parse(text: &str, now: SystemTime) -> Result<Timestamp, ShellError> {
+    let bad = || {
+        ShellError::Usage(format!(
+            "{text:?} is neither a time ago (7d, 12h, 30m) nor a date (2026-11-01, 2026-11-01T08:00:00Z)"
+        ))
+    };
+    let text = text.trim();
+    if let Some((number, unit)) = text
+        .char_indices()
+        .last()
+        .map(|(i, u)| (&text[..i], u))
+        .filter(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    {
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        let seconds = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => return Err(bad()),
+        };
+        let ago = Duration::from_secs(n.checked_mul(seconds).ok_or_else(bad)?);
+        return now.checked_sub(ago).map(Timestamp::from).ok_or_else(bad);
+    }
+    if text.len() == 10 {
+        return format!("{text}T00:00:00Z").parse().map_err(|_| bad());
+    }
+    text.parse().map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_ago_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(
+            parse("7d", now).unwrap().seconds,
+            1_800_000_000 - 7 * 86_400
+        );
+        assert_eq!(
+            parse("12h", now).unwrap().seconds,
+            1_800_000_000 - 12 * 3600
+        );
+        assert_eq!(parse("2026-11-01", now).unwrap().seconds, 1_793_491_200);
+        assert_eq!(
+            parse("2026-11-01T08:00:00+08:00", now).unwrap().seconds,
+            1_793_491_200
+        );
+        for bad in ["", "7", "d", "7y", "yesterday", "2026-13-01"] {
+            assert!(parse(bad, now).is_err(), "{bad}");
+        }
+    }
+}

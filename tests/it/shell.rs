@@ -1,0 +1,210 @@
+//! `backupgw ls` and `backupgw targets` against a running gateway: every output parsed back and
+//! compared with what the API answers, and the exit status that scripts rely on.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+
+use backupgw::pb;
+use backupgw::shell::{BACKUP_COLUMNS, BackupRow, TargetRow};
+
+use crate::common::*;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_backupgw"))
+        .args(args)
+        .env_remove("BACKUPGW_API_KEY")
+        .output()
+        .unwrap()
+}
+
+/// The API's own answer, as rows keyed by (project, backup id).
+async fn expected(gw: &mut Gateway) -> BTreeMap<(String, String), BackupRow> {
+    let got = list(&mut gw.client, pb::ListBackupsRequest::default()).await;
+    got.backups
+        .iter()
+        .map(|b| ((b.project_id.clone(), b.id.clone()), BackupRow::from(b)))
+        .collect()
+}
+
+fn keyed(rows: Vec<BackupRow>) -> BTreeMap<(String, String), BackupRow> {
+    let n = rows.len();
+    let map: BTreeMap<_, _> = rows
+        .into_iter()
+        .map(|r| ((r.project_id.clone(), r.backup_id.clone()), r))
+        .collect();
+    assert_eq!(map.len(), n, "a backup written twice");
+    map
+}
+
+// The binary blocks this thread; the gateway runs on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_writes_csv_json_and_tables_that_read_back_as_the_api_answered() {
+    let (_sim, mut gw) = start_pair(&small_spec()).await;
+    let want = expected(&mut gw).await;
+    let addr = format!("http://{}", gw.addr);
+
+    let csv = run(&["ls", "--addr", &addr, "-o", "csv"]);
+    assert_eq!(csv.status.code(), Some(0));
+    let mut reader = csv::Reader::from_reader(csv.stdout.as_slice());
+    assert_eq!(reader.headers().unwrap(), BACKUP_COLUMNS.as_slice());
+    let rows: Vec<BackupRow> = reader.deserialize().map(Result::unwrap).collect();
+    assert_eq!(keyed(rows), want);
+
+    let json = run(&["ls", "--addr", &addr, "-o", "json"]);
+    let rows: Vec<BackupRow> = String::from_utf8(json.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(keyed(rows), want);
+
+    let table = run(&["ls", "--addr", &addr, "-o", "table"]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("CREATED (UTC)"), "{}", lines[0]);
+    assert_eq!(lines.len(), want.len() + 1);
+    let any = want.values().next().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&any.backup_name) && l.contains(&any.instance_name)),
+        "{text}"
+    );
+    // Not on a terminal: no progress bar, nothing on stderr at all.
+    assert!(
+        table.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_flags_select_and_filter_as_the_request_fields_do() {
+    let (sim, mut gw) = start_pair(&small_spec()).await;
+    let addr = format!("http://{}", gw.addr);
+    let region = sim.data().regions[1].clone();
+    let api = list(
+        &mut gw.client,
+        pb::ListBackupsRequest {
+            project_ids: vec!["*_payments".into(), "*_orders".into()],
+            regions: vec![region.clone()],
+            backup_types: vec!["metadata".into()],
+            order: pb::Order::NewestFirst as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = run(&[
+        "ls",
+        "--addr",
+        &addr,
+        "--project",
+        "*_payments,*_orders",
+        "--region",
+        &region,
+        "--type",
+        "BACKUP_TYPE_METADATA",
+        "--newest-first",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let rows: Vec<BackupRow> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want: Vec<BackupRow> = api.backups.iter().map(BackupRow::from).collect();
+    assert!(!want.is_empty());
+    assert_eq!(rows, want, "the same backups, in the same order");
+    // Repeating a flag is the same as commas.
+    let repeated = run(&[
+        "ls",
+        "--addr",
+        &addr,
+        "--project",
+        "*_payments",
+        "--project",
+        "*_orders",
+        "--region",
+        &region,
+        "--type",
+        "metadata",
+        "--newest-first",
+        "-o",
+        "json",
+    ]);
+    let again: Vec<BackupRow> = String::from_utf8(repeated.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(again, rows);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_exits_2_when_a_target_failed_and_still_writes_the_rest() {
+    let sim = start_sim(&small_spec(), sim_options()).await;
+    let mut targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    let broken = targets[4].project_id.to_string();
+    targets[4].credential = token_credential("stale", "not-the-token");
+    let gw = start_gateway(
+        targets,
+        backupgw::inventory::Limits::default(),
+        test_client_options(),
+    )
+    .await;
+    let out = run(&["ls", "--addr", &format!("http://{}", gw.addr), "-o", "csv"]);
+    assert_eq!(out.status.code(), Some(2));
+    let rows: Vec<BackupRow> = csv::Reader::from_reader(out.stdout.as_slice())
+        .deserialize()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 8 * 300, "everything that arrived");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "the failed targets and nothing else: {stderr}"
+    );
+    assert_eq!(lines[0], "1 target(s) failed:");
+    assert!(
+        lines[1].contains(&broken) && lines[1].contains("auth"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_lists_what_the_gateway_reads_and_errors_exit_1() {
+    let (_sim, mut gw) = start_pair(&small_spec()).await;
+    let addr = format!("http://{}", gw.addr);
+    let out = run(&["targets", "--addr", &addr, "-o", "csv"]);
+    assert_eq!(out.status.code(), Some(0));
+    let rows: Vec<TargetRow> = csv::Reader::from_reader(out.stdout.as_slice())
+        .deserialize()
+        .map(Result::unwrap)
+        .collect();
+    let api = gw
+        .client
+        .list_targets(pb::ListTargetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .targets;
+    assert_eq!(rows, api.iter().map(TargetRow::from).collect::<Vec<_>>());
+
+    // A refused call, an unreachable gateway, a bad flag: 1, with the reason on stderr.
+    for args in [
+        vec!["ls", "--addr", addr.as_str(), "--project", "nope"],
+        vec!["ls", "--addr", "http://127.0.0.1:1"],
+        vec!["ls", "--addr", addr.as_str(), "--since", "yesterday"],
+        vec!["targets", "--addr", addr.as_str(), "--region", "mars-1"],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.starts_with("backupgw: "), "{stderr}");
+        assert!(!stderr.contains("backtrace"), "{stderr}");
+    }
+}
