@@ -152,18 +152,18 @@ impl<W: Write> Writer<W> {
         row: &R,
         cells: impl FnOnce() -> (Vec<&'static str>, Vec<String>),
     ) -> Result<(), ShellError> {
-        let failed = |e: &dyn std::fmt::Display| ShellError::Output(e.to_string());
         match self.format {
             Format::Csv => self
                 .csv
                 .as_mut()
                 .expect("a CSV writer")
                 .serialize(row)
-                .map_err(|e| failed(&e)),
+                .map_err(output_error),
             Format::Json => {
                 let out = self.out.as_mut().expect("an output");
-                serde_json::to_writer(&mut *out, row).map_err(|e| failed(&e))?;
-                out.write_all(b"\n").map_err(|e| failed(&e))
+                serde_json::to_writer(&mut *out, row)
+                    .map_err(|e| output_error(std::io::Error::from(e)))?;
+                out.write_all(b"\n").map_err(output_error)
             }
             Format::Table => {
                 let (header, cells) = cells();

@@ -208,3 +208,28 @@ async fn targets_lists_what_the_gateway_reads_and_errors_exit_1() {
         assert!(!stderr.contains("backtrace"), "{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_ends_ls_quietly() {
+    use std::io::{BufRead as _, BufReader};
+    let (_sim, gw) = start_pair(&small_spec()).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backupgw"))
+        .args(["ls", "--addr", &format!("http://{}", gw.addr), "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `| head -1`: one line, then the pipe is closed.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
