@@ -115,6 +115,42 @@ pub struct PageRequest<'a> {
     pub backoff_until: Option<&'a AtomicU64>,
 }
 
+impl<'a> PageRequest<'a> {
+    fn call(&self) -> Call<'a> {
+        Call {
+            url: page_url(self),
+            project_id: self.project_id,
+            region: self.region,
+            offset: self.offset,
+            deadline: self.deadline,
+            sent: self.sent,
+            gate: self.gate,
+            backoff_until: self.backoff_until,
+        }
+    }
+}
+
+/// One upstream GET (a page of backups or of instances): where, for which project, under
+/// which limits.
+pub struct Call<'a> {
+    pub url: String,
+    pub project_id: &'a str,
+    pub region: &'a str,
+    /// For the log.
+    pub offset: u64,
+    /// The caller's deadline: no attempt or backoff runs past it.
+    pub deadline: Option<Instant>,
+    /// Counts the HTTP requests actually sent.
+    pub sent: &'a AtomicU64,
+    /// What each attempt waits for before it is sent.
+    pub gate: Gate<'a>,
+    /// Set to the end of a backoff (Unix milliseconds) while one is waited out.
+    pub backoff_until: Option<&'a AtomicU64>,
+}
+
+/// Reads a successful body into what was asked for; `Err` says what is wrong with it.
+pub type Decoder<'d, T> = &'d (dyn Fn(&[u8]) -> Result<T, String> + Sync);
+
 /// What an attempt holds while it is in flight, and released while it backs off: a slot of
 /// the global limit, a slot of its region's limit, and its turn in the region's request rate.
 #[derive(Clone, Copy, Default)]
@@ -184,15 +220,31 @@ impl DdmClient {
         &self.options
     }
 
-    /// Reads one page, retrying transient failures. A credential the upstream rejects rests
-    /// for its cool-down (see `standing`); its requests are answered at once meanwhile.
+    /// Reads one page of backups, retrying transient failures.
     pub async fn list_backups(
         &self,
         page: &PageRequest<'_>,
         credential: &Credential,
     ) -> Result<DecodedPage, DdmError> {
+        let owner = Owner {
+            project_id: page.project_id,
+            project_name: page.project_name,
+            region: page.region,
+        };
+        let decode = |body: &[u8]| decode_page(body, owner).map_err(|e| e.to_string());
+        self.get(&page.call(), credential, &decode).await
+    }
+
+    /// One GET, retrying transient failures. A credential the upstream rejects rests for its
+    /// cool-down (see `standing`); its requests are answered at once meanwhile.
+    pub async fn get<T>(
+        &self,
+        call: &Call<'_>,
+        credential: &Credential,
+        decode: Decoder<'_, T>,
+    ) -> Result<T, DdmError> {
         let admitted = credential.standing().admit();
-        let admission = match page.deadline {
+        let admission = match call.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, admitted)
                 .await
                 .map_err(|_| DdmError::DeadlineExceeded)?,
@@ -200,13 +252,13 @@ impl DdmClient {
         };
         let _admission =
             admission.map_err(|(until, cause)| credential.cooling_down(until, &cause))?;
-        let result = self.read_page(page, credential).await;
+        let result = self.read(call, credential, decode).await;
         match &result {
             Ok(_) => credential.standing().accepted(),
             Err(e) if e.rejects_credential() => {
                 tracing::warn!(
                     credential = credential.name(),
-                    project = page.project_id,
+                    project = call.project_id,
                     error = %e,
                     "the upstream rejected the credential; it rests for its cool-down"
                 );
@@ -217,18 +269,18 @@ impl DdmClient {
         result.map_err(|e| credential.explain(e))
     }
 
-    async fn read_page(
+    async fn read<T>(
         &self,
-        page: &PageRequest<'_>,
+        call: &Call<'_>,
         credential: &Credential,
-    ) -> Result<DecodedPage, DdmError> {
-        let url = page_url(page);
+        decode: Decoder<'_, T>,
+    ) -> Result<T, DdmError> {
         let retry = &self.options.retry;
         let mut attempt = 0;
         let mut refreshed = false;
         loop {
             attempt += 1;
-            let (error, used) = match self.attempt(&url, page, credential).await {
+            let (error, used) = match self.attempt(call, credential, decode).await {
                 Ok(decoded) => return Ok(decoded),
                 Err(e) => e,
             };
@@ -236,12 +288,12 @@ impl DdmClient {
                 && !refreshed
                 && let Some(used) = used
                 && credential
-                    .refresh_after_rejection(Some(page.project_id), &used)
+                    .refresh_after_rejection(Some(call.project_id), &used)
                     .await
             {
                 refreshed = true;
                 tracing::info!(
-                    project = page.project_id,
+                    project = call.project_id,
                     credential = credential.name(),
                     "token rejected, renewing it once"
                 );
@@ -264,7 +316,7 @@ impl DdmClient {
                 ));
             }
             let wait = retry.delay(attempt, &error);
-            if let Some(deadline) = page.deadline
+            if let Some(deadline) = call.deadline
                 && Instant::now() + wait >= deadline
             {
                 return Err(match error.retry_after() {
@@ -274,15 +326,15 @@ impl DdmClient {
                     None => error,
                 });
             }
-            tracing::debug!(project = page.project_id, offset = page.offset, attempt, ?wait, %error, "retrying page");
+            tracing::debug!(project = call.project_id, offset = call.offset, attempt, ?wait, %error, "retrying");
             if let Some(metrics) = &self.metrics {
-                metrics.upstream_retry(page.region, retry_reason(&error));
+                metrics.upstream_retry(call.region, retry_reason(&error));
             }
-            if let Some(until) = page.backoff_until {
+            if let Some(until) = call.backoff_until {
                 until.store(unix_millis(SystemTime::now() + wait), Ordering::Relaxed);
             }
             tokio::time::sleep(wait).await;
-            if let Some(until) = page.backoff_until {
+            if let Some(until) = call.backoff_until {
                 until.store(0, Ordering::Relaxed);
             }
         }
@@ -291,19 +343,19 @@ impl DdmClient {
     /// One attempt; on failure, also what authorised it (to renew exactly that token). Waiting
     /// for a slot or a token is bounded by the caller's deadline; `request_timeout` bounds the
     /// exchange with the upstream alone.
-    async fn attempt(
+    async fn attempt<T>(
         &self,
-        url: &str,
-        page: &PageRequest<'_>,
+        call: &Call<'_>,
         credential: &Credential,
-    ) -> Result<DecodedPage, (DdmError, Option<Authorized>)> {
-        let mut request = self.http.get(url).build().map_err(|e| {
+        decode: Decoder<'_, T>,
+    ) -> Result<T, (DdmError, Option<Authorized>)> {
+        let mut request = self.http.get(&call.url).build().map_err(|e| {
             (
                 DdmError::Transport(format!("cannot build the request: {e}")),
                 None,
             )
         })?;
-        let project = HeaderValue::from_str(page.project_id).map_err(|_| {
+        let project = HeaderValue::from_str(call.project_id).map_err(|_| {
             (
                 DdmError::Transport("the project id is not a valid header".into()),
                 None,
@@ -311,13 +363,13 @@ impl DdmClient {
         })?;
         request.headers_mut().insert(X_PROJECT_ID, project);
         let entered = async {
-            let permits = page.gate.enter().await?;
+            let permits = call.gate.enter().await?;
             let authorized = credential
-                .authorize(&self.http, &mut request, Some(page.project_id))
+                .authorize(&self.http, &mut request, Some(call.project_id))
                 .await?;
             Ok::<_, DdmError>((permits, authorized))
         };
-        let entered = match page.deadline {
+        let entered = match call.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, entered)
                 .await
                 .unwrap_or(Err(DdmError::DeadlineExceeded)),
@@ -325,14 +377,14 @@ impl DdmClient {
         };
         let (_permits, authorized) = entered.map_err(|e| (e, None))?;
         let mut timeout = self.options.request_timeout;
-        if let Some(deadline) = page.deadline {
+        if let Some(deadline) = call.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err((DdmError::DeadlineExceeded, None));
             }
             timeout = timeout.min(left);
         }
-        page.sent.fetch_add(1, Ordering::Relaxed);
+        call.sent.fetch_add(1, Ordering::Relaxed);
         let max_body = self.options.max_body_bytes;
         let mut answered: Option<u16> = None;
         let started = Instant::now();
@@ -363,12 +415,7 @@ impl DdmClient {
             if !(200..300).contains(&status) {
                 return Err(upstream_error(status, &body, request_id, retry_after));
             }
-            let owner = Owner {
-                project_id: page.project_id,
-                project_name: page.project_name,
-                region: page.region,
-            };
-            decode_page(&body, owner).map_err(|e| DdmError::Decode {
+            decode(&body).map_err(|e| DdmError::Decode {
                 status,
                 message: format!("{e}; body starts: {}", shorten(&body)),
                 request_id,
@@ -376,13 +423,13 @@ impl DdmClient {
         };
         let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
-            Err(_) if page.deadline.is_some_and(|d| Instant::now() >= d) => {
+            Err(_) if call.deadline.is_some_and(|d| Instant::now() >= d) => {
                 Err(DdmError::DeadlineExceeded)
             }
             Err(_) => Err(DdmError::Timeout(timeout)),
         };
         if let Some(metrics) = &self.metrics {
-            metrics.upstream_request(page.region, answered, started.elapsed());
+            metrics.upstream_request(call.region, answered, started.elapsed());
         }
         result.map_err(|e| (e, Some(authorized)))
     }
