@@ -85,6 +85,9 @@ struct DataArgs {
     /// Faults to inject, per region or project (a TOML file; see README).
     #[arg(long)]
     faults: Option<PathBuf>,
+    /// How the instance list reads `offset`: as an item index or a 0-based page index.
+    #[arg(long, value_enum, default_value = "item")]
+    instances_offset_mode: backupgw::sim::instances::OffsetMode,
 }
 
 #[derive(Args)]
@@ -146,6 +149,7 @@ impl DataArgs {
             None => Default::default(),
         };
         Ok(SimOptions {
+            instances_offset_mode: self.instances_offset_mode,
             auth: backupgw::sim::AuthOptions::default(),
             latency: Duration::from_millis(self.latency_ms),
             jitter: Duration::from_millis(self.jitter_ms),

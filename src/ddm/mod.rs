@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod instances;
 pub mod model;
 pub mod sign;
 pub mod standing;
@@ -10,6 +11,7 @@ pub mod standing;
 pub use crate::wire::DecodedPage;
 pub use auth::{Credential, CredentialKind};
 pub use client::{
-    ClientOptions, DdmClient, Gate, MAX_PAGE_SIZE, PageRequest, Pushdown, RetryPolicy,
+    Call, ClientOptions, DdmClient, Gate, MAX_PAGE_SIZE, PageRequest, Pushdown, RetryPolicy,
 };
 pub use error::DdmError;
+pub use instances::{Instance, InstanceList, InstancesRequest};

@@ -125,6 +125,8 @@ pub struct SimInstance {
     pub id: String,
     pub name: String,
     pub status: &'static str,
+    /// Unix seconds.
+    pub created: i64,
 }
 
 /// One backup, compact: strings are rendered on request.
@@ -153,6 +155,13 @@ pub struct SimProject {
 }
 
 impl SimProject {
+    /// The instances the instance list shows: newest `created` first, ties by id.
+    pub fn listed_instances(&self) -> Vec<&SimInstance> {
+        let mut listed: Vec<&SimInstance> = self.instances.iter().collect();
+        listed.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
+        listed
+    }
+
     pub fn backup_id(b: &SimBackup) -> String {
         format!("{:032x}br09", b.id)
     }
@@ -261,10 +270,18 @@ fn generate_project(
     let utc_offset_minutes = if rng.u8(..3) == 0 { 480 } else { 0 };
     let short = name.rsplit('_').next().unwrap_or(&name).to_owned();
     let instances: Vec<SimInstance> = (0..spec.instances_per_project)
-        .map(|i| SimInstance {
-            id: format!("{:032x}in09", rng.u128(..)),
-            name: format!("ddm-{short}-{:02}", i + 1),
-            status: INSTANCE_STATUSES[rng.usize(..INSTANCE_STATUSES.len())],
+        .map(|i| {
+            let id = rng.u128(..);
+            SimInstance {
+                id: format!("{id:032x}in09"),
+                name: format!("ddm-{short}-{:02}", i + 1),
+                status: INSTANCE_STATUSES[rng.usize(..INSTANCE_STATUSES.len())],
+                // Older than its backups (from the id: the data set's other draws stay as
+                // they were).
+                created: spec.now
+                    - (spec.backups_per_instance as i64 + 10) * 86_400
+                    - (id % (400 * 86_400)) as i64,
+            }
         })
         .collect();
     let today = spec.now - spec.now.rem_euclid(86_400);

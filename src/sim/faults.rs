@@ -64,6 +64,8 @@ pub struct Faults {
     pub churn_add: u32,
     /// …and the oldest expire.
     pub churn_expire: u32,
+    /// The instance list answers 500 `DBS.200412`.
+    pub fail_instances: bool,
 }
 
 impl Default for Faults {
@@ -82,6 +84,7 @@ impl Default for Faults {
             huge_body_bytes: 16 << 20,
             churn_add: 0,
             churn_expire: 0,
+            fail_instances: false,
         }
     }
 }

@@ -26,11 +26,15 @@ pub(super) struct RegionState {
 
 /// The request id of the request being answered (every answer carries it).
 #[derive(Clone)]
-struct RequestId(String);
+pub(super) struct RequestId(pub String);
 
 pub(super) fn router(state: RegionState) -> Router {
     let api = Router::new()
         .route("/v3/{project_id}/backups", get(list_backups))
+        .route(
+            "/v1/{project_id}/instances",
+            get(super::instances::list_instances),
+        )
         // IAM is served by every listener too (its paths do not collide with DDM's).
         .route("/v3/auth/tokens", axum::routing::post(iam_tokens))
         .route("/v3/auth/projects", get(iam_projects))
@@ -146,43 +150,16 @@ async fn list_backups(
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
-    // The API gateway throttles before anything else.
-    if let Some(rps) = faults.throttle_rps
-        && !shared.bucket(scope, rps, faults.throttle_burst).try_take()
-    {
-        shared.stats.throttled.fetch_add(1, Ordering::Relaxed);
-        return faults.throttled(&request_id);
-    }
-
     let request = RequestParts {
         method: &method,
         uri: &uri,
         headers: &headers,
         body: &body,
     };
-    let caller = match shared.auth.authenticate(&shared.options.auth, &request) {
-        Ok(c) => c,
-        Err(r) => return rejected(r, &request_id),
+    let index = match admit(&state, &project_id, scope, faults, &request, &request_id) {
+        Ok(index) => index,
+        Err(refused) => return *refused,
     };
-    let Some(index) = shared.data.project_index(&project_id) else {
-        return gateway_error(
-            StatusCode::FORBIDDEN,
-            "APIGW.0310",
-            "The project is unavailable",
-            &request_id,
-        );
-    };
-    let project = &shared.data.projects[index];
-    if let Err(r) = check_caller(caller, project, &headers) {
-        return rejected(r, &request_id);
-    }
-    if project.region != state.region {
-        let message = format!(
-            "The project is unavailable: project {project_id} is not in region {}",
-            state.region
-        );
-        return gateway_error(StatusCode::FORBIDDEN, "APIGW.0310", &message, &request_id);
-    }
     let Some(params) = parse_params(query.as_deref()) else {
         return parameter_error();
     };
@@ -209,6 +186,54 @@ async fn list_backups(
         )
             .into_response(),
     }
+}
+
+/// What the API gateway checks before DDM answers: the rate, who calls, and whether the project
+/// is theirs and in this region. The project's index, or the answer that refuses the request.
+pub(super) fn admit(
+    state: &RegionState,
+    project_id: &str,
+    scope: &str,
+    faults: &super::faults::Faults,
+    request: &RequestParts<'_>,
+    request_id: &str,
+) -> Result<usize, Box<Response>> {
+    let shared = &state.shared;
+    // The API gateway throttles before anything else.
+    if let Some(rps) = faults.throttle_rps
+        && !shared.bucket(scope, rps, faults.throttle_burst).try_take()
+    {
+        shared.stats.throttled.fetch_add(1, Ordering::Relaxed);
+        return Err(Box::new(faults.throttled(request_id)));
+    }
+    let caller = shared
+        .auth
+        .authenticate(&shared.options.auth, request)
+        .map_err(|r| Box::new(rejected(r, request_id)))?;
+    let Some(index) = shared.data.project_index(project_id) else {
+        return Err(Box::new(gateway_error(
+            StatusCode::FORBIDDEN,
+            "APIGW.0310",
+            "The project is unavailable",
+            request_id,
+        )));
+    };
+    let project = &shared.data.projects[index];
+    check_caller(caller, project, request.headers)
+        .map_err(|r| Box::new(rejected(r, request_id)))?;
+    if project.region != state.region {
+        let message = format!(
+            "The project is unavailable: project {project_id} is not in region {}",
+            state.region
+        );
+        return Err(Box::new(gateway_error(
+            StatusCode::FORBIDDEN,
+            "APIGW.0310",
+            &message,
+            request_id,
+        )));
+    }
+    Ok(index)
 }
 
 /// Whether this caller may read this project.

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod data;
 pub mod faults;
 mod http;
+pub mod instances;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,6 +36,8 @@ pub struct SimOptions {
     pub jitter: Duration,
     /// What goes wrong, where.
     pub faults: FaultPlan,
+    /// How the instance list reads `offset`.
+    pub instances_offset_mode: instances::OffsetMode,
 }
 
 impl std::fmt::Debug for SimOptions {
@@ -64,6 +67,7 @@ impl SimOptions {
 struct SimStats {
     requests: AtomicU64,
     list_requests: AtomicU64,
+    instance_requests: AtomicU64,
     in_flight: AtomicI64,
     throttled: AtomicU64,
     faults: AtomicU64,
@@ -76,6 +80,9 @@ pub struct SimStatsSnapshot {
     pub requests: u64,
     /// Requests that reached the ListBackups handler.
     pub list_requests: u64,
+    /// Requests that reached the instance list handler.
+    #[serde(default)]
+    pub instance_requests: u64,
     /// Requests being answered now.
     pub in_flight: i64,
     /// 429s sent by the throttle.
@@ -102,6 +109,7 @@ impl SimState {
         SimStatsSnapshot {
             requests: self.stats.requests.load(Ordering::Relaxed),
             list_requests: self.stats.list_requests.load(Ordering::Relaxed),
+            instance_requests: self.stats.instance_requests.load(Ordering::Relaxed),
             in_flight: self.stats.in_flight.load(Ordering::Relaxed),
             throttled: self.stats.throttled.load(Ordering::Relaxed),
             faults: self.stats.faults.load(Ordering::Relaxed),

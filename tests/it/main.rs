@@ -10,6 +10,7 @@ mod faults;
 mod gateway;
 mod grpcurl;
 mod hostile;
+mod instances;
 mod operations;
 mod shell;
 mod simulator;
