@@ -76,6 +76,9 @@ struct DataArgs {
     /// Seed of the data set.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// The time the data set is relative to (RFC 3339); default: now.
+    #[arg(long, value_parser = parse_now)]
+    now: Option<i64>,
     /// Latency added to every ListBackups answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
@@ -134,7 +137,7 @@ impl DataArgs {
             instances_per_project: self.instances_per_project,
             backups_per_instance: self.backups_per_instance,
             seed: self.seed,
-            ..DataSpec::default()
+            now: self.now.unwrap_or_else(backupgw::sim::data::current_hour),
         }
     }
 
@@ -156,6 +159,12 @@ impl DataArgs {
             faults,
         })
     }
+}
+
+fn parse_now(text: &str) -> Result<i64, String> {
+    text.parse::<prost_types::Timestamp>()
+        .map(|t| t.seconds)
+        .map_err(|_| format!("{text:?} is not an RFC 3339 time like 2026-11-01T08:00:00Z"))
 }
 
 fn main() -> std::process::ExitCode {

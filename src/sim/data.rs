@@ -1,9 +1,17 @@
 //! The simulator's data set: deterministic from a seed, shaped like a real DDM estate.
 //!
 //! Each region has its built-in project (named after the region) and sub-projects
-//! (`{region}_{name}`); each project has DDM instances; each instance has one `auto_metadata`
-//! backup a day, taken between 02:00 and 03:00 GMT+08:00, and now and then a `metadata` backup
-//! taken on a key operation. Backups are stored compactly and rendered on request.
+//! (`{region}_{name}`); each project has DDM instances. The data set is relative to `now`
+//! (the real clock unless pinned): an instance has one `auto_metadata` backup a day, taken
+//! between 02:00 and 03:00 GMT+08:00, up to the latest such window before `now`, and now and then
+//! a `metadata` backup taken on a key operation, in addition to that day's. Backups are stored
+//! compactly and rendered on request.
+//!
+//! Every data set holds each protection class, deterministically (see `Class`): most instances
+//! are backed up daily; some stopped days ago; some were deleted (gone from the instance list, a
+//! `metadata` backup taken at deletion, their backups kept); one project in three has an
+//! instance created recently, with no backup yet; one backup in fifty is not `normal`. Project
+//! ids depend on the seed and the project's name only, not on the data set's sizes.
 
 use std::collections::HashMap;
 
@@ -40,8 +48,26 @@ const INSTANCE_STATUSES: &[&str] = &[
     "RUNNING", "RUNNING", "RUNNING", "RUNNING", "normal", "FROZEN",
 ];
 
-/// 2026-11-01T00:00:00Z: the data set's "today" unless told otherwise.
-pub const DEFAULT_NOW: i64 = 1_793_491_200;
+/// The real clock, to the hour: data sets made moments apart are the same.
+pub fn current_hour() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    now - now.rem_euclid(3600)
+}
+
+/// Why an instance has the backups it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Backed up every day, up to the latest daily window.
+    Protected,
+    /// Its daily backups stopped this many days ago.
+    Stale { days: u32 },
+    /// Deleted this many days ago: no longer listed, its backups kept.
+    Deleted { days: u32 },
+    /// Created recently (or its backups keep failing): listed, no backup.
+    Unprotected,
+}
 
 /// How big the data set is, and its seed.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +77,7 @@ pub struct DataSpec {
     pub instances_per_project: usize,
     pub backups_per_instance: usize,
     pub seed: u64,
-    /// Unix seconds of the newest day in the data set.
+    /// Unix seconds the data set is relative to (the real clock to the hour by default).
     pub now: i64,
 }
 
@@ -64,7 +90,7 @@ impl Default for DataSpec {
             instances_per_project: 3,
             backups_per_instance: 30,
             seed: 42,
-            now: DEFAULT_NOW,
+            now: current_hour(),
         }
     }
 }
@@ -127,6 +153,14 @@ pub struct SimInstance {
     pub status: &'static str,
     /// Unix seconds.
     pub created: i64,
+    pub class: Class,
+}
+
+impl SimInstance {
+    /// Whether the instance list shows it.
+    pub fn listed(&self) -> bool {
+        !matches!(self.class, Class::Deleted { .. })
+    }
 }
 
 /// One backup, compact: strings are rendered on request.
@@ -138,6 +172,8 @@ pub struct SimBackup {
     pub created: i64,
     pub updated: i64,
     pub size_kb: f64,
+    /// `normal`, but now and then not.
+    pub status: &'static str,
 }
 
 #[derive(Debug, Clone)]
@@ -157,7 +193,7 @@ pub struct SimProject {
 impl SimProject {
     /// The instances the instance list shows: newest `created` first, ties by id.
     pub fn listed_instances(&self) -> Vec<&SimInstance> {
-        let mut listed: Vec<&SimInstance> = self.instances.iter().collect();
+        let mut listed: Vec<&SimInstance> = self.instances.iter().filter(|i| i.listed()).collect();
         listed.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
         listed
     }
@@ -188,7 +224,7 @@ impl SimProject {
             id: Some(Self::backup_id(b).into()),
             name: Some(name.into()),
             description: Some(description.into()),
-            status: Some("normal".into()),
+            status: Some(b.status.into()),
             instance_id: Some(instance.id.clone().into()),
             instance_name: Some(instance.name.clone().into()),
             instance_status: Some(instance.status.into()),
@@ -218,7 +254,6 @@ pub struct DataSet {
 impl DataSet {
     pub fn generate(spec: &DataSpec) -> Result<Self, SpecError> {
         spec.validate()?;
-        let mut rng = fastrand::Rng::with_seed(spec.seed);
         let regions: Vec<String> = (0..spec.regions)
             .filter_map(region_name)
             .map(str::to_owned)
@@ -236,7 +271,7 @@ impl DataSet {
                         }
                     }
                 };
-                projects.push(generate_project(&mut rng, spec, region, name));
+                projects.push(generate_project(spec, region, name));
             }
         }
         let by_id = projects
@@ -260,61 +295,115 @@ impl DataSet {
     }
 }
 
-fn generate_project(
-    rng: &mut fastrand::Rng,
-    spec: &DataSpec,
-    region: &str,
-    name: String,
-) -> SimProject {
+/// Statuses of the backups that are not `normal`.
+const ODD_BACKUP_STATUSES: &[&str] = &["creating", "failed", "restoring"];
+
+fn generate_project(spec: &DataSpec, region: &str, name: String) -> SimProject {
+    // Its own random stream, from the seed and its name: a project's id does not move when the
+    // data set grows.
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&(spec.seed, &name), &mut hasher);
+    let rng = &mut fastrand::Rng::with_seed(std::hash::Hasher::finish(&hasher));
     let id = format!("{:032x}", rng.u128(..));
     let utc_offset_minutes = if rng.u8(..3) == 0 { 480 } else { 0 };
     let short = name.rsplit('_').next().unwrap_or(&name).to_owned();
-    let instances: Vec<SimInstance> = (0..spec.instances_per_project)
-        .map(|i| {
-            let id = rng.u128(..);
-            SimInstance {
-                id: format!("{id:032x}in09"),
-                name: format!("ddm-{short}-{:02}", i + 1),
-                status: INSTANCE_STATUSES[rng.usize(..INSTANCE_STATUSES.len())],
-                // Older than its backups (from the id: the data set's other draws stay as
-                // they were).
-                created: spec.now
-                    - (spec.backups_per_instance as i64 + 10) * 86_400
-                    - (id % (400 * 86_400)) as i64,
-            }
-        })
-        .collect();
-    let today = spec.now - spec.now.rem_euclid(86_400);
+    // The latest daily window (02:00–03:00 GMT+08:00 is 18:00–19:00 UTC) that has passed.
+    let window = {
+        let today = spec.now - spec.now.rem_euclid(86_400) + 18 * 3600;
+        if today + 3600 <= spec.now {
+            today
+        } else {
+            today - 86_400
+        }
+    };
+    let mut instances = Vec::new();
+    for i in 0..spec.instances_per_project {
+        let id = rng.u128(..);
+        let class = match rng.u8(..10) {
+            0 => Class::Stale {
+                days: rng.u32(3..=10),
+            },
+            1 => Class::Deleted {
+                days: rng.u32(2..=20),
+            },
+            _ => Class::Protected,
+        };
+        instances.push(SimInstance {
+            id: format!("{id:032x}in09"),
+            name: format!("ddm-{short}-{:02}", i + 1),
+            status: INSTANCE_STATUSES[rng.usize(..INSTANCE_STATUSES.len())],
+            // Older than its backups.
+            created: window
+                - (spec.backups_per_instance as i64 + 30) * 86_400
+                - rng.i64(0..400 * 86_400),
+            class,
+        });
+    }
     let mut backups = Vec::with_capacity(spec.instances_per_project * spec.backups_per_instance);
-    for instance in 0..instances.len() {
-        // The daily job runs 02:00–03:00 GMT+08:00, i.e. 18:00–19:00 UTC the day before.
+    for (index, instance) in instances.iter().enumerate() {
         let minute = i64::from(rng.u16(..60));
         let base_size = 2.0 + rng.f64() * 10.0;
-        for n in 0..spec.backups_per_instance {
-            let day = today - 86_400 * n as i64;
-            let (kind, created) = if rng.u8(..8) == 0 {
-                (BackupKind::Metadata, day - 86_400 + rng.i64(0..86_400))
-            } else {
-                (
-                    BackupKind::AutoMetadata,
-                    day - 6 * 3600 + minute * 60 + rng.i64(0..60),
-                )
-            };
+        let (skip_days, deleted_at) = match instance.class {
+            Class::Stale { days } => (i64::from(days), None),
+            Class::Deleted { days } => (
+                i64::from(days),
+                Some(window - i64::from(days) * 86_400 + rng.i64(3600..20 * 3600)),
+            ),
+            _ => (0, None),
+        };
+        let mut push = |kind: BackupKind, created: i64, rng: &mut fastrand::Rng| {
             // Whole sizes are written as integers by the upstream: keep some.
             let size_kb = if rng.u8(..16) == 0 {
                 base_size.round()
             } else {
                 ((base_size + rng.f64()) * 1e6).round() / 1e6
             };
+            let status = if rng.u8(..50) == 0 {
+                ODD_BACKUP_STATUSES[rng.usize(..ODD_BACKUP_STATUSES.len())]
+            } else {
+                "normal"
+            };
             backups.push(SimBackup {
                 id: rng.u128(..),
-                instance: instance as u32,
+                instance: index as u32,
                 kind,
                 created,
                 updated: created + rng.i64(5..60),
                 size_kb,
+                status,
             });
+        };
+        let mut left = spec.backups_per_instance;
+        if let Some(at) = deleted_at
+            && left > 0
+        {
+            // Deleting an instance takes a metadata backup first.
+            push(BackupKind::Metadata, at, rng);
+            left -= 1;
         }
+        let mut day = skip_days;
+        while left > 0 {
+            let daily = window - day * 86_400 + minute * 60 + rng.i64(0..60);
+            push(BackupKind::AutoMetadata, daily, rng);
+            left -= 1;
+            // Now and then a key operation that day, in addition to the daily backup.
+            if left > 0 && rng.u8(..8) == 0 {
+                push(BackupKind::Metadata, daily - rng.i64(3600..20 * 3600), rng);
+                left -= 1;
+            }
+            day += 1;
+        }
+    }
+    // One project in three has a new instance without a backup yet.
+    if rng.u8(..3) == 0 {
+        let id = rng.u128(..);
+        instances.push(SimInstance {
+            id: format!("{id:032x}in09"),
+            name: format!("ddm-{short}-new"),
+            status: "RUNNING",
+            created: spec.now - rng.i64(600..2 * 86_400),
+            class: Class::Unprotected,
+        });
     }
     backups.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
     let mut project = SimProject {
@@ -374,6 +463,71 @@ mod tests {
         let info = p.render(&p.backups[0]);
         assert!(info.id.unwrap().ends_with("br09"));
         assert!(info.instance_id.unwrap().ends_with("in09"));
+    }
+
+    #[test]
+    fn every_protection_class_is_there_and_ids_do_not_move_with_sizes() {
+        let spec = DataSpec::default();
+        let set = DataSet::generate(&spec).unwrap();
+        let mut seen = [0usize; 4];
+        for p in &set.projects {
+            for (index, i) in p.instances.iter().enumerate() {
+                let own: Vec<_> = p
+                    .backups
+                    .iter()
+                    .filter(|b| b.instance as usize == index)
+                    .collect();
+                let newest_auto = own
+                    .iter()
+                    .filter(|b| b.kind == BackupKind::AutoMetadata)
+                    .map(|b| b.created)
+                    .max();
+                match i.class {
+                    Class::Protected => {
+                        seen[0] += 1;
+                        assert!(spec.now - newest_auto.unwrap() < 25 * 3600, "{i:?}");
+                    }
+                    Class::Stale { .. } => {
+                        seen[1] += 1;
+                        assert!(spec.now - own[0].created > 26 * 3600, "{i:?}");
+                    }
+                    Class::Deleted { .. } => {
+                        seen[2] += 1;
+                        assert!(!i.listed());
+                        assert_eq!(own[0].kind, BackupKind::Metadata, "taken at deletion");
+                    }
+                    Class::Unprotected => {
+                        seen[3] += 1;
+                        assert!(own.is_empty() && i.listed());
+                    }
+                }
+            }
+        }
+        assert!(seen.iter().all(|n| *n > 0), "{seen:?}");
+        assert!(
+            seen[0] > seen[1] + seen[2] + seen[3],
+            "most are protected: {seen:?}"
+        );
+        let statuses: std::collections::HashSet<_> = set
+            .projects
+            .iter()
+            .flat_map(|p| p.backups.iter().map(|b| b.status))
+            .collect();
+        assert!(
+            statuses.len() > 1 && statuses.contains("normal"),
+            "{statuses:?}"
+        );
+
+        let bigger = DataSpec {
+            instances_per_project: 7,
+            backups_per_instance: 50,
+            projects_per_region: 8,
+            ..spec.clone()
+        };
+        let other = DataSet::generate(&bigger).unwrap();
+        for p in &set.projects {
+            assert_eq!(other.project(&p.id).map(|o| &o.name), Some(&p.name));
+        }
     }
 
     #[test]

@@ -203,6 +203,7 @@ fn churn(project: &data::SimProject, backups: &mut Vec<data::SimBackup>, faults:
                 kind: data::BackupKind::Metadata,
                 created,
                 updated: created + 10,
+                status: "normal",
                 size_kb: 4.0,
             },
         );

@@ -27,7 +27,7 @@ async fn the_streamed_inventory_equals_the_data_set() {
             let instance = &project.instances[b.instance as usize];
             assert_eq!(got.name, info.name.unwrap());
             assert_eq!(got.description, info.description.unwrap());
-            assert_eq!(got.status, "normal");
+            assert_eq!(got.status, b.status);
             assert_eq!(got.instance_id, instance.id);
             assert_eq!(got.instance_name, instance.name);
             assert_eq!(got.instance_status, instance.status);
@@ -470,7 +470,7 @@ async fn projects_and_regions_by_name_or_glob_types_by_word_or_enum_name() {
     for (types, statuses) in [
         (vec!["metadata"], vec!["normal"]),
         (vec!["BACKUP_TYPE_METADATA"], vec!["NORMAL"]),
-        (vec!["Backup_Type_Metadata"], vec![]),
+        (vec!["Backup_Type_Metadata"], vec!["Normal"]),
     ] {
         let got = list(
             &mut gw.client,
