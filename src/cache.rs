@@ -8,7 +8,7 @@ use std::time::Duration;
 use moka::future::Cache;
 use tokio::time::Instant;
 
-use crate::ddm::{DdmError, Pushdown};
+use crate::ddm::{DdmError, InstanceList, Pushdown};
 use crate::metrics::Metrics;
 use crate::wire::DecodedPage;
 
@@ -22,17 +22,27 @@ pub struct PageKey {
     pub limit: u32,
 }
 
-/// A page as the cache keeps it: encoded for the wire (see `wire::DecodedPage`).
-pub struct CachedPage {
-    pub page: DecodedPage,
+/// Something the cache keeps, and when it was fetched (what freshness is measured by).
+pub struct Fresh<V> {
+    pub value: V,
     pub fetched_at: Instant,
 }
 
-impl std::ops::Deref for CachedPage {
-    type Target = DecodedPage;
-    fn deref(&self) -> &DecodedPage {
-        &self.page
+impl<V> std::ops::Deref for Fresh<V> {
+    type Target = V;
+    fn deref(&self) -> &V {
+        &self.value
     }
+}
+
+/// A page as the cache keeps it: encoded for the wire (see `wire::DecodedPage`).
+pub type CachedPage = Fresh<DecodedPage>;
+
+/// What identifies a project's instance list upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstancesKey {
+    pub endpoint: Arc<str>,
+    pub project_id: Arc<str>,
 }
 
 /// Where a page came from.
@@ -45,6 +55,8 @@ pub enum Origin {
 #[derive(Clone)]
 pub struct PageCache {
     pages: Cache<PageKey, Arc<CachedPage>>,
+    /// Instance lists, whole: a few hundred bytes an instance, an eighth of the byte bound.
+    instances: Cache<InstancesKey, Arc<Fresh<InstanceList>>>,
     metrics: Option<Metrics>,
 }
 
@@ -57,8 +69,22 @@ impl PageCache {
                 u32::try_from(weight(key, page)).unwrap_or(u32::MAX)
             })
             .build();
+        let instances = Cache::builder()
+            .time_to_live(ttl)
+            .max_capacity((max_bytes / 8).max(1))
+            .weigher(|key: &InstancesKey, list: &Arc<Fresh<InstanceList>>| {
+                let held: usize = list
+                    .instances
+                    .iter()
+                    .map(|i| 72 + i.id.len() + i.name.len() + i.status.len())
+                    .sum();
+                u32::try_from(128 + key.endpoint.len() + key.project_id.len() + held)
+                    .unwrap_or(u32::MAX)
+            })
+            .build();
         PageCache {
             pages,
+            instances,
             metrics: None,
         }
     }
@@ -70,53 +96,40 @@ impl PageCache {
 
     /// The page for `key`, from the cache when it is younger than `max_age`, else from a
     /// future that `fetch` makes.
-    ///
-    /// A caller that waited on another caller's fetch (a shared miss) and got that caller's
-    /// `DeadlineExceeded` fetches for itself: that deadline was not its own.
     pub async fn get_or_fetch<F>(
         &self,
         key: PageKey,
         max_age: Option<Duration>,
-        mut fetch: impl FnMut() -> F,
+        fetch: impl FnMut() -> F,
     ) -> Result<(Arc<CachedPage>, Origin), Arc<DdmError>>
     where
         F: Future<Output = Result<DecodedPage, DdmError>>,
     {
-        if let Some(max_age) = max_age
-            && let Some(cached) = self.pages.get(&key).await
-            && cached.fetched_at.elapsed() > max_age
-        {
-            self.pages.invalidate(&key).await;
-        }
-        loop {
-            // Only the caller whose fetch runs sees `fetched` set; waiters on a shared miss do not.
-            let mut fetched = false;
-            let loaded = self
-                .pages
-                .try_get_with(key.clone(), async {
-                    fetched = true;
-                    let page = fetch().await?;
-                    Ok(Arc::new(CachedPage {
-                        page,
-                        fetched_at: Instant::now(),
-                    }))
-                })
-                .await;
-            let origin = if fetched {
-                Origin::Upstream
-            } else {
-                Origin::Cache
-            };
-            if let (Some(metrics), Ok(_)) = (&self.metrics, &loaded) {
-                match origin {
-                    Origin::Upstream => metrics.cache_miss(),
-                    Origin::Cache => metrics.cache_hit(),
-                }
-            }
-            match loaded {
-                Ok(page) => return Ok((page, origin)),
-                Err(e) if !fetched && matches!(*e, DdmError::DeadlineExceeded) => continue,
-                Err(e) => return Err(e),
+        let got = fresh_or_fetch(&self.pages, key, max_age, fetch).await;
+        self.count(&got);
+        got
+    }
+
+    /// A project's instance list, as `get_or_fetch` does for pages.
+    pub async fn instances_or_fetch<F>(
+        &self,
+        key: InstancesKey,
+        max_age: Option<Duration>,
+        fetch: impl FnMut() -> F,
+    ) -> Result<(Arc<Fresh<InstanceList>>, Origin), Arc<DdmError>>
+    where
+        F: Future<Output = Result<InstanceList, DdmError>>,
+    {
+        let got = fresh_or_fetch(&self.instances, key, max_age, fetch).await;
+        self.count(&got);
+        got
+    }
+
+    fn count<V>(&self, got: &Result<(V, Origin), Arc<DdmError>>) {
+        if let (Some(metrics), Ok((_, origin))) = (&self.metrics, got) {
+            match origin {
+                Origin::Upstream => metrics.cache_miss(),
+                Origin::Cache => metrics.cache_hit(),
             }
         }
     }
@@ -135,6 +148,54 @@ impl PageCache {
     pub async fn usage(&self) -> (u64, u64) {
         self.pages.run_pending_tasks().await;
         (self.pages.entry_count(), self.pages.weighted_size())
+    }
+}
+
+/// The value for `key`, from `cache` when it is younger than `max_age`, else from a future
+/// that `fetch` makes; concurrent misses share one fetch.
+///
+/// A caller that waited on another caller's fetch (a shared miss) and got that caller's
+/// `DeadlineExceeded` fetches for itself: that deadline was not its own.
+async fn fresh_or_fetch<K, V, F>(
+    cache: &Cache<K, Arc<Fresh<V>>>,
+    key: K,
+    max_age: Option<Duration>,
+    mut fetch: impl FnMut() -> F,
+) -> Result<(Arc<Fresh<V>>, Origin), Arc<DdmError>>
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    F: Future<Output = Result<V, DdmError>>,
+{
+    if let Some(max_age) = max_age
+        && let Some(cached) = cache.get(&key).await
+        && cached.fetched_at.elapsed() > max_age
+    {
+        cache.invalidate(&key).await;
+    }
+    loop {
+        // Only the caller whose fetch runs sees `fetched` set; waiters on a shared miss do not.
+        let mut fetched = false;
+        let loaded = cache
+            .try_get_with(key.clone(), async {
+                fetched = true;
+                let value = fetch().await?;
+                Ok(Arc::new(Fresh {
+                    value,
+                    fetched_at: Instant::now(),
+                }))
+            })
+            .await;
+        let origin = if fetched {
+            Origin::Upstream
+        } else {
+            Origin::Cache
+        };
+        match loaded {
+            Ok(value) => return Ok((value, origin)),
+            Err(e) if !fetched && matches!(*e, DdmError::DeadlineExceeded) => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 

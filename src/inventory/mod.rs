@@ -3,9 +3,11 @@
 //! emits batches and per-target outcomes on a bounded channel, so a slow caller slows the fan-out
 //! instead of growing memory.
 
+mod instances;
 mod order;
 mod query;
 mod read;
+mod select;
 mod targets;
 
 use std::collections::HashMap;
@@ -21,7 +23,6 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::cache::PageCache;
-use crate::callers::{Patterns, Scope};
 use crate::ddm::{Credential, DdmClient};
 use crate::metrics::Metrics;
 use crate::pb;
@@ -198,85 +199,6 @@ impl Inventory {
 
     pub fn cache(&self) -> &PageCache {
         &self.cache
-    }
-
-    /// The targets a selection names, within what `scope` allows. Each entry of `project_ids`
-    /// is a project id, a project name or a glob over both; each entry of `regions` a region or
-    /// a glob. Naming a project or region outside the scope is refused whether or not it exists;
-    /// a glob selects only within the scope; an empty selection is everything the scope allows,
-    /// never more; an entry that selects nothing the caller may see is a caller error.
-    pub fn select(
-        &self,
-        project_ids: &[String],
-        regions: &[String],
-        scope: &Scope,
-    ) -> Result<Vec<Arc<Target>>, InventoryError> {
-        let all = self.targets();
-        let projects = selectors("project_ids", project_ids)?;
-        let region_selectors = selectors("regions", regions)?;
-        for (i, selector) in projects.iter().enumerate() {
-            if let Selector::Exact(name) = selector {
-                let known = all.iter().filter(|t| selector.selects_project(t));
-                if !(scope.projects.matches(name) || known.into_iter().any(|t| scope.allows(t))) {
-                    return Err(InventoryError::PermissionDenied {
-                        field: format!("project_ids[{i}]"),
-                        message: format!(
-                            "project {} is outside what this caller may see",
-                            quote(name)
-                        ),
-                    });
-                }
-            }
-        }
-        for (i, selector) in region_selectors.iter().enumerate() {
-            if let Selector::Exact(region) = selector
-                && !scope.regions.matches(region)
-            {
-                return Err(InventoryError::PermissionDenied {
-                    field: format!("regions[{i}]"),
-                    message: format!(
-                        "region {} is outside what this caller may see",
-                        quote(region)
-                    ),
-                });
-            }
-        }
-        let visible: Vec<&Arc<Target>> = all.iter().filter(|t| scope.allows(t)).collect();
-        let mut violations = Violations::default();
-        for (i, selector) in projects.iter().enumerate() {
-            if !visible.iter().any(|t| selector.selects_project(t)) {
-                violations.push(
-                    format!("project_ids[{i}]"),
-                    format!("no project this caller may see is {selector}"),
-                );
-            }
-        }
-        for (i, selector) in region_selectors.iter().enumerate() {
-            if !visible.iter().any(|t| selector.selects(&t.region)) {
-                violations.push(
-                    format!("regions[{i}]"),
-                    format!("no project this caller may see is in a region {selector}"),
-                );
-            }
-        }
-        violations.into_result()?;
-        let selected: Vec<_> = visible
-            .into_iter()
-            .filter(|t| projects.is_empty() || projects.iter().any(|s| s.selects_project(t)))
-            .filter(|t| {
-                region_selectors.is_empty() || region_selectors.iter().any(|s| s.selects(&t.region))
-            })
-            .cloned()
-            .collect();
-        if selected.is_empty() && !(project_ids.is_empty() && regions.is_empty()) {
-            let mut v = Violations::default();
-            v.push(
-                "regions",
-                "none of the selected projects is in the selected regions",
-            );
-            return Err(InventoryError::InvalidRequest(v));
-        }
-        Ok(selected)
     }
 
     /// Starts the fan-out for `query`. The stream ends with `Event::Finished`, followed by an
@@ -485,52 +407,6 @@ impl Inventory {
         }
         tx.send(Ok(Event::TargetDone(result))).await.is_ok()
     }
-}
-
-/// One entry of a selection: a name (or id) as it is, or a glob.
-enum Selector {
-    Exact(String),
-    Glob(String, Patterns),
-}
-
-impl Selector {
-    fn selects(&self, text: &str) -> bool {
-        match self {
-            Selector::Exact(name) => name == text,
-            Selector::Glob(_, pattern) => pattern.matches(text),
-        }
-    }
-
-    /// A project by its id or its name.
-    fn selects_project(&self, t: &Target) -> bool {
-        self.selects(&t.project_id) || (!t.project_name.is_empty() && self.selects(&t.project_name))
-    }
-}
-
-impl std::fmt::Display for Selector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Selector::Exact(name) => write!(f, "named {}", quote(name)),
-            Selector::Glob(glob, _) => write!(f, "matched by {}", quote(glob)),
-        }
-    }
-}
-
-/// The entries of a selection field; a glob that does not parse is a caller error.
-fn selectors(field: &str, entries: &[String]) -> Result<Vec<Selector>, InventoryError> {
-    let mut violations = Violations::default();
-    let mut out = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        if entry.contains(['*', '?', '[', '{']) {
-            match Patterns::new(std::slice::from_ref(entry)) {
-                Ok(p) => out.push(Selector::Glob(entry.clone(), p)),
-                Err(e) => violations.push(format!("{field}[{i}]"), e.trim_start_matches("[0]: ")),
-            }
-        } else {
-            out.push(Selector::Exact(entry.clone()));
-        }
-    }
-    violations.into_result().map(|()| out)
 }
 
 /// How the targets of one query ended.
