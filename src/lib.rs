@@ -16,6 +16,7 @@ pub mod listener;
 pub mod memory;
 pub mod metrics;
 pub mod rate;
+pub mod report;
 pub mod server;
 pub mod shell;
 pub mod sim;

@@ -164,6 +164,49 @@ impl DecodedPage {
 
 use prost::Message as _;
 
+/// What the protection report needs of one backup, read back from an encoded batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupFacts {
+    pub project_id: std::sync::Arc<str>,
+    pub instance_id: String,
+    pub instance_name: String,
+    pub size_kb: f64,
+    pub created: Option<prost_types::Timestamp>,
+    /// An `auto_metadata` (daily) backup.
+    pub auto: bool,
+}
+
+/// The backups of an encoded batch (`ListBackupsResponse` field 1 entries); a batch that does
+/// not decode gives none (it was encoded here).
+pub fn backup_facts(encoded: &Bytes) -> Vec<BackupFacts> {
+    let Ok(response) = ListBackupsResponse::decode(encoded.clone()) else {
+        return Vec::new();
+    };
+    let mut project: Option<std::sync::Arc<str>> = None;
+    response
+        .backups
+        .into_iter()
+        .map(|b| {
+            let project_id = match &project {
+                Some(p) if **p == *b.project_id => std::sync::Arc::clone(p),
+                _ => {
+                    let p: std::sync::Arc<str> = b.project_id.as_str().into();
+                    project = Some(std::sync::Arc::clone(&p));
+                    p
+                }
+            };
+            BackupFacts {
+                project_id,
+                auto: b.backup_type() == pb::BackupType::AutoMetadata,
+                instance_id: b.instance_id,
+                instance_name: b.instance_name,
+                size_kb: b.file_size_kb,
+                created: b.created,
+            }
+        })
+        .collect()
+}
+
 /// Whose backups a page holds: written into every one of them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Owner<'a> {

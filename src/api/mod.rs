@@ -2,6 +2,7 @@
 //! (`server::identify_caller`), validates the request into a `Query`, hands it to the inventory,
 //! and maps domain errors to gRPC status codes in one table.
 
+mod summary;
 mod validate;
 
 use std::pin::Pin;
@@ -94,11 +95,32 @@ fn bounded(mut message: String) -> String {
     message
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ListBackupsResponse, Status>> + Send>>;
+type ResponseStream = Streamed<pb::ListBackupsResponse>;
+type SummaryStream = Streamed<pb::SummarizeBackupsResponse>;
 
 #[tonic::async_trait]
 impl BackupGateway for Gateway {
     type ListBackupsStream = ResponseStream;
+    type SummarizeBackupsStream = SummaryStream;
+
+    async fn summarize_backups(
+        &self,
+        request: Request<pb::SummarizeBackupsRequest>,
+    ) -> Result<Response<Self::SummarizeBackupsStream>, Status> {
+        let (caller, generation) = self.context(&request);
+        let call = caller.start_call().map_err(|e| caller_status(&e))?;
+        let deadline = grpc_deadline(request.metadata(), generation.default_deadline);
+        let query = validate::summarize(request.into_inner(), deadline, caller)
+            .map_err(|e| status_of(&e))?;
+        let events =
+            crate::report::summarize(&generation.inventory, query).map_err(|e| status_of(&e))?;
+        let ended = crate::memory::CallMemory;
+        let responses = events.map(move |event| {
+            let _call = (&call, &ended);
+            event.map(summary::response).map_err(|e| status_of(&e))
+        });
+        Ok(Response::new(until_shutdown(&self.live, responses)))
+    }
 
     async fn list_backups(
         &self,
@@ -185,14 +207,17 @@ impl BackupGateway for Gateway {
     }
 }
 
+/// A response stream of a server-streaming RPC.
+type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
 /// Ends a stream with UNAVAILABLE once the shutdown grace is over; what arrived stays arrived.
-fn until_shutdown(
+fn until_shutdown<T: Send + 'static>(
     live: &Arc<Live>,
-    responses: impl Stream<Item = Result<pb::ListBackupsResponse, Status>> + Send + 'static,
-) -> ResponseStream {
+    responses: impl Stream<Item = Result<T, Status>> + Send + 'static,
+) -> Streamed<T> {
     let live = Arc::clone(live);
     let grace_over = Box::pin(async move { live.grace_over().await });
-    let mut responses: Option<ResponseStream> = Some(Box::pin(responses));
+    let mut responses: Option<Streamed<T>> = Some(Box::pin(responses));
     let mut grace_over = Some(grace_over);
     Box::pin(futures_util::stream::poll_fn(move |cx| {
         if let Some(over) = &mut grace_over

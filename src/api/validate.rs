@@ -12,6 +12,7 @@ use crate::callers::Caller;
 use crate::ddm::Pushdown;
 use crate::inventory::{Filter, InventoryError, Order, Query, Violations, quote};
 use crate::pb;
+use crate::report::{DEFAULT_STALE_AFTER, Protection, ReportQuery};
 
 /// Longest string accepted in a filter or selector.
 pub const MAX_TEXT_LEN: usize = 255;
@@ -92,6 +93,55 @@ pub fn list_backups(
         deadline: Some(deadline),
         caller,
         order,
+    })
+}
+
+pub fn summarize(
+    r: pb::SummarizeBackupsRequest,
+    deadline: Instant,
+    caller: Arc<Caller>,
+) -> Result<ReportQuery, InventoryError> {
+    let mut v = Violations::default();
+    check_list("project_ids", &r.project_ids, &mut v);
+    check_list("regions", &r.regions, &mut v);
+    let mut duration = |field: &str, d: Option<prost_types::Duration>| match d {
+        None => None,
+        Some(d) => match Duration::try_from(d) {
+            Ok(d) => Some(d),
+            Err(_) => {
+                v.push(field, "must not be negative");
+                None
+            }
+        },
+    };
+    let stale_after = duration("stale_after", r.stale_after).unwrap_or(DEFAULT_STALE_AFTER);
+    let max_age = duration("max_age", r.max_age);
+    if stale_after.is_zero() {
+        v.push("stale_after", "must be longer than zero");
+    }
+    let mut protections = Vec::new();
+    for (i, p) in r.protections.iter().take(MAX_LIST_LEN).enumerate() {
+        match pb::Protection::try_from(*p) {
+            Ok(pb::Protection::Protected) => protections.push(Protection::Protected),
+            Ok(pb::Protection::Stale) => protections.push(Protection::Stale),
+            Ok(pb::Protection::Unprotected) => protections.push(Protection::Unprotected),
+            Ok(pb::Protection::Orphaned) => protections.push(Protection::Orphaned),
+            Ok(pb::Protection::Unknown) => protections.push(Protection::Unknown),
+            _ => v.push(
+                format!("protections[{i}]"),
+                format!("{p} is not a Protection"),
+            ),
+        }
+    }
+    v.into_result()?;
+    Ok(ReportQuery {
+        project_ids: r.project_ids,
+        regions: r.regions,
+        stale_after,
+        protections,
+        max_age,
+        deadline: Some(deadline),
+        caller,
     })
 }
 

@@ -31,6 +31,7 @@ pub use order::Order;
 pub use query::{
     FieldViolation, Filter, InventoryError, NothingAnsweredCause, Query, Violations, quote,
 };
+pub use read::target_error;
 use read::{QueryStats, TargetProgress, TargetRead};
 use targets::{DiscoveryBook, HealthBook, TargetSet};
 pub use targets::{Target, TargetHealth, TargetSource};
@@ -219,6 +220,15 @@ impl Inventory {
 
     fn fan_out(self: &Arc<Self>, query: Query) -> Result<EventStream, InventoryError> {
         let targets = self.select(&query.project_ids, &query.regions, &query.caller.scope)?;
+        Ok(self.list_targets_of(targets, query))
+    }
+
+    /// The fan-out over targets already selected (the query's selection is not looked at).
+    pub fn list_targets_of(
+        self: &Arc<Self>,
+        targets: Vec<Arc<Target>>,
+        query: Query,
+    ) -> EventStream {
         let (tx, rx) = mpsc::channel(self.limits.stream_buffer.max(1));
         // Every line logged for this call (targets, pages, retries) carries the caller.
         let span =
@@ -228,10 +238,14 @@ impl Inventory {
                 .drive(targets, Arc::new(query), tx)
                 .instrument(span),
         );
-        Ok(EventStream {
+        EventStream {
             events: rx,
             driver: Some(driver.abort_handle()),
-        })
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     async fn drive(

@@ -63,7 +63,8 @@ impl TargetProgress {
     }
 }
 
-pub(super) fn target_error(e: &DdmError) -> pb::TargetError {
+/// A target's failure as `TargetResult.error` says it: built here, in one place.
+pub fn target_error(e: &DdmError) -> pb::TargetError {
     pb::TargetError {
         kind: e.kind().into(),
         error_code: match e {

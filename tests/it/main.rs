@@ -12,5 +12,6 @@ mod grpcurl;
 mod hostile;
 mod instances;
 mod operations;
+mod report;
 mod shell;
 mod simulator;
