@@ -53,6 +53,9 @@ enum Command {
     },
     /// Lists backups from a running gateway (exit 2 when some targets failed).
     Ls(Box<backupgw::shell::LsArgs>),
+    /// Which instances are not safely backed up, from a running gateway (exit 2 when some
+    /// targets failed).
+    Report(Box<backupgw::shell::ReportArgs>),
     /// Lists the targets a running gateway reads for you.
     Targets(Box<backupgw::shell::TargetsArgs>),
     /// Runs the DDM simulator alone, one listener per region.
@@ -196,6 +199,7 @@ async fn run() -> Result<()> {
         Some(Command::Serve { config, listen }) => run_serve(&config, listen).await,
         Some(Command::CheckConfig { file, no_secrets }) => check_config(&file, no_secrets),
         Some(Command::Ls(args)) => exit_with(backupgw::shell::ls(*args).await),
+        Some(Command::Report(args)) => exit_with(backupgw::shell::report(*args).await),
         Some(Command::Targets(args)) => exit_with(backupgw::shell::targets(*args).await),
         Some(Command::Sim(args)) => {
             init_logging(&LogOptions::default());

@@ -215,7 +215,7 @@ async fn run(
                 });
                 *t.by_class.entry(row.protection).or_default() += 1;
                 t.backups += row.backup_count;
-                t.total_size_kb += row.total_size_kb;
+                t.total_size_kb = ((t.total_size_kb + row.total_size_kb) * 1e6).round() / 1e6;
             }
         }
         match &result.error {
@@ -342,7 +342,8 @@ fn join(
             instance_status: status.to_owned(),
             protection,
             backup_count: seen.count,
-            total_size_kb: seen.size_kb,
+            // Sums of the upstream's sizes, at its precision (no float noise).
+            total_size_kb: (seen.size_kb * 1e6).round() / 1e6,
             newest: seen.newest,
             oldest: seen.oldest,
             newest_auto: seen.newest_auto,

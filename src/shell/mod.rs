@@ -1,7 +1,8 @@
-//! The shell client in the same binary: `backupgw ls` (ListBackups) and `backupgw targets`
-//! (ListTargets) against a running gateway, as tables for people and JSON lines or CSV for
-//! scripts. Exit status of `ls`: 0 when every target was read, 2 when some failed (the output
-//! still holds everything that arrived), 1 on any other error.
+//! The shell client in the same binary: `backupgw ls` (ListBackups), `backupgw report`
+//! (SummarizeBackups) and `backupgw targets` (ListTargets) against a running gateway, as tables
+//! for people and JSON lines or CSV for scripts. Exit status of `ls` and `report`: 0 when every
+//! target was read, 2 when some failed (the output still holds everything that arrived), 1 on
+//! any other error.
 
 mod output;
 mod when;
@@ -15,7 +16,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::pb;
 use crate::pb::backup_gateway_client::BackupGatewayClient;
-pub use output::{BACKUP_COLUMNS, BackupRow, Format, TARGET_COLUMNS, TargetRow};
+pub use output::{
+    BACKUP_COLUMNS, BackupRow, Format, REPORT_COLUMNS, ReportRow, TARGET_COLUMNS, TargetRow,
+};
 
 /// Exit status when some targets failed (what arrived was still written).
 pub const EXIT_SOME_FAILED: u8 = 2;
@@ -82,6 +85,47 @@ pub struct LsArgs {
     /// otherwise) or csv.
     #[arg(short = 'o', long = "output", value_enum)]
     pub format: Option<OutputFormat>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+    #[command(flatten)]
+    pub selection: Selection,
+    /// A newest backup older than this is stale (`26h`: the daily backup plus slack).
+    #[arg(long, default_value = "26h")]
+    pub stale_after: String,
+    /// Only these classes: protected, stale, unprotected, orphaned, unknown (totals count all).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub only: Vec<Class>,
+    /// Straight from the upstream, not from the gateway's cache.
+    #[arg(long)]
+    pub fresh: bool,
+    #[arg(short = 'o', long = "output", value_enum)]
+    pub format: Option<OutputFormat>,
+}
+
+/// A protection class, as the flags name it.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Protected,
+    Stale,
+    Unprotected,
+    Orphaned,
+    Unknown,
+}
+
+impl From<Class> for pb::Protection {
+    fn from(c: Class) -> Self {
+        match c {
+            Class::Protected => pb::Protection::Protected,
+            Class::Stale => pb::Protection::Stale,
+            Class::Unprotected => pb::Protection::Unprotected,
+            Class::Orphaned => pb::Protection::Orphaned,
+            Class::Unknown => pb::Protection::Unknown,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -315,6 +359,70 @@ fn report_failed(failed: &[pb::TargetResult]) {
             e.kind,
             e.message
         );
+    }
+}
+
+/// `backupgw report`: returns the exit status.
+pub async fn report(args: ReportArgs) -> Result<u8, ShellError> {
+    let stale_after = when::duration(&args.stale_after)?;
+    let (mut client, key) = args.connection.client().await?;
+    let request = pb::SummarizeBackupsRequest {
+        project_ids: args.selection.projects.clone(),
+        regions: args.selection.regions.clone(),
+        stale_after: prost_types::Duration::try_from(stale_after).ok(),
+        protections: args
+            .only
+            .iter()
+            .map(|c| pb::Protection::from(*c) as i32)
+            .collect(),
+        max_age: args.fresh.then(prost_types::Duration::default),
+    };
+    let format = format_of(args.format);
+    let mut stream = client
+        .summarize_backups(args.connection.request(request, key.as_deref())?)
+        .await?
+        .into_inner();
+    let mut out = output::Writer::new(format, std::io::stdout().lock(), &output::REPORT_COLUMNS)?;
+    let (mut failed, mut totals) = (Vec::new(), Vec::new());
+    let mut outcome = Ok(());
+    loop {
+        match stream.message().await {
+            Ok(Some(message)) => {
+                for r in &message.instances {
+                    out.instance(&output::ReportRow::from(r))?;
+                }
+                failed.extend(message.targets.into_iter().filter(|t| !t.ok));
+                totals.extend(message.totals);
+            }
+            Ok(None) => break,
+            Err(status) => {
+                outcome = Err(ShellError::from(status));
+                break;
+            }
+        }
+    }
+    out.finish()?;
+    if format == Format::Table
+        && let Some(all) = totals.iter().find(|t| t.region.is_empty())
+    {
+        println!(
+            "\n{} instances: {} protected, {} stale, {} unprotected, {} orphaned, {} unknown; {} backups, {}",
+            all.protected + all.stale + all.unprotected + all.orphaned + all.unknown,
+            all.protected,
+            all.stale,
+            all.unprotected,
+            all.orphaned,
+            all.unknown,
+            all.backups,
+            output::human_size(all.total_size_kb)
+        );
+    }
+    report_failed(&failed);
+    match outcome {
+        Err(ShellError::Refused { .. }) if !failed.is_empty() => Ok(EXIT_SOME_FAILED),
+        Err(e) => Err(e),
+        Ok(()) if failed.is_empty() => Ok(0),
+        Ok(()) => Ok(EXIT_SOME_FAILED),
     }
 }
 

@@ -37,6 +37,71 @@ pub const TARGET_COLUMNS: [&str; 8] = [
     "last_error",
 ];
 
+/// The CSV columns of `report`, in order (`ReportRow`'s fields).
+pub const REPORT_COLUMNS: [&str; 12] = [
+    "project_id",
+    "project_name",
+    "region",
+    "instance_id",
+    "instance_name",
+    "instance_status",
+    "protection",
+    "backup_count",
+    "total_size_kb",
+    "newest_backup_time",
+    "oldest_backup_time",
+    "newest_auto_backup_time",
+];
+
+/// One instance, as `report` writes it (the CSV columns, in order).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ReportRow {
+    pub project_id: String,
+    pub project_name: String,
+    pub region: String,
+    pub instance_id: String,
+    pub instance_name: String,
+    pub instance_status: String,
+    /// `protected`, `stale`, `unprotected`, `orphaned` or `unknown`.
+    pub protection: String,
+    pub backup_count: u64,
+    pub total_size_kb: f64,
+    pub newest_backup_time: String,
+    pub oldest_backup_time: String,
+    pub newest_auto_backup_time: String,
+}
+
+/// A protection class's word in the shell client's output and flags.
+pub fn protection_word(p: pb::Protection) -> &'static str {
+    match p {
+        pb::Protection::Protected => "protected",
+        pb::Protection::Stale => "stale",
+        pb::Protection::Unprotected => "unprotected",
+        pb::Protection::Orphaned => "orphaned",
+        pb::Protection::Unknown => "unknown",
+        pb::Protection::Unspecified => "",
+    }
+}
+
+impl From<&pb::InstanceSummary> for ReportRow {
+    fn from(r: &pb::InstanceSummary) -> Self {
+        ReportRow {
+            project_id: r.project_id.clone(),
+            project_name: r.project_name.clone(),
+            region: r.region.clone(),
+            instance_id: r.instance_id.clone(),
+            instance_name: r.instance_name.clone(),
+            instance_status: r.instance_status.clone(),
+            protection: protection_word(r.protection()).to_owned(),
+            backup_count: r.backup_count,
+            total_size_kb: r.total_size_kb,
+            newest_backup_time: time(&r.newest_backup_time),
+            oldest_backup_time: time(&r.oldest_backup_time),
+            newest_auto_backup_time: time(&r.newest_auto_backup_time),
+        }
+    }
+}
+
 /// One backup, as `ls` writes it (the CSV columns, in order).
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct BackupRow {
@@ -209,6 +274,45 @@ impl<W: Write> Writer<W> {
         })
     }
 
+    pub fn instance(&mut self, row: &ReportRow) -> Result<(), ShellError> {
+        self.write(row, || {
+            let project = if row.project_name.is_empty() {
+                row.project_id.clone()
+            } else {
+                row.project_name.clone()
+            };
+            let instance = if row.instance_name.is_empty() {
+                row.instance_id.clone()
+            } else {
+                row.instance_name.clone()
+            };
+            (
+                vec![
+                    "PROTECTION",
+                    "REGION",
+                    "PROJECT",
+                    "INSTANCE",
+                    "STATUS",
+                    "BACKUPS",
+                    "SIZE",
+                    "NEWEST (UTC)",
+                    "NEWEST AUTO (UTC)",
+                ],
+                vec![
+                    row.protection.clone(),
+                    row.region.clone(),
+                    project,
+                    instance,
+                    row.instance_status.clone(),
+                    row.backup_count.to_string(),
+                    human_size(row.total_size_kb),
+                    table_time(&row.newest_backup_time),
+                    table_time(&row.newest_auto_backup_time),
+                ],
+            )
+        })
+    }
+
     pub fn target(&mut self, row: &TargetRow) -> Result<(), ShellError> {
         self.write(row, || {
             (
@@ -299,6 +403,11 @@ impl From<csv::Error> for OutputError {
             _ => OutputError(None),
         }
     }
+}
+
+/// A time as a table shows it: `2026-11-29 08:00:00`, UTC.
+fn table_time(t: &str) -> String {
+    t.replace('T', " ").trim_end_matches('Z').to_owned()
 }
 
 /// `5.4 KiB`, `12.0 MiB`.

@@ -7,6 +7,30 @@ use prost_types::Timestamp;
 
 use super::ShellError;
 
+/// `26h`, `3d`, `90m`, `2w`, `45s`.
+pub fn duration(text: &str) -> Result<Duration, ShellError> {
+    let bad = || ShellError::Usage(format!("{text:?} is not a duration like 26h, 3d or 90m"));
+    let text = text.trim();
+    let (number, unit) = text
+        .char_indices()
+        .last()
+        .map(|(i, u)| (&text[..i], u))
+        .filter(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(bad)?;
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(bad)
+}
+
 pub fn parse(text: &str, now: SystemTime) -> Result<Timestamp, ShellError> {
     let bad = || {
         ShellError::Usage(format!(
@@ -61,5 +85,8 @@ mod tests {
         for bad in ["", "7", "d", "7y", "yesterday", "2026-13-01"] {
             assert!(parse(bad, now).is_err(), "{bad}");
         }
+        assert_eq!(duration("26h").unwrap(), Duration::from_secs(26 * 3600));
+        assert_eq!(duration("3d").unwrap(), Duration::from_secs(3 * 86_400));
+        assert!(duration("26").is_err() && duration("1y").is_err());
     }
 }

@@ -233,3 +233,98 @@ async fn a_reader_that_stops_reading_ends_ls_quietly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_writes_what_summarize_backups_answers_and_exits_2_on_a_failed_target() {
+    use backupgw::shell::{REPORT_COLUMNS, ReportRow};
+    let spec = small_spec();
+    let probe = backupgw::sim::DataSet::generate(&spec).unwrap();
+    let failing = probe.projects[5].id.clone();
+    let mut options = sim_options();
+    options.faults = backupgw::sim::FaultPlan {
+        projects: [(
+            failing.clone(),
+            backupgw::sim::Faults {
+                fail_instances: true,
+                ..Default::default()
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let sim = start_sim(&spec, options).await;
+    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    let mut gw = start_gateway(targets, Default::default(), test_client_options()).await;
+    let mut api = Vec::new();
+    let mut stream = gw
+        .client
+        .summarize_backups(pb::SummarizeBackupsRequest {
+            protections: vec![
+                pb::Protection::Stale as i32,
+                pb::Protection::Orphaned as i32,
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Ok(Some(m)) = stream.message().await {
+        api.extend(m.instances.iter().map(ReportRow::from));
+    }
+    assert!(!api.is_empty());
+
+    let out = run(&[
+        "report",
+        "--addr",
+        &format!("http://{}", gw.addr),
+        "--only",
+        "stale,orphaned",
+        "-o",
+        "csv",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "one target's instance list failed"
+    );
+    let mut reader = csv::Reader::from_reader(out.stdout.as_slice());
+    assert_eq!(reader.headers().unwrap(), REPORT_COLUMNS.as_slice());
+    let rows: Vec<ReportRow> = reader.deserialize().map(Result::unwrap).collect();
+    assert_eq!(rows, api);
+    assert!(
+        rows.iter()
+            .all(|r| r.protection == "stale" || r.protection == "orphaned")
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(&failing) && stderr.contains("DBS.200412"),
+        "{stderr}"
+    );
+
+    // A table ends with the totals.
+    let table = run(&[
+        "report",
+        "--addr",
+        &format!("http://{}", gw.addr),
+        "-o",
+        "table",
+    ]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.lines().next().unwrap().starts_with("PROTECTION"),
+        "{text}"
+    );
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.contains("protected") && last.contains("orphaned"),
+        "{last}"
+    );
+    let bad = run(&[
+        "report",
+        "--addr",
+        &format!("http://{}", gw.addr),
+        "--stale-after",
+        "soon",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+}
