@@ -557,6 +557,19 @@ async fn inventory(quick: bool, reps: usize, dir: &Path) -> Vec<Row> {
     }
     let (in_order, ideal) = (median(in_order), median(ideal));
     let (far, far_bound) = cold_far_away(reps, dir).await;
+    // The protection report over the same inventory, cold: every target's instance list too.
+    let summary_bound = (((2 * t).div_ceil(CONCURRENCY) + r.div_ceil(CONCURRENCY)) as u64
+        * LATENCY_MS) as f64
+        / 1000.0;
+    let mut summary = Vec::new();
+    let mut instances = 0;
+    for _ in 0..reps {
+        let mut gw = start_gateway(&sim, &limits).await;
+        let start = Instant::now();
+        instances = summarize_all(&mut gw.client).await;
+        summary.push(start.elapsed().as_secs_f64());
+    }
+    let summary = median(summary);
     rows.push(Row {
         name: format!("cold inventory, {t} targets × 300 = {backups} backups, C = {CONCURRENCY}"),
         value: format!(
@@ -595,6 +608,16 @@ async fn inventory(quick: bool, reps: usize, dir: &Path) -> Vec<Row> {
         name: "  CPU used meanwhile: gateway, simulator (of 2 cores)".into(),
         value: format!("{:.0} ms, {:.0} ms", gw_cold_cpu * 1e3, sim_cold_cpu * 1e3),
         target: String::new(),
+    });
+    rows.push(Row {
+        name: format!("  SummarizeBackups over it and {t} instance lists ({instances} instances)"),
+        value: format!(
+            "{:.0} ms = {:.2} × the {:.0} ms round-trip bound",
+            summary * 1e3,
+            summary / summary_bound,
+            summary_bound * 1e3
+        ),
+        target: "≈ the cold inventory".into(),
     });
     rows.push(Row {
         name: format!(
@@ -685,6 +708,21 @@ async fn inventory(quick: bool, reps: usize, dir: &Path) -> Vec<Row> {
     drop(sim);
 
     rows
+}
+
+/// The whole protection report; the number of instances in it.
+async fn summarize_all(client: &mut BackupGatewayClient<Channel>) -> usize {
+    let mut stream = client
+        .summarize_backups(pb::SummarizeBackupsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut instances = 0;
+    while let Some(m) = stream.message().await.unwrap() {
+        instances += m.instances.len();
+        assert!(m.targets.iter().all(|t| t.ok), "{:?}", m.targets);
+    }
+    instances
 }
 
 /// 64 callers asking `one` again and again for `run_for`: (queries/s, p50 s, p99 s).
