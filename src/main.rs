@@ -329,6 +329,16 @@ async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
         set.regions[0]
     );
     println!("  grpcurl -plaintext {addr} grpc.health.v1.Health/Check");
+    let client = if addr.to_string() == DEFAULT_LISTEN {
+        String::new()
+    } else {
+        format!(" --addr http://{addr}")
+    };
+    println!("  backupgw report{client} --only stale,unprotected,orphaned");
+    println!(
+        "  backupgw ls{client} --region {} --newest-first",
+        set.regions[0]
+    );
     let live = Live::new(
         Generation {
             inventory,

@@ -258,10 +258,7 @@ impl<W: Write> Writer<W> {
                     "SIZE",
                 ],
                 vec![
-                    row.created
-                        .replace('T', " ")
-                        .trim_end_matches('Z')
-                        .to_owned(),
+                    table_time(&row.created),
                     row.region.clone(),
                     project,
                     row.instance_name.clone(),
@@ -331,10 +328,7 @@ impl<W: Write> Writer<W> {
                     row.region.clone(),
                     row.credential.clone(),
                     row.source.clone(),
-                    row.last_success
-                        .replace('T', " ")
-                        .trim_end_matches('Z')
-                        .to_owned(),
+                    table_time(&row.last_success),
                     row.last_error.clone(),
                 ],
             )
@@ -405,9 +399,11 @@ impl From<csv::Error> for OutputError {
     }
 }
 
-/// A time as a table shows it: `2026-11-29 08:00:00`, UTC.
+/// A time as a table shows it: `2026-11-29 08:00:00`, UTC, to the second.
 fn table_time(t: &str) -> String {
-    t.replace('T', " ").trim_end_matches('Z').to_owned()
+    let t = t.trim_end_matches('Z');
+    let whole = t.split_once('.').map_or(t, |(seconds, _)| seconds);
+    whole.replace('T', " ")
 }
 
 /// `5.4 KiB`, `12.0 MiB`.
@@ -491,5 +487,9 @@ mod tests {
         let col = |l: &str| l.find("c  ").unwrap();
         assert!(lines[1..].iter().all(|l| col(l) == col(lines[1])), "{text}");
         assert!(lines[1].contains("2026-11-29 08:00:00"), "{text}");
+        assert_eq!(
+            table_time("2026-11-29T08:00:00.123456789Z"),
+            "2026-11-29 08:00:00"
+        );
     }
 }
