@@ -275,22 +275,13 @@ pub async fn ls(args: LsArgs) -> Result<u8, ShellError> {
         order: order as i32,
         ..Default::default()
     };
-    // How many targets to expect, for the progress bar (only drawn on a terminal).
-    let progress = if std::io::stderr().is_terminal() {
-        let listed = client
-            .list_targets(args.connection.request(
-                pb::ListTargetsRequest {
-                    project_ids: request.project_ids.clone(),
-                    regions: request.regions.clone(),
-                },
-                key.as_deref(),
-            )?)
-            .await?
-            .into_inner();
-        Some(output::Progress::new(listed.targets.len() as u64))
-    } else {
-        None
-    };
+    let progress = progress(
+        &mut client,
+        &args.connection,
+        key.as_deref(),
+        &args.selection,
+    )
+    .await?;
     let mut stream = client
         .list_backups(args.connection.request(request, key.as_deref())?)
         .await?
@@ -332,6 +323,30 @@ pub async fn ls(args: LsArgs) -> Result<u8, ShellError> {
         Ok(()) if failed.is_empty() => Ok(0),
         Ok(()) => Ok(EXIT_SOME_FAILED),
     }
+}
+
+/// A progress bar (targets done of all, backups so far) on stderr, only when it is a terminal;
+/// the number of targets comes from ListTargets.
+async fn progress(
+    client: &mut BackupGatewayClient<Channel>,
+    connection: &Connection,
+    key: Option<&str>,
+    selection: &Selection,
+) -> Result<Option<output::Progress>, ShellError> {
+    if !std::io::stderr().is_terminal() {
+        return Ok(None);
+    }
+    let listed = client
+        .list_targets(connection.request(
+            pb::ListTargetsRequest {
+                project_ids: selection.projects.clone(),
+                regions: selection.regions.clone(),
+            },
+            key,
+        )?)
+        .await?
+        .into_inner();
+    Ok(Some(output::Progress::new(listed.targets.len() as u64)))
 }
 
 /// Failed targets, on stderr, after the output.
@@ -378,6 +393,13 @@ pub async fn report(args: ReportArgs) -> Result<u8, ShellError> {
         max_age: args.fresh.then(prost_types::Duration::default),
     };
     let format = format_of(args.format);
+    let progress = progress(
+        &mut client,
+        &args.connection,
+        key.as_deref(),
+        &args.selection,
+    )
+    .await?;
     let mut stream = client
         .summarize_backups(args.connection.request(request, key.as_deref())?)
         .await?
@@ -391,6 +413,10 @@ pub async fn report(args: ReportArgs) -> Result<u8, ShellError> {
                 for r in &message.instances {
                     out.instance(&output::ReportRow::from(r))?;
                 }
+                if let Some(p) = &progress {
+                    let backups = message.targets.iter().map(|t| t.backups).sum();
+                    p.advance(message.targets.len() as u64, backups);
+                }
                 failed.extend(message.targets.into_iter().filter(|t| !t.ok));
                 totals.extend(message.totals);
             }
@@ -402,6 +428,9 @@ pub async fn report(args: ReportArgs) -> Result<u8, ShellError> {
         }
     }
     out.finish()?;
+    if let Some(p) = progress {
+        p.finish();
+    }
     if format == Format::Table
         && let Some(all) = totals.iter().find(|t| t.region.is_empty())
     {

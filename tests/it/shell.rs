@@ -328,3 +328,78 @@ async fn report_writes_what_summarize_backups_answers_and_exits_2_on_a_failed_ta
     ]);
     assert_eq!(bad.status.code(), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_speaks_tls_with_ca_file_and_sends_the_key_from_api_key_file() {
+    use backupgw::callers::{Caller, CallerBook, Credential, Scope, api_key_sha256};
+    use std::sync::Arc;
+    let dir = crate::cli::scratch_dir("shell-tls");
+    let ca = TestCa::new("shell test CA");
+    let (cert, key) = ca.sign(&["localhost"], "backupgw");
+    std::fs::write(dir.join("server.pem"), cert).unwrap();
+    std::fs::write(dir.join("server.key"), key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.issuer.pem()).unwrap();
+    std::fs::write(dir.join("api-key"), "shell-test-key\n").unwrap();
+    let tls = backupgw::tls::TlsFiles {
+        cert_file: dir.join("server.pem"),
+        key_file: dir.join("server.key"),
+        client_ca_file: None,
+    }
+    .load()
+    .unwrap();
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(api_key_sha256("shell-test-key"), &mut hash).unwrap();
+    let callers = CallerBook::new(vec![(
+        Arc::new(Caller::new("shell", Scope::everything(), None)),
+        Credential::ApiKeySha256(hash),
+    )]);
+    let sim = start_sim(&small_spec(), sim_options()).await;
+    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    let gw = start_gateway_with(
+        targets,
+        GatewaySetup {
+            callers: Arc::new(callers),
+            tls: Some(Arc::new(tls)),
+            ..GatewaySetup::default()
+        },
+    )
+    .await;
+    let addr = format!("https://localhost:{}", gw.addr.port());
+    let ca_file = dir.join("ca.pem");
+    let key_file = dir.join("api-key");
+    let ok = run(&[
+        "ls",
+        "--addr",
+        &addr,
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+        "--api-key-file",
+        key_file.to_str().unwrap(),
+        "-o",
+        "csv",
+    ]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let rows = csv::Reader::from_reader(ok.stdout.as_slice())
+        .records()
+        .count();
+    assert_eq!(rows, small_spec().total_backups());
+    // Without the key: refused, exit 1, saying why.
+    let refused = run(&[
+        "ls",
+        "--addr",
+        &addr,
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("UNAUTHENTICATED"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
