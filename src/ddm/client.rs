@@ -535,7 +535,7 @@ fn transport_error(e: reqwest::Error) -> DdmError {
 }
 
 /// "error sending request: connection refused": reqwest's own message hides the cause.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

@@ -189,7 +189,7 @@ impl Connection {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| connect(error_chain(&e)))?;
+            .map_err(|e| connect(crate::ddm::client::error_chain(&e)))?;
         let key = match &self.api_key_file {
             Some(file) => Some(
                 std::fs::read_to_string(file)
@@ -216,20 +216,6 @@ impl Connection {
         }
         Ok(request)
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }
 
 fn format_of(asked: Option<OutputFormat>) -> Format {
@@ -315,14 +301,7 @@ pub async fn ls(args: LsArgs) -> Result<u8, ShellError> {
     if let Some(p) = progress {
         p.finish();
     }
-    report_failed(&failed);
-    match outcome {
-        // Nothing could be read: the failures above say why.
-        Err(ShellError::Refused { .. }) if !failed.is_empty() => Ok(EXIT_SOME_FAILED),
-        Err(e) => Err(e),
-        Ok(()) if failed.is_empty() => Ok(0),
-        Ok(()) => Ok(EXIT_SOME_FAILED),
-    }
+    exit_status(&failed, outcome)
 }
 
 /// A progress bar (targets done of all, backups so far) on stderr, only when it is a terminal;
@@ -347,6 +326,21 @@ async fn progress(
         .await?
         .into_inner();
     Ok(Some(output::Progress::new(listed.targets.len() as u64)))
+}
+
+/// The exit status of a streamed call: failed targets listed on stderr first.
+fn exit_status(
+    failed: &[pb::TargetResult],
+    outcome: Result<(), ShellError>,
+) -> Result<u8, ShellError> {
+    report_failed(failed);
+    match outcome {
+        // Nothing could be read: the failures above say why.
+        Err(ShellError::Refused { .. }) if !failed.is_empty() => Ok(EXIT_SOME_FAILED),
+        Err(e) => Err(e),
+        Ok(()) if failed.is_empty() => Ok(0),
+        Ok(()) => Ok(EXIT_SOME_FAILED),
+    }
 }
 
 /// Failed targets, on stderr, after the output.
@@ -446,13 +440,7 @@ pub async fn report(args: ReportArgs) -> Result<u8, ShellError> {
             output::human_size(all.total_size_kb)
         );
     }
-    report_failed(&failed);
-    match outcome {
-        Err(ShellError::Refused { .. }) if !failed.is_empty() => Ok(EXIT_SOME_FAILED),
-        Err(e) => Err(e),
-        Ok(()) if failed.is_empty() => Ok(0),
-        Ok(()) => Ok(EXIT_SOME_FAILED),
-    }
+    exit_status(&failed, outcome)
 }
 
 /// `backupgw targets`: returns the exit status.

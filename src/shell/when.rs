@@ -38,22 +38,7 @@ pub fn parse(text: &str, now: SystemTime) -> Result<Timestamp, ShellError> {
         ))
     };
     let text = text.trim();
-    if let Some((number, unit)) = text
-        .char_indices()
-        .last()
-        .map(|(i, u)| (&text[..i], u))
-        .filter(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    {
-        let n: u64 = number.parse().map_err(|_| bad())?;
-        let seconds = match unit {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
-            _ => return Err(bad()),
-        };
-        let ago = Duration::from_secs(n.checked_mul(seconds).ok_or_else(bad)?);
+    if let Ok(ago) = duration(text) {
         return now.checked_sub(ago).map(Timestamp::from).ok_or_else(bad);
     }
     if text.len() == 10 {

@@ -142,22 +142,14 @@ async fn list_backups(
 ) -> Response {
     let shared = &state.shared;
     shared.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-    let (scope, faults) = shared
-        .options
-        .faults
-        .for_project(&state.region, &project_id);
-    let wait = shared.options.latency(faults);
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
-    }
     let request = RequestParts {
         method: &method,
         uri: &uri,
         headers: &headers,
         body: &body,
     };
-    let index = match admit(&state, &project_id, scope, faults, &request, &request_id) {
-        Ok(index) => index,
+    let (index, faults) = match admitted(&state, &project_id, &request, &request_id).await {
+        Ok(admitted) => admitted,
         Err(refused) => return *refused,
     };
     let Some(params) = parse_params(query.as_deref()) else {
@@ -186,6 +178,27 @@ async fn list_backups(
         )
             .into_response(),
     }
+}
+
+/// A request's latency (the simulator's, plus its faults'), then `admit`: the project's index
+/// and the faults that apply to it, or the answer that refuses the request.
+pub(super) async fn admitted<'s>(
+    state: &'s RegionState,
+    project_id: &'s str,
+    request: &RequestParts<'_>,
+    request_id: &str,
+) -> Result<(usize, &'s super::faults::Faults), Box<Response>> {
+    let (scope, faults) = state
+        .shared
+        .options
+        .faults
+        .for_project(&state.region, project_id);
+    let wait = state.shared.options.latency(faults);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    let index = admit(state, project_id, scope, faults, request, request_id)?;
+    Ok((index, faults))
 }
 
 /// What the API gateway checks before DDM answers: the rate, who calls, and whether the project

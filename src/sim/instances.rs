@@ -13,7 +13,7 @@ use serde_json::json;
 use super::auth::RequestParts;
 use super::data::{SimInstance, SimProject};
 use super::faults::ddm_error;
-use super::http::{RegionState, RequestId, admit};
+use super::http::{RegionState, RequestId, admitted};
 use crate::ddm::model::format_upstream_time;
 
 /// How `offset` is read: the contract leaves it open, so the simulator serves either.
@@ -62,22 +62,14 @@ pub(super) async fn list_instances(
         .stats
         .instance_requests
         .fetch_add(1, Ordering::Relaxed);
-    let (scope, faults) = shared
-        .options
-        .faults
-        .for_project(&state.region, &project_id);
-    let wait = shared.options.latency(faults);
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
-    }
     let request = RequestParts {
         method: &method,
         uri: &uri,
         headers: &headers,
         body: &body,
     };
-    let index = match admit(&state, &project_id, scope, faults, &request, &request_id) {
-        Ok(index) => index,
+    let (index, faults) = match admitted(&state, &project_id, &request, &request_id).await {
+        Ok(admitted) => admitted,
         Err(refused) => return *refused,
     };
     let Some((offset, limit)) = parse(query.as_deref()) else {
