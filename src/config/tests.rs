@@ -1,6 +1,7 @@
 //! The configuration's validation, key by key.
 
 use super::*;
+use crate::inventory::RegionLimits;
 
 const PID: &str = "0123456789abcdef0123456789abcdef";
 

@@ -5,6 +5,7 @@ pub mod client;
 pub mod error;
 pub mod instances;
 pub mod model;
+pub mod retry;
 pub mod sign;
 pub mod standing;
 

@@ -1,0 +1,174 @@
+//! The limits, the regions and the projects of a configuration, and the tables nothing uses.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::raw::RawConfig;
+use super::{ConfigError, Problems, default_endpoint, is_project_id};
+use crate::callers::Patterns;
+use crate::ddm::{ClientOptions, Credential, RetryPolicy};
+use crate::inventory::{Limits, RegionLimits, Target, TargetSource};
+
+pub(super) fn limits(raw: &RawConfig, p: &mut Problems) -> (Limits, ClientOptions) {
+    let l = &raw.limits;
+    for (key, value) in [
+        ("limits.max_concurrent_requests", l.max_concurrent_requests),
+        ("limits.max_concurrent_targets", l.max_concurrent_targets),
+        ("limits.max_pages_per_target", l.max_pages_per_target),
+        ("limits.max_attempts", l.max_attempts as usize),
+        ("limits.request_timeout_ms", l.request_timeout_ms as usize),
+        ("limits.max_body_bytes", l.max_body_bytes),
+    ] {
+        if value == 0 {
+            p.push(key, "must be at least 1");
+        }
+    }
+    let region_default = p
+        .keep(region_limits(
+            "limits.region_",
+            l.region_max_concurrent_requests,
+            l.region_requests_per_second,
+            Some(l.region_burst),
+            &RegionLimits::default(),
+        ))
+        .unwrap_or_default();
+    let limits = Limits {
+        max_concurrent_requests: l.max_concurrent_requests,
+        max_concurrent_targets: l.max_concurrent_targets,
+        max_pages_per_target: l.max_pages_per_target,
+        region: region_default,
+        ..Limits::default()
+    };
+    let client = ClientOptions {
+        request_timeout: Duration::from_millis(l.request_timeout_ms),
+        max_body_bytes: l.max_body_bytes,
+        retry: RetryPolicy {
+            max_attempts: l.max_attempts,
+            base_delay: Duration::from_millis(l.retry_base_delay_ms),
+            max_delay: Duration::from_millis(l.retry_max_delay_ms),
+            throttle_delay: Duration::from_millis(l.throttle_delay_ms),
+        },
+    };
+    (limits, client)
+}
+
+pub(super) fn projects(
+    raw: &RawConfig,
+    endpoints: &BTreeMap<String, String>,
+    credentials: &BTreeMap<String, Arc<Credential>>,
+    p: &mut Problems,
+) -> Vec<Target> {
+    let mut seen = HashSet::new();
+    let mut targets = Vec::new();
+    for (i, project) in raw.projects.iter().enumerate() {
+        let key = format!("projects[{i}]");
+        if !is_project_id(&project.id) {
+            p.push(
+                format!("{key}.id"),
+                format!(
+                    "{:?} is not a project id (32 lowercase hex characters)",
+                    project.id
+                ),
+            );
+        } else if !seen.insert(project.id.clone()) {
+            p.push(
+                format!("{key}.id"),
+                format!("project {} is listed twice", project.id),
+            );
+        }
+        let endpoint = match endpoints.get(&project.region) {
+            Some(e) => Some(e.clone()),
+            None => p.take(
+                default_endpoint(&project.region).ok_or_else(|| {
+                    format!(
+                        "{:?} is not a known DDM region: add [regions.{}] with its endpoint",
+                        project.region, project.region
+                    )
+                }),
+                format!("{key}.region"),
+            ),
+        };
+        let credential = match credentials.get(&project.credential) {
+            Some(c) => Some(c),
+            // A credential that is defined but broken was reported already.
+            None if raw.credentials.contains_key(&project.credential) => None,
+            None => {
+                p.push(
+                    format!("{key}.credential"),
+                    format!("no [credentials.{}] is defined", project.credential),
+                );
+                None
+            }
+        };
+        if let (Some(endpoint), Some(credential)) = (endpoint, credential) {
+            targets.push(Target {
+                project_id: project.id.as_str().into(),
+                project_name: project.name.clone().unwrap_or_default(),
+                region: project.region.clone(),
+                endpoint: endpoint.into(),
+                credential: Arc::clone(credential),
+                source: TargetSource::Config,
+            });
+        }
+    }
+    targets
+}
+
+/// Tables that nothing uses are most often a typo of something that should have been used.
+pub(super) fn unused(raw: &RawConfig, discovery_regions: Option<&Patterns>, p: &mut Problems) {
+    let discovers = raw.credentials.values().any(|c| c.discover);
+    for region in raw.regions.keys() {
+        let used = raw.projects.iter().any(|pr| &pr.region == region)
+            || (discovers && discovery_regions.is_some_and(|d| d.matches(region)));
+        if !used && default_endpoint(region).is_none() {
+            p.push(
+                format!("regions.{region}"),
+                "matches no known DDM region and no project or discovery uses it (a typo?)",
+            );
+        }
+    }
+    for (name, c) in &raw.credentials {
+        if !c.discover && !raw.projects.iter().any(|pr| &pr.credential == name) {
+            p.push(
+                format!("credentials.{name}"),
+                "no project uses this credential and it does not discover any (a typo?)",
+            );
+        }
+    }
+}
+
+/// A region's limits: its own values where given, else the defaults.
+pub(super) fn region_limits(
+    prefix: &str,
+    max_concurrent_requests: Option<usize>,
+    requests_per_second: Option<f64>,
+    burst: Option<u32>,
+    defaults: &RegionLimits,
+) -> Result<RegionLimits, ConfigError> {
+    if max_concurrent_requests == Some(0) {
+        return Err(ConfigError::new(
+            format!("{prefix}max_concurrent_requests"),
+            "must be at least 1",
+        ));
+    }
+    if let Some(rps) = requests_per_second
+        && !(rps.is_finite() && rps > 0.0)
+    {
+        return Err(ConfigError::new(
+            format!("{prefix}requests_per_second"),
+            "must be a positive number",
+        ));
+    }
+    if burst == Some(0) {
+        return Err(ConfigError::new(
+            format!("{prefix}burst"),
+            "must be at least 1",
+        ));
+    }
+    Ok(RegionLimits {
+        max_concurrent_requests: max_concurrent_requests.or(defaults.max_concurrent_requests),
+        requests_per_second: requests_per_second.or(defaults.requests_per_second),
+        burst: burst.unwrap_or(defaults.burst.max(1)),
+    })
+}
