@@ -43,3 +43,26 @@ fn the_configmap_carries_the_example_configuration() {
         "deploy/k8s/configmap.yaml drifted"
     );
 }
+
+#[test]
+fn the_readmes_configuration_example_is_valid() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme
+        .split_once("## Configuration (`backupgw serve --config FILE`)")
+        .unwrap()
+        .1;
+    let toml = section
+        .split_once("```toml\n")
+        .unwrap()
+        .1
+        .split_once("```")
+        .unwrap()
+        .0;
+    let dir = std::env::temp_dir().join(format!("backupgw-readme-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("example.toml");
+    std::fs::write(&file, toml).unwrap();
+    let checked = Settings::check(&file, false);
+    assert!(checked.is_ok(), "{}", checked.unwrap_err());
+}
