@@ -556,7 +556,7 @@ async fn an_ordered_answer_cut_short_by_the_deadline_keeps_what_arrived_in_order
         order: pb::Order::NewestFirst as i32,
         ..Default::default()
     });
-    request.set_timeout(std::time::Duration::from_secs(1));
+    request.set_timeout(std::time::Duration::from_secs(3));
     let got = try_list(&mut gw.client, request).await.unwrap();
     let stalled = &sim.data().regions[2];
     assert_eq!(

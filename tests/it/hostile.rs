@@ -509,14 +509,14 @@ async fn a_stalled_region_does_not_take_every_upstream_slot() {
 
 #[tokio::test]
 async fn waiting_for_a_slot_is_not_the_upstream_timing_out() {
-    // One slot, 100 ms a request, 300 ms for one exchange: the ninth request waits ≈ 800 ms
+    // One slot, 200 ms a request, 800 ms for one exchange: the ninth request waits ≈ 1.6 s
     // for its slot, which is no reason to call the upstream slow.
     let spec = DataSpec {
         backups_per_instance: 10,
         ..small_spec()
     };
     let mut options = sim_options();
-    options.latency = Duration::from_millis(100);
+    options.latency = Duration::from_millis(200);
     let sim = start_sim(&spec, options).await;
     let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
     let limits = Limits {
@@ -525,7 +525,7 @@ async fn waiting_for_a_slot_is_not_the_upstream_timing_out() {
     };
     // No retries, which would hide a timeout.
     let client = backupgw::ddm::ClientOptions {
-        request_timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_millis(800),
         retry: backupgw::ddm::RetryPolicy {
             max_attempts: 1,
             ..test_client_options().retry
