@@ -436,6 +436,28 @@ async fn metrics_count_calls_upstream_requests_cache_and_target_health() {
         .list_targets(pb::ListTargetsRequest::default())
         .await
         .unwrap_err();
+    // Made-up method names do not become label values.
+    let channel = Channel::from_shared(format!("http://{}", gw.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for made_up in ["Nope1", "Nope2"] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let path = format!("/backupgw.v1.BackupGateway/{made_up}")
+            .parse()
+            .unwrap();
+        let status = grpc
+            .unary::<_, pb::ListTargetsResponse, _>(
+                with_key(pb::ListTargetsRequest::default(), BILLING_KEY),
+                path,
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+    }
 
     // Scraped over HTTP, as Prometheus does.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -493,6 +515,13 @@ async fn metrics_count_calls_upstream_requests_cache_and_target_health() {
         1.0
     );
     assert_eq!(value("backupgw_streams_open{method=\"ListBackups\"}"), 0.0);
+    assert!(!text.contains("Nope"), "{text}");
+    assert_eq!(
+        value(
+            "backupgw_rpc_requests_total{method=\"unknown\",code=\"UNIMPLEMENTED\",caller=\"billing\"}"
+        ),
+        2.0
+    );
     assert_eq!(
         value(&format!(
             "backupgw_target_up{{project_id=\"{failing}\",region=\"{region}\"}}"
