@@ -244,8 +244,8 @@ async fn run(
     tracing::info!(
         caller = &*query.caller.name,
         method = "SummarizeBackups",
-        projects = ?query.project_ids,
-        regions = ?query.regions,
+        projects = %crate::inventory::loggable(&query.project_ids),
+        regions = %crate::inventory::loggable(&query.regions),
         ok,
         failed,
         elapsed = ?started.elapsed(),

@@ -194,8 +194,8 @@ impl BackupGateway for Gateway {
         tracing::info!(
             caller = &*caller.name,
             method = "ListTargets",
-            projects = ?r.project_ids,
-            regions = ?r.regions,
+            projects = %crate::inventory::loggable(&r.project_ids),
+            regions = %crate::inventory::loggable(&r.regions),
             targets = targets.len(),
             elapsed = ?started.elapsed(),
             "call finished"

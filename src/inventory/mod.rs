@@ -29,7 +29,8 @@ use crate::pb;
 use crate::rate::TokenBucket;
 pub use order::Order;
 pub use query::{
-    FieldViolation, Filter, InventoryError, NothingAnsweredCause, Query, Violations, quote,
+    FieldViolation, Filter, InventoryError, NothingAnsweredCause, Query, Violations, loggable,
+    quote,
 };
 pub use read::target_error;
 use read::{QueryStats, TargetProgress, TargetRead};
@@ -369,8 +370,8 @@ impl Inventory {
         tracing::info!(
             caller = &*query.caller.name,
             method = "ListBackups",
-            projects = ?query.project_ids,
-            regions = ?query.regions,
+            projects = %loggable(&query.project_ids),
+            regions = %loggable(&query.regions),
             ok,
             failed,
             backups = summary.backups,

@@ -182,6 +182,17 @@ pub fn quote(value: &str) -> String {
     out
 }
 
+/// A caller's selection as a log line shows it: the first few entries, each quoted short, and
+/// how many more. What a caller sends never makes a log line long.
+pub fn loggable(entries: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut out: Vec<String> = entries.iter().take(SHOWN).map(|e| quote(e)).collect();
+    if entries.len() > SHOWN {
+        out.push(format!("and {} more", entries.len() - SHOWN));
+    }
+    format!("[{}]", out.join(", "))
+}
+
 /// Why not one target could be read, which tells a client whether asking again can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NothingAnsweredCause {
@@ -288,6 +299,13 @@ mod tests {
         assert!(text.ends_with("and 15 more"), "{text}");
         assert!(quote(&"é".repeat(100)).len() <= 64 + 20);
         assert!(quote(&"\u{1}".repeat(100)).len() <= 64 + 20);
+        let many = vec!["x".repeat(255); 1000];
+        let logged = loggable(&many);
+        assert!(
+            logged.len() < 500 && logged.ends_with("and 995 more]"),
+            "{logged}"
+        );
+        assert_eq!(loggable(&["a".into()]), "[\"a\"]");
         assert_eq!(quote("a\"b"), "\"a\\\"b\"");
     }
 }
