@@ -121,6 +121,7 @@ pub async fn run_serve(config: &Path, listen: Option<SocketAddr>) -> Result<()> 
     let (mut reloads, stop) = signals();
     backupgw::memory::start_trimming();
     let options = settings.server.clone();
+    let fixed = Fixed::of(&settings);
     let listeners = server::Listeners {
         api: listener,
         health: health_listener,
@@ -135,7 +136,7 @@ pub async fn run_serve(config: &Path, listen: Option<SocketAddr>) -> Result<()> 
                 return Ok(());
             }
             Some(()) = reloads.recv() => {
-                if let Some(new) = reload(config, listen, &live) {
+                if let Some(new) = reload(config, listen, &fixed, &live) {
                     if let Some(old) = discovery.take() {
                         old.abort();
                     }
@@ -147,7 +148,33 @@ pub async fn run_serve(config: &Path, listen: Option<SocketAddr>) -> Result<()> 
 }
 
 /// Re-reads the configuration; a file with problems is refused and the running one kept.
-fn reload(config: &Path, listen: SocketAddr, live: &Live) -> Option<Settings> {
+/// What a running server keeps from its file until it restarts: its listeners, their settings,
+/// its log.
+#[derive(PartialEq)]
+struct Fixed {
+    /// The file's `listen` (`--listen` may have said otherwise, and still does).
+    listen: SocketAddr,
+    /// `[server]`, but `default_deadline_seconds` (which a reload applies).
+    server: server::ServerOptions,
+    metrics_listen: Option<SocketAddr>,
+    log: LogOptions,
+}
+
+impl Fixed {
+    fn of(settings: &Settings) -> Self {
+        Fixed {
+            listen: settings.listen,
+            server: server::ServerOptions {
+                default_deadline: std::time::Duration::ZERO,
+                ..settings.server.clone()
+            },
+            metrics_listen: settings.metrics_listen,
+            log: settings.log.clone(),
+        }
+    }
+}
+
+fn reload(config: &Path, listen: SocketAddr, fixed: &Fixed, live: &Live) -> Option<Settings> {
     let settings = match Settings::load(config).and_then(|s| {
         s.check_exposure(listen)?;
         Ok(s)
@@ -166,8 +193,10 @@ fn reload(config: &Path, listen: SocketAddr, live: &Live) -> Option<Settings> {
             return None;
         }
     };
-    if settings.listen != listen {
-        tracing::warn!(listen = %settings.listen, "a new listen address takes a restart");
+    if Fixed::of(&settings) != *fixed {
+        tracing::warn!(
+            "listen, [server] (but default_deadline_seconds), [metrics] and [log] take a restart; the rest is applied"
+        );
     }
     for warning in &settings.warnings {
         tracing::warn!(config = %config.display(), "{warning}");

@@ -276,8 +276,18 @@ async fn sighup_keeps_serving_on_a_broken_file_and_applies_a_valid_one() {
     let mut text = written.clone();
     let last = text.rfind("[[projects]]").unwrap();
     text.truncate(last);
-    std::fs::write(&config, format!("{text}\n{}", caller_section("ops"))).unwrap();
+    // …and a [server] setting that only a restart applies.
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n{}\n[server]\nmax_connections = 7\n",
+            caller_section("ops")
+        ),
+    )
+    .unwrap();
     signal(&gw, "HUP");
+    let restart = wait_for(&lines, "take a restart");
+    assert!(restart.contains("[server]"), "{restart}");
     wait_for(&lines, "configuration reloaded");
     assert_eq!(targets(&mut client).await.unwrap(), 3);
     let listed = client
