@@ -26,9 +26,7 @@ use tracing::Instrument as _;
 
 use crate::callers::Caller;
 use crate::ddm::{DdmError, InstanceList};
-use crate::inventory::{
-    Event, Inventory, InventoryError, NothingAnsweredCause, Query, Target, target_error,
-};
+use crate::inventory::{Event, Inventory, InventoryError, Query, Tally, Target, target_error};
 use crate::pb;
 use crate::wire::BackupFacts;
 
@@ -181,51 +179,22 @@ async fn run(
 ) {
     let started = Instant::now();
     let sent = AtomicU64::new(0);
-    let instance_lists = futures_util::stream::iter(targets.iter().cloned())
-        .map(|t| {
-            let inventory = &inventory;
-            let sent = &sent;
-            let query = &query;
-            async move {
-                let list = inventory
-                    .instances(&t, query.max_age, query.deadline, sent)
-                    .await
-                    .map(|(list, _)| list);
-                (Arc::clone(&t.project_id), list)
-            }
-        })
-        .buffer_unordered(inventory.limits().max_concurrent_targets.max(1))
-        .collect::<HashMap<_, _>>();
+    let lists = read_instance_lists(&inventory, &targets, &query, &sent);
     let backups = read_backups(&inventory, &targets, &query);
-    let (lists, (mut seen, mut results)) = tokio::join!(instance_lists, backups);
+    let (lists, (mut seen, mut results)) = tokio::join!(lists, backups);
 
     let now = SystemTime::now();
     let mut totals: BTreeMap<String, Totals> = BTreeMap::new();
-    let (mut ok, mut failed, mut auth_failed, mut timed_out) = (0u32, 0u32, 0u32, 0u32);
+    let mut tally = Tally::default();
     for target in &targets {
         let list = lists.get(&target.project_id);
         let result = results.remove(&target.project_id);
         let instances = seen.remove(&target.project_id).unwrap_or_default();
         let (rows, result) = join(target, list, instances, result, &query, now);
         for row in &rows {
-            for region in [row.region.clone(), String::new()] {
-                let t = totals.entry(region.clone()).or_insert_with(|| Totals {
-                    region,
-                    ..Totals::default()
-                });
-                *t.by_class.entry(row.protection).or_default() += 1;
-                t.backups += row.backup_count;
-                t.total_size_kb = ((t.total_size_kb + row.total_size_kb) * 1e6).round() / 1e6;
-            }
+            add_to_totals(&mut totals, row);
         }
-        match &result.error {
-            None => ok += 1,
-            Some(e) => {
-                failed += 1;
-                auth_failed += u32::from(e.kind == "auth");
-                timed_out += u32::from(e.kind == "deadline_exceeded");
-            }
-        }
+        tally.count(&result);
         let kept: Vec<_> = rows
             .into_iter()
             .filter(|r| query.protections.is_empty() || query.protections.contains(&r.protection))
@@ -246,8 +215,8 @@ async fn run(
         method = "SummarizeBackups",
         projects = %crate::inventory::loggable(&query.project_ids),
         regions = %crate::inventory::loggable(&query.regions),
-        ok,
-        failed,
+        ok = tally.ok,
+        failed = tally.failed,
         elapsed = ?started.elapsed(),
         "call finished"
     );
@@ -258,18 +227,44 @@ async fn run(
     if tx.send(Ok(ReportEvent::Totals(all))).await.is_err() {
         return;
     }
-    if ok == 0 && failed > 0 {
-        let cause = if auth_failed == failed {
-            NothingAnsweredCause::Auth
-        } else if timed_out == failed {
-            NothingAnsweredCause::Deadline
-        } else {
-            NothingAnsweredCause::Unavailable
-        };
-        let _ = tx
-            .send(Err(InventoryError::NothingAnswered { failed, cause }))
-            .await;
+    if let Some(e) = tally.nothing_answered() {
+        let _ = tx.send(Err(e)).await;
     }
+}
+
+/// Counts a row in its region's totals and in the overall ones (region "").
+fn add_to_totals(totals: &mut BTreeMap<String, Totals>, row: &InstanceRow) {
+    for region in [row.region.clone(), String::new()] {
+        let t = totals.entry(region.clone()).or_insert_with(|| Totals {
+            region,
+            ..Totals::default()
+        });
+        *t.by_class.entry(row.protection).or_default() += 1;
+        t.backups += row.backup_count;
+        t.total_size_kb = ((t.total_size_kb + row.total_size_kb) * 1e6).round() / 1e6;
+    }
+}
+
+type InstanceLists = HashMap<Arc<str>, Result<Arc<crate::cache::Fresh<InstanceList>>, DdmError>>;
+
+/// Every target's instance list, as many at once as targets are read at once.
+async fn read_instance_lists(
+    inventory: &Arc<Inventory>,
+    targets: &[Arc<Target>],
+    query: &ReportQuery,
+    sent: &AtomicU64,
+) -> InstanceLists {
+    futures_util::stream::iter(targets.iter().cloned())
+        .map(|t| async move {
+            let list = inventory
+                .instances(&t, query.max_age, query.deadline, sent)
+                .await
+                .map(|(list, _)| list);
+            (Arc::clone(&t.project_id), list)
+        })
+        .buffer_unordered(inventory.limits().max_concurrent_targets.max(1))
+        .collect()
+        .await
 }
 
 type BackupsByInstance = HashMap<Arc<str>, BTreeMap<String, Seen>>;

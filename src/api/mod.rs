@@ -34,20 +34,23 @@ impl Gateway {
         Gateway { live }
     }
 
-    /// The caller and the configuration the interceptor saw; an open gateway's anonymous caller
-    /// when there was no interceptor.
-    fn context<T>(&self, request: &Request<T>) -> (Arc<Caller>, Arc<Generation>) {
+    /// The caller and the configuration the interceptor saw. Without an interceptor, the
+    /// request is identified here with no credentials: an open gateway lets it in, one with
+    /// callers refuses it (never open by mistake).
+    fn context<T>(&self, request: &Request<T>) -> Result<(Arc<Caller>, Arc<Generation>), Status> {
         let generation = request
             .extensions()
             .get::<Arc<Generation>>()
             .cloned()
             .unwrap_or_else(|| self.live.current());
-        let caller = request
-            .extensions()
-            .get::<Arc<Caller>>()
-            .cloned()
-            .unwrap_or_else(|| Arc::new(Caller::anonymous()));
-        (caller, generation)
+        let caller = match request.extensions().get::<Arc<Caller>>() {
+            Some(caller) => Arc::clone(caller),
+            None => generation
+                .callers
+                .identify(None, None)
+                .map_err(|e| caller_status(&e))?,
+        };
+        Ok((caller, generation))
     }
 }
 
@@ -107,7 +110,7 @@ impl BackupGateway for Gateway {
         &self,
         request: Request<pb::SummarizeBackupsRequest>,
     ) -> Result<Response<Self::SummarizeBackupsStream>, Status> {
-        let (caller, generation) = self.context(&request);
+        let (caller, generation) = self.context(&request)?;
         let call = caller.start_call().map_err(|e| caller_status(&e))?;
         let deadline = grpc_deadline(request.metadata(), generation.default_deadline);
         let query = validate::summarize(request.into_inner(), deadline, caller)
@@ -126,7 +129,7 @@ impl BackupGateway for Gateway {
         &self,
         request: Request<pb::ListBackupsRequest>,
     ) -> Result<Response<Self::ListBackupsStream>, Status> {
-        let (caller, generation) = self.context(&request);
+        let (caller, generation) = self.context(&request)?;
         let call = caller.start_call().map_err(|e| caller_status(&e))?;
         let deadline = grpc_deadline(request.metadata(), generation.default_deadline);
         let query = validate::list_backups(request.into_inner(), deadline, caller)
@@ -163,7 +166,7 @@ impl BackupGateway for Gateway {
         request: Request<pb::ListTargetsRequest>,
     ) -> Result<Response<pb::ListTargetsResponse>, Status> {
         let started = Instant::now();
-        let (caller, generation) = self.context(&request);
+        let (caller, generation) = self.context(&request)?;
         let _call = caller.start_call().map_err(|e| caller_status(&e))?;
         let r = request.into_inner();
         validate::list_targets(&r).map_err(|e| status_of(&e))?;

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::callers::{CallerBook, Patterns};
+use crate::callers::CallerBook;
 use crate::ddm::ClientOptions;
 use crate::discovery::Discovery;
 use crate::inventory::{Limits, Target};
@@ -382,36 +382,10 @@ fn validate(raw: RawConfig, base: &Path, read_secrets: bool, p: &mut Problems) -
         p.add(e);
     }
 
-    let region_patterns = match &raw.discovery.regions {
-        Some(patterns) => p.take(Patterns::new(patterns), "discovery.regions"),
-        None if !endpoints.is_empty() => {
-            Patterns::new(&endpoints.keys().cloned().collect::<Vec<_>>()).ok()
-        }
-        None => Some(Patterns::any()),
-    };
-    if raw.discovery.interval_seconds == 0 {
-        p.push("discovery.interval_seconds", "must be at least 1");
-    }
-    let discovering: Vec<&String> = raw
-        .credentials
-        .iter()
-        .filter(|(_, c)| c.discover)
-        .map(|(name, _)| name)
-        .collect();
-    let discoveries: Vec<Discovery> = match &region_patterns {
-        Some(regions) => discovering
-            .iter()
-            .filter_map(|name| credentials.get(*name))
-            .map(|credential| Discovery {
-                credential: Arc::clone(credential),
-                regions: regions.clone(),
-                endpoints: endpoints.clone(),
-            })
-            .collect(),
-        None => Vec::new(),
-    };
+    let (discoveries, region_patterns) = targets::discoveries(&raw, &endpoints, &credentials, p);
+    let discovering = raw.credentials.values().any(|c| c.discover);
 
-    if raw.projects.is_empty() && discovering.is_empty() {
+    if raw.projects.is_empty() && !discovering {
         p.push(
             "projects",
             "no project is configured: add a [[projects]] or set discover = true on a credential",

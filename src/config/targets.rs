@@ -8,6 +8,7 @@ use super::raw::RawConfig;
 use super::{ConfigError, Problems, default_endpoint, is_project_id};
 use crate::callers::Patterns;
 use crate::ddm::{ClientOptions, Credential, RetryPolicy};
+use crate::discovery::Discovery;
 use crate::inventory::{Limits, RegionLimits, Target, TargetSource};
 
 pub(super) fn limits(raw: &RawConfig, p: &mut Problems) -> (Limits, ClientOptions) {
@@ -171,4 +172,39 @@ pub(super) fn region_limits(
         requests_per_second: requests_per_second.or(defaults.requests_per_second),
         burst: burst.unwrap_or(defaults.burst.max(1)),
     })
+}
+
+/// The credentials that discover their projects, and the regions discovery keeps (`None` when
+/// `[discovery] regions` is wrong: reported).
+pub(super) fn discoveries(
+    raw: &RawConfig,
+    endpoints: &BTreeMap<String, String>,
+    credentials: &BTreeMap<String, Arc<Credential>>,
+    p: &mut Problems,
+) -> (Vec<Discovery>, Option<Patterns>) {
+    let regions = match &raw.discovery.regions {
+        Some(patterns) => p.take(Patterns::new(patterns), "discovery.regions"),
+        None if !endpoints.is_empty() => {
+            Patterns::new(&endpoints.keys().cloned().collect::<Vec<_>>()).ok()
+        }
+        None => Some(Patterns::any()),
+    };
+    if raw.discovery.interval_seconds == 0 {
+        p.push("discovery.interval_seconds", "must be at least 1");
+    }
+    let discoveries = match &regions {
+        Some(regions) => raw
+            .credentials
+            .iter()
+            .filter(|(_, c)| c.discover)
+            .filter_map(|(name, _)| credentials.get(name))
+            .map(|credential| Discovery {
+                credential: Arc::clone(credential),
+                regions: regions.clone(),
+                endpoints: endpoints.clone(),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    (discoveries, regions)
 }

@@ -138,6 +138,16 @@ impl DdmError {
         }
     }
 
+    /// Whether asking again later may succeed (what `TargetError.retryable` tells a client):
+    /// what this gateway retries itself, and what it gave up on for lack of time.
+    pub fn may_succeed_later(&self) -> bool {
+        self.is_retryable()
+            || matches!(
+                self,
+                DdmError::DeadlineExceeded | DdmError::Throttled { .. }
+            )
+    }
+
     /// A 401 that a fresh IAM token may cure (APIGW.0307, or APIGW.0301 about the token).
     pub fn is_token_rejected(&self) -> bool {
         matches!(self, DdmError::Upstream { status: 401, code, .. }

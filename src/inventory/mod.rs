@@ -29,8 +29,8 @@ use crate::pb;
 use crate::rate::TokenBucket;
 pub use order::Order;
 pub use query::{
-    FieldViolation, Filter, InventoryError, NothingAnsweredCause, Query, Violations, loggable,
-    quote,
+    FieldViolation, Filter, InventoryError, NothingAnsweredCause, Query, Tally, Violations,
+    loggable, quote,
 };
 pub use read::target_error;
 use read::{QueryStats, TargetProgress, TargetRead};
@@ -383,13 +383,8 @@ impl Inventory {
         if tx.send(Ok(Event::Finished(summary))).await.is_err() {
             return;
         }
-        if ok == 0 && failed > 0 {
-            let _ = tx
-                .send(Err(InventoryError::NothingAnswered {
-                    failed,
-                    cause: tally.cause(),
-                }))
-                .await;
+        if let Some(e) = tally.nothing_answered() {
+            let _ = tx.send(Err(e)).await;
         }
     }
 
@@ -421,42 +416,6 @@ impl Inventory {
             );
         }
         tx.send(Ok(Event::TargetDone(result))).await.is_ok()
-    }
-}
-
-/// How the targets of one query ended.
-#[derive(Default)]
-struct Tally {
-    ok: u32,
-    failed: u32,
-    auth: u32,
-    deadline: u32,
-}
-
-impl Tally {
-    fn count(&mut self, result: &pb::TargetResult) {
-        match &result.error {
-            None => self.ok += 1,
-            Some(e) => {
-                self.failed += 1;
-                match e.kind.as_str() {
-                    "auth" => self.auth += 1,
-                    "deadline_exceeded" => self.deadline += 1,
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    /// Why nothing answered, when nothing did.
-    fn cause(&self) -> NothingAnsweredCause {
-        if self.auth == self.failed {
-            NothingAnsweredCause::Auth
-        } else if self.deadline == self.failed {
-            NothingAnsweredCause::Deadline
-        } else {
-            NothingAnsweredCause::Unavailable
-        }
     }
 }
 

@@ -204,6 +204,50 @@ pub enum NothingAnsweredCause {
     Unavailable,
 }
 
+/// How the targets of one call ended: what its summary counts, and why nothing answered when
+/// nothing did.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub ok: u32,
+    pub failed: u32,
+    auth: u32,
+    deadline: u32,
+}
+
+impl Tally {
+    pub fn count(&mut self, result: &crate::pb::TargetResult) {
+        match &result.error {
+            None => self.ok += 1,
+            Some(e) => {
+                self.failed += 1;
+                match e.kind.as_str() {
+                    "auth" => self.auth += 1,
+                    "deadline_exceeded" => self.deadline += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The call's error when not one target could be read.
+    pub fn nothing_answered(&self) -> Option<InventoryError> {
+        if self.ok > 0 || self.failed == 0 {
+            return None;
+        }
+        let cause = if self.auth == self.failed {
+            NothingAnsweredCause::Auth
+        } else if self.deadline == self.failed {
+            NothingAnsweredCause::Deadline
+        } else {
+            NothingAnsweredCause::Unavailable
+        };
+        Some(InventoryError::NothingAnswered {
+            failed: self.failed,
+            cause,
+        })
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum InventoryError {
     #[error("invalid request: {0}")]

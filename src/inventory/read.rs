@@ -74,9 +74,7 @@ pub fn target_error(e: &DdmError) -> pb::TargetError {
         message: e.to_string(),
         http_status: u32::from(e.http_status()),
         request_id: e.request_id().unwrap_or_default().into(),
-        // Whether asking again later may succeed (not whether this gateway retried).
-        retryable: e.is_retryable()
-            || matches!(e, DdmError::DeadlineExceeded | DdmError::Throttled { .. }),
+        retryable: e.may_succeed_later(),
     }
 }
 

@@ -295,6 +295,70 @@ impl DataSet {
     }
 }
 
+/// Adds an instance's backups (the project sorts them): a daily one from where its class says
+/// they stop, a metadata one now and then, and one at deletion.
+fn instance_backups(
+    rng: &mut fastrand::Rng,
+    spec: &DataSpec,
+    window: i64,
+    index: u32,
+    class: Class,
+    backups: &mut Vec<SimBackup>,
+) {
+    let minute = i64::from(rng.u16(..60));
+    let base_size = 2.0 + rng.f64() * 10.0;
+    let (skip_days, deleted_at) = match class {
+        Class::Stale { days } => (i64::from(days), None),
+        Class::Deleted { days } => (
+            i64::from(days),
+            Some(window - i64::from(days) * 86_400 + rng.i64(3600..20 * 3600)),
+        ),
+        _ => (0, None),
+    };
+    let mut push = |kind: BackupKind, created: i64, rng: &mut fastrand::Rng| {
+        // Whole sizes are written as integers by the upstream: keep some.
+        let size_kb = if rng.u8(..16) == 0 {
+            base_size.round()
+        } else {
+            ((base_size + rng.f64()) * 1e6).round() / 1e6
+        };
+        let status = if rng.u8(..50) == 0 {
+            ODD_BACKUP_STATUSES[rng.usize(..ODD_BACKUP_STATUSES.len())]
+        } else {
+            "normal"
+        };
+        backups.push(SimBackup {
+            id: rng.u128(..),
+            instance: index,
+            kind,
+            created,
+            updated: created + rng.i64(5..60),
+            size_kb,
+            status,
+        });
+    };
+    let mut left = spec.backups_per_instance;
+    if let Some(at) = deleted_at
+        && left > 0
+    {
+        // Deleting an instance takes a metadata backup first.
+        push(BackupKind::Metadata, at, rng);
+        left -= 1;
+    }
+    let mut day = skip_days;
+    while left > 0 {
+        let daily = window - day * 86_400 + minute * 60 + rng.i64(0..60);
+        push(BackupKind::AutoMetadata, daily, rng);
+        left -= 1;
+        // Now and then a key operation that day, in addition to the daily backup.
+        if left > 0 && rng.u8(..8) == 0 {
+            push(BackupKind::Metadata, daily - rng.i64(3600..20 * 3600), rng);
+            left -= 1;
+        }
+        day += 1;
+    }
+}
+
 /// Statuses of the backups that are not `normal`.
 const ODD_BACKUP_STATUSES: &[&str] = &["creating", "failed", "restoring"];
 
@@ -341,58 +405,14 @@ fn generate_project(spec: &DataSpec, region: &str, name: String) -> SimProject {
     }
     let mut backups = Vec::with_capacity(spec.instances_per_project * spec.backups_per_instance);
     for (index, instance) in instances.iter().enumerate() {
-        let minute = i64::from(rng.u16(..60));
-        let base_size = 2.0 + rng.f64() * 10.0;
-        let (skip_days, deleted_at) = match instance.class {
-            Class::Stale { days } => (i64::from(days), None),
-            Class::Deleted { days } => (
-                i64::from(days),
-                Some(window - i64::from(days) * 86_400 + rng.i64(3600..20 * 3600)),
-            ),
-            _ => (0, None),
-        };
-        let mut push = |kind: BackupKind, created: i64, rng: &mut fastrand::Rng| {
-            // Whole sizes are written as integers by the upstream: keep some.
-            let size_kb = if rng.u8(..16) == 0 {
-                base_size.round()
-            } else {
-                ((base_size + rng.f64()) * 1e6).round() / 1e6
-            };
-            let status = if rng.u8(..50) == 0 {
-                ODD_BACKUP_STATUSES[rng.usize(..ODD_BACKUP_STATUSES.len())]
-            } else {
-                "normal"
-            };
-            backups.push(SimBackup {
-                id: rng.u128(..),
-                instance: index as u32,
-                kind,
-                created,
-                updated: created + rng.i64(5..60),
-                size_kb,
-                status,
-            });
-        };
-        let mut left = spec.backups_per_instance;
-        if let Some(at) = deleted_at
-            && left > 0
-        {
-            // Deleting an instance takes a metadata backup first.
-            push(BackupKind::Metadata, at, rng);
-            left -= 1;
-        }
-        let mut day = skip_days;
-        while left > 0 {
-            let daily = window - day * 86_400 + minute * 60 + rng.i64(0..60);
-            push(BackupKind::AutoMetadata, daily, rng);
-            left -= 1;
-            // Now and then a key operation that day, in addition to the daily backup.
-            if left > 0 && rng.u8(..8) == 0 {
-                push(BackupKind::Metadata, daily - rng.i64(3600..20 * 3600), rng);
-                left -= 1;
-            }
-            day += 1;
-        }
+        instance_backups(
+            rng,
+            spec,
+            window,
+            index as u32,
+            instance.class,
+            &mut backups,
+        );
     }
     // One project in three has a new instance without a backup yet.
     if rng.u8(..3) == 0 {

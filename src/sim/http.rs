@@ -106,7 +106,7 @@ pub(super) struct ListParams {
     pub backup_name: Option<String>,
 }
 
-fn parse_params(raw: Option<&str>) -> Option<ListParams> {
+pub(super) fn parse_params(raw: Option<&str>) -> Option<ListParams> {
     let mut p = ListParams {
         limit: 10,
         ..Default::default()

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::auth::RequestParts;
 use super::data::{SimInstance, SimProject};
 use super::faults::ddm_error;
-use super::http::{RegionState, RequestId, admitted};
+use super::http::{RegionState, RequestId, admitted, parse_params};
 use crate::ddm::model::format_upstream_time;
 
 /// How `offset` is read: the contract leaves it open, so the simulator serves either.
@@ -31,19 +31,6 @@ fn parameter_error() -> Response {
     // The v1 API's error shape.
     let body = json!({"externalMessage": "Parameter error.", "errCode": "DBS.280001"});
     (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
-}
-
-/// `offset` and `limit`, as the contract allows them.
-fn parse(raw: Option<&str>) -> Option<(u64, u64)> {
-    let (mut offset, mut limit) = (0, 10);
-    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-        match &*key {
-            "offset" => offset = value.parse().ok()?,
-            "limit" => limit = value.parse().ok().filter(|l| (1..=128).contains(l))?,
-            _ => {}
-        }
-    }
-    Some((offset, limit))
 }
 
 #[allow(clippy::too_many_arguments)] // axum extractors
@@ -72,9 +59,11 @@ pub(super) async fn list_instances(
         Ok(admitted) => admitted,
         Err(refused) => return *refused,
     };
-    let Some((offset, limit)) = parse(query.as_deref()) else {
+    // The same `offset` and `limit` rules as ListBackups; the v1 API's error shape.
+    let Some(params) = parse_params(query.as_deref()) else {
         return parameter_error();
     };
+    let (offset, limit) = (params.offset, params.limit);
     if faults.fail_instances {
         shared.stats.faults.fetch_add(1, Ordering::Relaxed);
         return ddm_error(
