@@ -278,30 +278,38 @@ pub async fn ls(args: LsArgs) -> Result<u8, ShellError> {
         &output::BACKUP_COLUMNS,
     )?;
     let mut failed = Vec::new();
-    let mut outcome = Ok(());
-    loop {
-        match stream.message().await {
-            Ok(Some(message)) => {
-                for b in &message.backups {
-                    out.backup(&BackupRow::from(b))?;
-                }
-                if let Some(p) = &progress {
-                    p.advance(message.targets.len() as u64, message.backups.len() as u64);
-                }
-                failed.extend(message.targets.into_iter().filter(|t| !t.ok));
-            }
-            Ok(None) => break,
-            Err(status) => {
-                outcome = Err(ShellError::from(status));
-                break;
-            }
+    let outcome = drain(&mut stream, |message: pb::ListBackupsResponse| {
+        for b in &message.backups {
+            out.backup(&BackupRow::from(b))?;
         }
-    }
+        if let Some(p) = &progress {
+            p.advance(message.targets.len() as u64, message.backups.len() as u64);
+        }
+        failed.extend(message.targets.into_iter().filter(|t| !t.ok));
+        Ok(())
+    })
+    .await?;
     out.finish()?;
     if let Some(p) = progress {
         p.finish();
     }
     exit_status(&failed, outcome)
+}
+
+/// Reads a stream to its end, handing each message to `each` (whose error, from writing the
+/// output, ends it at once). The status that ended the stream, if not OK, is the inner result:
+/// what arrived before it was still written.
+async fn drain<M>(
+    stream: &mut tonic::Streaming<M>,
+    mut each: impl FnMut(M) -> Result<(), ShellError>,
+) -> Result<Result<(), ShellError>, ShellError> {
+    loop {
+        match stream.message().await {
+            Ok(Some(message)) => each(message)?,
+            Ok(None) => return Ok(Ok(())),
+            Err(status) => return Ok(Err(ShellError::from(status))),
+        }
+    }
 }
 
 /// A progress bar (targets done of all, backups so far) on stderr, only when it is a terminal;
@@ -400,27 +408,19 @@ pub async fn report(args: ReportArgs) -> Result<u8, ShellError> {
         .into_inner();
     let mut out = output::Writer::new(format, std::io::stdout().lock(), &output::REPORT_COLUMNS)?;
     let (mut failed, mut totals) = (Vec::new(), Vec::new());
-    let mut outcome = Ok(());
-    loop {
-        match stream.message().await {
-            Ok(Some(message)) => {
-                for r in &message.instances {
-                    out.instance(&output::ReportRow::from(r))?;
-                }
-                if let Some(p) = &progress {
-                    let backups = message.targets.iter().map(|t| t.backups).sum();
-                    p.advance(message.targets.len() as u64, backups);
-                }
-                failed.extend(message.targets.into_iter().filter(|t| !t.ok));
-                totals.extend(message.totals);
-            }
-            Ok(None) => break,
-            Err(status) => {
-                outcome = Err(ShellError::from(status));
-                break;
-            }
+    let outcome = drain(&mut stream, |message: pb::SummarizeBackupsResponse| {
+        for r in &message.instances {
+            out.instance(&output::ReportRow::from(r))?;
         }
-    }
+        if let Some(p) = &progress {
+            let backups = message.targets.iter().map(|t| t.backups).sum();
+            p.advance(message.targets.len() as u64, backups);
+        }
+        failed.extend(message.targets.into_iter().filter(|t| !t.ok));
+        totals.extend(message.totals);
+        Ok(())
+    })
+    .await?;
     out.finish()?;
     if let Some(p) = progress {
         p.finish();
