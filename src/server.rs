@@ -158,6 +158,19 @@ pub fn build_generation(
     })
 }
 
+/// Serves `/metrics` on `listener`, the cache's size read at each scrape.
+pub async fn serve_metrics(listener: TcpListener, live: Arc<Live>) -> std::io::Result<()> {
+    let metrics = live.metrics.clone();
+    let refresh = move || -> futures_util::future::BoxFuture<'static, ()> {
+        let live = Arc::clone(&live);
+        Box::pin(async move {
+            let (_, bytes) = live.current().inventory.cache().usage().await;
+            live.metrics.set_cache_bytes(bytes);
+        })
+    };
+    crate::metrics::serve(listener, metrics, refresh).await
+}
+
 /// Runs the configured discoveries in the background: start-up never waits for IAM.
 pub fn start_discovery(
     inventory: &Arc<Inventory>,

@@ -98,16 +98,7 @@ pub async fn run_serve(config: &Path, listen: Option<SocketAddr>) -> Result<()> 
             .await
             .with_context(|| format!("cannot listen on {metrics_addr} for metrics"))?;
         let bound = metrics_listener.local_addr()?;
-        let scraped = Arc::clone(&live);
-        let refresh = move || -> futures_util::future::BoxFuture<'static, ()> {
-            let live = Arc::clone(&scraped);
-            Box::pin(async move {
-                let generation = live.current();
-                let (_, bytes) = generation.inventory.cache().usage().await;
-                live.metrics.set_cache_bytes(bytes);
-            })
-        };
-        tokio::spawn(backupgw::metrics::serve(metrics_listener, metrics, refresh));
+        tokio::spawn(server::serve_metrics(metrics_listener, Arc::clone(&live)));
         tracing::info!(addr = %bound, "metrics at /metrics");
     }
     tracing::info!(

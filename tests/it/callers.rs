@@ -40,7 +40,13 @@ fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
 /// billing: every sub-project (`*_*`) of the first region; audit: two named projects of the
 /// second region, one call at a time.
 async fn two_callers() -> (Simulator, Gateway) {
-    let sim = start_sim(&small_spec(), sim_options()).await;
+    two_callers_with(backupgw::sim::FaultPlan::default()).await
+}
+
+async fn two_callers_with(faults: backupgw::sim::FaultPlan) -> (Simulator, Gateway) {
+    let mut options = sim_options();
+    options.faults = faults;
+    let sim = start_sim(&small_spec(), options).await;
     let data = sim.data();
     let audit_projects: Vec<&str> = data
         .projects
@@ -394,7 +400,29 @@ async fn mtls_identifies_callers_by_certificate_and_refuses_other_cas() {
 
 #[tokio::test]
 async fn metrics_count_calls_upstream_requests_cache_and_target_health() {
-    let (sim, mut gw) = two_callers().await;
+    // One of billing's targets answers 500 once: retried.
+    let probe = backupgw::sim::DataSet::generate(&small_spec()).unwrap();
+    let flaky = probe
+        .projects
+        .iter()
+        .filter(|p| p.region == probe.regions[0] && p.name.contains('_'))
+        .nth(1)
+        .unwrap()
+        .id
+        .clone();
+    let faults = backupgw::sim::FaultPlan {
+        projects: [(
+            flaky,
+            backupgw::sim::Faults {
+                fail_with: Some(backupgw::sim::FailWith::ServerError),
+                fail_count: Some(1),
+                ..Default::default()
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let (sim, mut gw) = two_callers_with(faults).await;
     let data = sim.data();
     // One of billing's targets fails: its token is wrong.
     let billing: Vec<_> = data
@@ -462,10 +490,10 @@ async fn metrics_count_calls_upstream_requests_cache_and_target_health() {
     // Scraped over HTTP, as Prometheus does.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let metrics = gw.live.metrics.clone();
-    tokio::spawn(backupgw::metrics::serve(listener, metrics, || {
-        Box::pin(async {})
-    }));
+    tokio::spawn(backupgw::server::serve_metrics(
+        listener,
+        Arc::clone(&gw.live),
+    ));
     let text = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()
@@ -495,10 +523,24 @@ async fn metrics_count_calls_upstream_requests_cache_and_target_health() {
     );
     assert_eq!(
         value(&format!(
+            "backupgw_upstream_requests_total{{region=\"{region}\",status=\"500\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            "backupgw_upstream_retries_total{{region=\"{region}\",reason=\"server_error\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
             "backupgw_upstream_request_duration_seconds_count{{region=\"{region}\"}}"
         )),
-        (ok_targets * 3 + 2) as f64
+        (ok_targets * 3 + 2 + 1) as f64
     );
+    // What the cache holds, read at the scrape: the good targets' pages.
+    assert!(value("backupgw_cache_bytes") > (ok_targets * 300 * 200) as f64);
     assert_eq!(
         value("backupgw_cache_misses_total"),
         (ok_targets * 3) as f64
