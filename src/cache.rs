@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::ddm::{DdmError, InstanceList, Pushdown};
 use crate::metrics::Metrics;
-use crate::wire::DecodedPage;
+use crate::wire::EncodedPage;
 
 /// What identifies a page upstream. Credentials are not part of it: a project has one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -35,8 +35,8 @@ impl<V> std::ops::Deref for Fresh<V> {
     }
 }
 
-/// A page as the cache keeps it: encoded for the wire (see `wire::DecodedPage`).
-pub type CachedPage = Fresh<DecodedPage>;
+/// A page as the cache keeps it: encoded for the wire (see `wire::EncodedPage`).
+pub type CachedPage = Fresh<EncodedPage>;
 
 /// What identifies a project's instance list upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -103,7 +103,7 @@ impl PageCache {
         fetch: impl FnMut() -> F,
     ) -> Result<(Arc<CachedPage>, Origin), Arc<DdmError>>
     where
-        F: Future<Output = Result<DecodedPage, DdmError>>,
+        F: Future<Output = Result<EncodedPage, DdmError>>,
     {
         let got = fresh_or_fetch(&self.pages, key, max_age, fetch).await;
         self.count(&got);
@@ -215,7 +215,7 @@ mod tests {
     use crate::ddm::model::BackupInfo;
     use crate::wire::PageBuilder;
 
-    fn page(n: usize) -> DecodedPage {
+    fn page(n: usize) -> EncodedPage {
         let mut builder = PageBuilder::new(
             crate::wire::Owner {
                 project_id: "p",

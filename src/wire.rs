@@ -87,7 +87,7 @@ impl prost::Message for ListBackupsResponse {
 /// A page of readable backups, encoded for the wire, with what the gateway itself looks at in
 /// each (its id, type, status and creation time) kept apart.
 #[derive(Debug, Clone, Default)]
-pub struct DecodedPage {
+pub struct EncodedPage {
     /// The backups as `ListBackupsResponse` field 1 entries; backup i ends at `ends[i]`.
     pub encoded: Bytes,
     pub ends: Vec<u32>,
@@ -119,7 +119,7 @@ pub struct BackupMeta<'a> {
     pub created: Option<prost_types::Timestamp>,
 }
 
-impl DecodedPage {
+impl EncodedPage {
     /// Readable backups.
     pub fn len(&self) -> usize {
         self.metas.len()
@@ -215,7 +215,7 @@ pub struct Owner<'a> {
     pub region: &'a str,
 }
 
-/// Builds a `DecodedPage` from upstream items: each is checked, then encoded straight from the
+/// Builds a `EncodedPage` from upstream items: each is checked, then encoded straight from the
 /// borrowed JSON strings, with no `Backup` built in between.
 pub struct PageBuilder<'p> {
     owner: Owner<'p>,
@@ -308,11 +308,11 @@ impl<'p> PageBuilder<'p> {
         self.skipped.push(why);
     }
 
-    pub fn finish(mut self, total: u64, items: usize) -> DecodedPage {
+    pub fn finish(mut self, total: u64, items: usize) -> EncodedPage {
         let skipped = std::mem::take(&mut self.skipped);
         let s = self.scratch();
         // Copies at their exact size: cached pages live long.
-        DecodedPage {
+        EncodedPage {
             encoded: Bytes::copy_from_slice(&s.encoded),
             ends: s.ends.clone(),
             metas: s.metas.clone(),

@@ -19,7 +19,7 @@ use super::model::decode_page;
 pub use super::retry::RetryPolicy;
 use super::retry::{retry_reason, throttled};
 use super::sign::canonical_query;
-use crate::wire::{DecodedPage, Owner};
+use crate::wire::{EncodedPage, Owner};
 
 /// The most the upstream serves in one page.
 pub const MAX_PAGE_SIZE: u32 = 128;
@@ -182,7 +182,7 @@ impl DdmClient {
         &self,
         page: &PageRequest<'_>,
         credential: &Credential,
-    ) -> Result<DecodedPage, DdmError> {
+    ) -> Result<EncodedPage, DdmError> {
         let owner = Owner {
             project_id: page.project_id,
             project_name: page.project_name,

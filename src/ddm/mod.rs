@@ -9,7 +9,7 @@ pub mod retry;
 pub mod sign;
 pub mod standing;
 
-pub use crate::wire::DecodedPage;
+pub use crate::wire::EncodedPage;
 pub use auth::{Credential, CredentialKind};
 pub use client::{
     Call, ClientOptions, DdmClient, Gate, MAX_PAGE_SIZE, PageRequest, Pushdown, RetryPolicy,

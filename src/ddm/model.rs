@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::pb;
-use crate::wire::{DecodedPage, Owner, PageBuilder};
+use crate::wire::{EncodedPage, Owner, PageBuilder};
 
 /// A page of `ListBackups` with its items still raw: to find which item is bad.
 #[derive(Debug, Deserialize)]
@@ -160,7 +160,7 @@ pub struct PageDecodeError(pub String);
 
 /// Decodes a page body. Fails only when the page as a whole is unreadable; bad items are
 /// skipped and described in `skipped`.
-pub fn decode_page(body: &[u8], owner: Owner<'_>) -> Result<DecodedPage, PageDecodeError> {
+pub fn decode_page(body: &[u8], owner: Owner<'_>) -> Result<EncodedPage, PageDecodeError> {
     // One pass when the page is well formed (the usual case): items go straight from the body
     // to the builder, and the body's UTF-8 is checked once rather than string by string…
     if let Ok(text) = std::str::from_utf8(body) {
