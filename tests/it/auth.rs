@@ -234,13 +234,7 @@ async fn discovery_finds_the_simulators_projects_and_regions() {
         endpoints,
     };
     assert_eq!(by_iam.refresh(&gw.inventory).await.unwrap(), 9);
-    let mut client = gw.client.clone();
-    let listed = client
-        .list_targets(pb::ListTargetsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .targets;
+    let listed = gw.targets().await;
     let expected: HashSet<_> = sim
         .data()
         .projects
@@ -281,7 +275,7 @@ async fn discovery_finds_the_simulators_projects_and_regions() {
             .collect(),
     };
     assert_eq!(by_key.refresh(&gw.inventory).await.unwrap(), 12);
-    let got = list(&mut client, pb::ListBackupsRequest::default()).await;
+    let got = list(&mut gw.client.clone(), pb::ListBackupsRequest::default()).await;
     assert_eq!(got.targets.len(), 12);
     assert!(got.targets.iter().all(|t| t.ok), "{:?}", got.targets);
     assert_eq!(got.by_key().len(), spec.total_backups());

@@ -8,7 +8,7 @@ use backupgw::callers::{Caller, CallerBook, Credential, Patterns, Scope, api_key
 use backupgw::pb;
 use backupgw::pb::backup_gateway_client::BackupGatewayClient;
 use backupgw::sim::Simulator;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 use crate::common::*;
 
@@ -329,27 +329,8 @@ async fn mtls_identifies_callers_by_certificate_and_refuses_other_cas() {
         },
     )
     .await;
-    let connect = |identity: Option<(String, String)>| {
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca.issuer.pem()))
-            .domain_name("localhost");
-        if let Some((cert, key)) = identity {
-            tls = tls.identity(Identity::from_pem(cert, key));
-        }
-        let url = format!("https://localhost:{}", gw.addr.port());
-        async move {
-            let channel = Channel::from_shared(url)
-                .unwrap()
-                .tls_config(tls)
-                .unwrap()
-                .connect()
-                .await?;
-            BackupGatewayClient::new(channel)
-                .list_targets(pb::ListTargetsRequest::default())
-                .await
-                .map_err(Into::into)
-        }
-    };
+    let port = gw.addr.port();
+    let connect = |identity| list_targets_over_tls(port, &ca, identity);
     let ok: Result<_, Box<dyn std::error::Error>> =
         connect(Some(ca.sign(&[], "ops.backup.svc"))).await;
     assert_eq!(

@@ -80,6 +80,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Every target, as ListTargets answers an unrestricted caller.
+    pub async fn targets(&self) -> Vec<pb::Target> {
+        self.client
+            .clone()
+            .list_targets(pb::ListTargetsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .targets
+    }
+
     /// Starts the shutdown, as SIGTERM does.
     pub fn shut_down(&mut self) {
         let (stop, _) = oneshot::channel();
@@ -334,4 +345,26 @@ impl TestCa {
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     }
+}
+
+/// ListTargets over TLS to `localhost:port`, trusting `ca`, with a client certificate when
+/// `identity` (certificate PEM, key PEM) is given.
+pub async fn list_targets_over_tls(
+    port: u16,
+    ca: &TestCa,
+    identity: Option<(String, String)>,
+) -> Result<tonic::Response<pb::ListTargetsResponse>, Box<dyn std::error::Error>> {
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca.issuer.pem()))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    let channel = Channel::from_shared(format!("https://localhost:{port}"))?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(BackupGatewayClient::new(channel)
+        .list_targets(pb::ListTargetsRequest::default())
+        .await?)
 }

@@ -424,7 +424,7 @@ async fn list_targets_shows_last_success_last_error_and_backoff() {
         },
         ..ClientOptions::default()
     };
-    let mut gw = start_gateway(targets, Limits::default(), patient).await;
+    let gw = start_gateway(targets, Limits::default(), patient).await;
     let mut client = gw.client.clone();
     let mut stream = client
         .list_backups(pb::ListBackupsRequest::default())
@@ -436,13 +436,7 @@ async fn list_targets_shows_last_success_last_error_and_backoff() {
     while done < 8 {
         done += stream.message().await.unwrap().unwrap().targets.len();
     }
-    let listed = gw
-        .client
-        .list_targets(pb::ListTargetsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .targets;
+    let listed = gw.targets().await;
     for t in &listed {
         if t.project_id == broken {
             let e = t.last_error.as_ref().unwrap();

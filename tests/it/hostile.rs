@@ -212,13 +212,7 @@ async fn a_failing_access_key_is_not_tried_again_until_its_cool_down_ends() {
     // One signed request with the wrong key in seven calls × three targets; the good key's
     // 3 targets × 3 pages were read once and then served from the cache.
     assert_eq!(sim.stats().list_requests, 3 * 3 + 1);
-    let listed = gw
-        .client
-        .list_targets(pb::ListTargetsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .targets;
+    let listed = gw.targets().await;
     for t in listed {
         assert_eq!(
             t.credential_failing_until.is_some(),

@@ -438,25 +438,8 @@ async fn sighup_reads_the_tls_certificate_again() {
     )
     .unwrap();
     let (gw, lines, addr) = serve(&config);
-    let port = addr.rsplit_once(':').unwrap().1.to_owned();
-    let trusting = |ca: &crate::common::TestCa| {
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca.issuer.pem()))
-            .domain_name("localhost");
-        let url = format!("https://localhost:{port}");
-        async move {
-            let channel = Channel::from_shared(url)
-                .unwrap()
-                .tls_config(tls)
-                .unwrap()
-                .connect()
-                .await?;
-            BackupGatewayClient::new(channel)
-                .list_targets(pb::ListTargetsRequest::default())
-                .await
-                .map_err(Box::<dyn std::error::Error>::from)
-        }
-    };
+    let port: u16 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let trusting = |ca| crate::common::list_targets_over_tls(port, ca, None);
     assert!(trusting(&first).await.is_ok());
     assert!(trusting(&second).await.is_err());
     write_cert(&second);

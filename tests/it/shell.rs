@@ -177,7 +177,7 @@ async fn ls_exits_2_when_a_target_failed_and_still_writes_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targets_lists_what_the_gateway_reads_and_errors_exit_1() {
-    let (_sim, mut gw) = start_pair(&small_spec()).await;
+    let (_sim, gw) = start_pair(&small_spec()).await;
     let addr = format!("http://{}", gw.addr);
     let out = run(&["targets", "--addr", &addr, "-o", "csv"]);
     assert_eq!(out.status.code(), Some(0));
@@ -185,13 +185,7 @@ async fn targets_lists_what_the_gateway_reads_and_errors_exit_1() {
         .deserialize()
         .map(Result::unwrap)
         .collect();
-    let api = gw
-        .client
-        .list_targets(pb::ListTargetsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .targets;
+    let api = gw.targets().await;
     assert_eq!(rows, api.iter().map(TargetRow::from).collect::<Vec<_>>());
 
     // A refused call, an unreachable gateway, a bad flag: 1, with the reason on stderr.
