@@ -358,6 +358,17 @@ impl Inventory {
             }
         }
 
+        Self::finish(started, &stats, &tally, &query, &tx).await;
+    }
+
+    /// Sends the summary (and, when no target answered, why), and logs the call's line.
+    async fn finish(
+        started: Instant,
+        stats: &QueryStats,
+        tally: &Tally,
+        query: &Query,
+        tx: &mpsc::Sender<Result<Event, InventoryError>>,
+    ) {
         let (ok, failed) = (tally.ok, tally.failed);
         let summary = pb::Summary {
             targets_ok: ok,
