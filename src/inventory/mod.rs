@@ -269,26 +269,6 @@ impl Inventory {
         let mut tally = Tally::default();
         let mut finished = vec![false; targets.len()];
         let mut out_of_time = false;
-        // What a finished (or crashed) task says about its target.
-        let outcome = |joined: Result<
-            (tokio::task::Id, pb::TargetResult),
-            tokio::task::JoinError,
-        >,
-                       index_of: &HashMap<tokio::task::Id, usize>| {
-            match joined {
-                Ok((id, result)) => (index_of[&id], result),
-                Err(e) => {
-                    let index = index_of[&e.id()];
-                    tracing::error!(project = &*targets[index].project_id, error = %e, "target read crashed");
-                    let error = pb::TargetError {
-                        kind: "internal".into(),
-                        message: "the gateway failed while reading this target".into(),
-                        ..Default::default()
-                    };
-                    (index, progress[index].result(&targets[index], Some(error)))
-                }
-            }
-        };
         loop {
             let busy = next.is_some() || !running.is_empty();
             let joined = tokio::select! {
@@ -322,7 +302,7 @@ impl Inventory {
                 }
                 else => break,
             };
-            let (index, result) = outcome(joined, &index_of);
+            let (index, result) = outcome(joined, &index_of, &targets, &progress);
             finished[index] = true;
             if !self
                 .report(&targets[index], result, &query, &mut tally, &tx)
@@ -332,22 +312,8 @@ impl Inventory {
             }
         }
         if out_of_time {
-            // Targets that finished just now count as finished; the others ran out of time.
-            let mut results = Vec::new();
-            while let Some(joined) = running.try_join_next_with_id() {
-                let (index, result) = outcome(joined, &index_of);
-                finished[index] = true;
-                results.push((index, result));
-            }
-            running.abort_all();
-            for (index, done) in finished.iter().enumerate() {
-                if !done {
-                    results.push((
-                        index,
-                        progress[index].result(&targets[index], Some(deadline_error())),
-                    ));
-                }
-            }
+            let results =
+                ran_out_of_time(&mut running, &mut finished, &index_of, &targets, &progress);
             for (index, result) in results {
                 if !self
                     .report(&targets[index], result, &query, &mut tally, &tx)
@@ -428,6 +394,55 @@ impl Inventory {
         }
         tx.send(Ok(Event::TargetDone(result))).await.is_ok()
     }
+}
+
+type Joined = Result<(tokio::task::Id, pb::TargetResult), tokio::task::JoinError>;
+
+/// What a finished (or crashed) target read says about its target, and which target it was.
+fn outcome(
+    joined: Joined,
+    index_of: &HashMap<tokio::task::Id, usize>,
+    targets: &[Arc<Target>],
+    progress: &[Arc<TargetProgress>],
+) -> (usize, pb::TargetResult) {
+    match joined {
+        Ok((id, result)) => (index_of[&id], result),
+        Err(e) => {
+            let index = index_of[&e.id()];
+            tracing::error!(project = &*targets[index].project_id, error = %e, "target read crashed");
+            let error = pb::TargetError {
+                kind: "internal".into(),
+                message: "the gateway failed while reading this target".into(),
+                ..Default::default()
+            };
+            (index, progress[index].result(&targets[index], Some(error)))
+        }
+    }
+}
+
+/// The deadline ran out: targets that finished just now count as finished; the others (their
+/// reads aborted here) ran out of time.
+fn ran_out_of_time(
+    running: &mut JoinSet<pb::TargetResult>,
+    finished: &mut [bool],
+    index_of: &HashMap<tokio::task::Id, usize>,
+    targets: &[Arc<Target>],
+    progress: &[Arc<TargetProgress>],
+) -> Vec<(usize, pb::TargetResult)> {
+    let mut results = Vec::new();
+    while let Some(joined) = running.try_join_next_with_id() {
+        let (index, result) = outcome(joined, index_of, targets, progress);
+        finished[index] = true;
+        results.push((index, result));
+    }
+    running.abort_all();
+    for (index, done) in finished.iter().enumerate() {
+        if !done {
+            let result = progress[index].result(&targets[index], Some(deadline_error()));
+            results.push((index, result));
+        }
+    }
+    results
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
