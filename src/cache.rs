@@ -16,7 +16,8 @@ use crate::wire::EncodedPage;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PageKey {
     pub endpoint: Arc<str>,
-    pub project_id: Arc<str>,
+    /// The target's key (`Target::key`: its project id).
+    pub target: Arc<str>,
     pub pushdown: Arc<Pushdown>,
     pub offset: u64,
     pub limit: u32,
@@ -42,7 +43,8 @@ pub type CachedPage = Fresh<EncodedPage>;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InstancesKey {
     pub endpoint: Arc<str>,
-    pub project_id: Arc<str>,
+    /// The target's key (`Target::key`: its project id).
+    pub target: Arc<str>,
 }
 
 /// Where a page came from.
@@ -78,7 +80,7 @@ impl PageCache {
                     .iter()
                     .map(|i| 72 + i.id.len() + i.name.len() + i.status.len())
                     .sum();
-                u32::try_from(128 + key.endpoint.len() + key.project_id.len() + held)
+                u32::try_from(128 + key.endpoint.len() + key.target.len() + held)
                     .unwrap_or(u32::MAX)
             })
             .build();
@@ -205,7 +207,7 @@ fn weight(key: &PageKey, page: &CachedPage) -> usize {
         + std::mem::size_of::<PageKey>()
         + 64 // moka's entry
         + key.endpoint.len()
-        + key.project_id.len()
+        + key.target.len()
         + page.heap_size()
 }
 
@@ -221,6 +223,8 @@ mod tests {
                 project_id: "p",
                 project_name: "",
                 region: "r",
+                account_id: "",
+                account_name: "",
             },
             n,
         );
@@ -238,7 +242,7 @@ mod tests {
     fn key(offset: u64) -> PageKey {
         PageKey {
             endpoint: "http://e".into(),
-            project_id: "p".into(),
+            target: "p".into(),
             pushdown: Arc::default(),
             offset,
             limit: 128,

@@ -53,11 +53,13 @@ impl Patterns {
 }
 
 /// What a caller may see: a target is allowed when its project (id or name) matches
-/// `projects` and its region matches `regions`.
+/// `projects`, its region matches `regions` and, when `accounts` is set, it belongs to a member
+/// account whose id or name matches (our own credentials' projects then are not visible).
 #[derive(Debug, Clone)]
 pub struct Scope {
     pub projects: Patterns,
     pub regions: Patterns,
+    pub accounts: Option<Patterns>,
 }
 
 impl Scope {
@@ -65,6 +67,7 @@ impl Scope {
         Scope {
             projects: Patterns::any(),
             regions: Patterns::any(),
+            accounts: None,
         }
     }
 
@@ -72,6 +75,11 @@ impl Scope {
         self.regions.matches(&target.region)
             && (self.projects.matches(&target.project_id)
                 || (!target.project_name.is_empty() && self.projects.matches(&target.project_name)))
+            && self.accounts.as_ref().is_none_or(|allowed| {
+                target.account.as_ref().is_some_and(|a| {
+                    (!a.id.is_empty() && allowed.matches(&a.id)) || allowed.matches(&a.name)
+                })
+            })
     }
 }
 
@@ -233,6 +241,7 @@ mod tests {
             endpoint: "http://127.0.0.1:1".into(),
             credential: Arc::new(DdmCredential::token("t", SecretString::from("x"))),
             source: TargetSource::Config,
+            account: None,
         }
     }
 
@@ -241,6 +250,7 @@ mod tests {
         let scope = Scope {
             projects: Patterns::new(&["*_payments".into(), "0123".into()]).unwrap(),
             regions: Patterns::new(&["cn-*".into()]).unwrap(),
+            accounts: None,
         };
         assert!(scope.allows(&target("aa", "cn-north-4_payments", "cn-north-4")));
         assert!(scope.allows(&target("0123", "", "cn-east-3")));

@@ -1,5 +1,6 @@
 //! The embedded default: the gateway pointed at the built-in simulator, reaching it the ways a
-//! real deployment does (static token, IAM password, access key, and IAM discovery).
+//! real deployment does (static token, IAM password, access key, IAM discovery, and the
+//! organization's member accounts through agencies).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -7,11 +8,13 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 
+use crate::accounts::{AccountSource, Members, Organization, ProjectScope};
 use crate::callers::Patterns;
 use crate::ddm::auth::{AccessKey, IamPassword};
 use crate::ddm::{Credential, CredentialKind};
 use crate::discovery::Discovery;
 use crate::inventory::{Target, TargetSource};
+use crate::sim::data::SIM_AGENCY;
 use crate::sim::{AuthOptions, SimKey, SimUser, Simulator};
 
 /// Credentials made up for one demo run; the simulator accepts them and nothing else does.
@@ -58,10 +61,18 @@ impl DemoCredentials {
     }
 }
 
+/// How the demo gateway reaches the simulator.
+pub struct DemoSetup {
+    pub targets: Vec<Target>,
+    pub discoveries: Vec<Discovery>,
+    /// The organization's member accounts (when the simulator has any).
+    pub accounts: Option<Arc<AccountSource>>,
+}
+
 /// The demo gateway's view of the simulator: the first region through a static token, the
-/// second through an IAM password, the third through an access key, and every other region's
-/// projects discovered through IAM.
-pub fn demo_setup(sim: &Simulator, c: &DemoCredentials) -> (Vec<Target>, Vec<Discovery>) {
+/// second through an IAM password, the third through an access key, every other region's
+/// projects discovered through IAM, and the member accounts' projects through their agencies.
+pub fn demo_setup(sim: &Simulator, c: &DemoCredentials) -> DemoSetup {
     let iam_endpoint = sim.endpoint(&sim.data().regions[0]).unwrap_or_default();
     let token = Arc::new(Credential::token(
         "demo-token",
@@ -99,7 +110,7 @@ pub fn demo_setup(sim: &Simulator, c: &DemoCredentials) -> (Vec<Target>, Vec<Dis
         Vec::new()
     } else {
         vec![Discovery {
-            credential: iam,
+            credential: Arc::clone(&iam),
             regions: Patterns::new(&rest).expect("region names are globs"),
             endpoints: sim
                 .endpoints()
@@ -108,14 +119,41 @@ pub fn demo_setup(sim: &Simulator, c: &DemoCredentials) -> (Vec<Target>, Vec<Dis
                 .collect(),
         }]
     };
-    (targets, discoveries)
+    let accounts = (!sim.data().accounts.is_empty()).then(|| {
+        Arc::new(AccountSource::new(
+            Members::Organization(Organization {
+                central: iam,
+                endpoint: sim.endpoint(&regions[0]).unwrap_or_default(),
+                page_size: 200,
+                agency: SIM_AGENCY.to_owned(),
+                scopes: sim
+                    .endpoints()
+                    .iter()
+                    .map(|(r, a)| ProjectScope {
+                        project: r.clone(),
+                        region: r.clone(),
+                        endpoint: format!("http://{a}").into(),
+                    })
+                    .collect(),
+                exclude: None,
+            }),
+            std::time::Duration::from_secs(600),
+        ))
+    });
+    DemoSetup {
+        targets,
+        discoveries,
+        accounts,
+    }
 }
 
-/// A target for every project of a running simulator, all with one credential.
+/// A target for every project of a running simulator's own account (not its members'), all
+/// with one credential.
 pub fn sim_targets(sim: &Simulator, credential: Arc<Credential>) -> Vec<Target> {
     sim.data()
         .projects
         .iter()
+        .filter(|p| p.account == 0)
         .map(|p| Target {
             project_id: p.id.as_str().into(),
             project_name: p.name.clone(),
@@ -123,12 +161,20 @@ pub fn sim_targets(sim: &Simulator, credential: Arc<Credential>) -> Vec<Target> 
             endpoint: sim.endpoint(&p.region).unwrap_or_default().into(),
             credential: Arc::clone(&credential),
             source: TargetSource::Config,
+            account: None,
         })
         .collect()
 }
 
-/// A gateway configuration file for a running simulator; its token is read from `token_file`.
-pub fn sim_config_toml(sim: &Simulator, listen: &str, token_file: &Path) -> String {
+/// A gateway configuration file for a running simulator: its own projects with the token read
+/// from `token_file` and, when it has member accounts, `[organization]` with the IAM user whose
+/// password is in `password_file`.
+pub fn sim_config_toml(
+    sim: &Simulator,
+    listen: &str,
+    token_file: &Path,
+    central: Option<(&DemoCredentials, &Path)>,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -143,7 +189,23 @@ pub fn sim_config_toml(sim: &Simulator, listen: &str, token_file: &Path) -> Stri
         "[credentials.sim]\nkind = \"token\"\ntoken_file = {:?}\n",
         token_file.display().to_string()
     );
-    for p in &sim.data().projects {
+    if let Some((c, password_file)) = central
+        && !sim.data().accounts.is_empty()
+    {
+        let iam = sim.endpoint(&sim.data().regions[0]).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "[credentials.central]\nkind = \"iam_password\"\niam_endpoint = \"{iam}\"\ndomain = {:?}\nuser = {:?}\npassword_file = {:?}\n",
+            c.domain,
+            c.user,
+            password_file.display().to_string()
+        );
+        let _ = writeln!(
+            out,
+            "[organization]\ncredential = \"central\"\nendpoint = \"{iam}\"\nagency = \"{SIM_AGENCY}\"\nregions = [\"*\"]\nrefresh_seconds = 600\n"
+        );
+    }
+    for p in sim.data().projects.iter().filter(|p| p.account == 0) {
         let _ = writeln!(
             out,
             "[[projects]]\nid = \"{}\"\nname = \"{}\"\nregion = \"{}\"\ncredential = \"sim\"\n",

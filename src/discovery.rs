@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::callers::Patterns;
 use crate::config::default_endpoint;
 use crate::ddm::{Credential, DdmError};
-use crate::inventory::{Inventory, Target, TargetSource};
+use crate::inventory::{Found, Inventory, Target, TargetSource};
 
 /// Which projects of a credential become targets.
 #[derive(Debug, Clone)]
@@ -55,6 +55,7 @@ impl Discovery {
                 endpoint: endpoint.into(),
                 credential: Arc::clone(&self.credential),
                 source: TargetSource::Discovered,
+                account: None,
             });
         }
         Ok(targets)
@@ -69,7 +70,14 @@ impl Discovery {
         };
         inventory.record_discovery(
             self.credential.name(),
-            found.as_ref().map(Vec::len).map_err(ToString::to_string),
+            "iam_projects",
+            found
+                .as_ref()
+                .map(|f| Found {
+                    targets: f.len(),
+                    accounts: 0,
+                })
+                .map_err(ToString::to_string),
         );
         match found {
             Ok(found) => {

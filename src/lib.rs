@@ -4,6 +4,7 @@
 //! asks; it fans out in [`inventory`], goes through the page [`cache`], and leaves for the
 //! upstream in [`ddm::client`]. [`server`] wires them; [`sim`] is the built-in DDM simulator.
 
+pub mod accounts;
 pub mod api;
 pub mod cache;
 pub mod callers;

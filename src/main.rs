@@ -89,6 +89,13 @@ struct DataArgs {
     /// How the instance list reads `offset`: as an item index or a 0-based page index.
     #[arg(long, value_enum, default_value = "item")]
     instances_offset_mode: backupgw::sim::instances::OffsetMode,
+    /// Member accounts of the organization besides ours, each with its own projects; the third
+    /// member's agency covers only the first region, the fourth has none, the fifth is suspended.
+    #[arg(long, default_value_t = 5)]
+    accounts: usize,
+    /// Accounts per page of Organizations' ListAccounts, at most.
+    #[arg(long, default_value_t = 200)]
+    org_page_size: usize,
 }
 
 #[derive(Args)]
@@ -136,6 +143,7 @@ impl DataArgs {
             backups_per_instance: self.backups_per_instance,
             seed: self.seed,
             now: self.now.unwrap_or_else(backupgw::sim::data::current_hour),
+            accounts: self.accounts,
         }
     }
 
@@ -155,6 +163,7 @@ impl DataArgs {
             latency: Duration::from_millis(self.latency_ms),
             jitter: Duration::from_millis(self.jitter_ms),
             faults,
+            org_page_size: self.org_page_size.max(1),
         })
     }
 }

@@ -26,7 +26,10 @@ use tracing::Instrument as _;
 
 use crate::callers::Caller;
 use crate::ddm::{DdmError, InstanceList};
-use crate::inventory::{Event, Inventory, InventoryError, Query, Tally, Target, target_error};
+use crate::inventory::{
+    Account, Event, Inventory, InventoryError, Query, Selection, Tally, Target, result_key,
+    target_error,
+};
 use crate::pb;
 use crate::wire::BackupFacts;
 
@@ -47,6 +50,7 @@ pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(26 * 3600);
 pub struct ReportQuery {
     pub project_ids: Vec<String>,
     pub regions: Vec<String>,
+    pub accounts: Vec<String>,
     pub stale_after: Duration,
     /// Rows to keep; empty: all (totals always count every row).
     pub protections: Vec<Protection>,
@@ -58,6 +62,8 @@ pub struct ReportQuery {
 /// One instance of one target.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceRow {
+    /// The member account, for a project reached through an agency.
+    pub account: Option<Arc<Account>>,
     pub project_id: Arc<str>,
     pub project_name: String,
     pub region: String,
@@ -121,7 +127,17 @@ pub fn summarize(
     inventory: &Arc<Inventory>,
     query: ReportQuery,
 ) -> Result<ReportStream, InventoryError> {
-    let targets = inventory.select(&query.project_ids, &query.regions, &query.caller.scope)?;
+    let selection = Selection {
+        project_ids: &query.project_ids,
+        regions: &query.regions,
+        accounts: &query.accounts,
+    };
+    // A suspended account's projects are listed by ListTargets, never read.
+    let targets: Vec<_> = inventory
+        .select(&selection, &query.caller.scope)?
+        .into_iter()
+        .filter(|t| t.readable())
+        .collect();
     let (tx, rx) = mpsc::channel(16);
     let span = tracing::info_span!(
         "call",
@@ -187,8 +203,8 @@ async fn run(
     let mut totals: BTreeMap<String, Totals> = BTreeMap::new();
     let mut tally = Tally::default();
     for target in &targets {
-        let list = lists.get(&target.project_id);
-        let result = results.remove(&target.project_id);
+        let list = lists.get(&target.key());
+        let result = results.remove(&target.key());
         let instances = seen.remove(&target.project_id).unwrap_or_default();
         let (rows, result) = join(target, list, instances, result, &query, now);
         for row in &rows {
@@ -260,7 +276,7 @@ async fn read_instance_lists(
                 .instances(&t, query.max_age, query.deadline, sent)
                 .await
                 .map(|(list, _)| list);
-            (Arc::clone(&t.project_id), list)
+            (t.key(), list)
         })
         .buffer_unordered(inventory.limits().max_concurrent_targets.max(1))
         .collect()
@@ -296,7 +312,7 @@ async fn read_backups(
                 }
             }
             Ok(Event::TargetDone(result)) => {
-                results.insert(Arc::from(result.project_id.as_str()), result);
+                results.insert(result_key(&result), *result);
             }
             Ok(Event::Finished(_)) | Err(_) => {}
         }
@@ -329,6 +345,7 @@ fn join(
     let row = |id: &str, status: &str, seen: Option<Seen>, protection: Protection| {
         let seen = seen.unwrap_or_default();
         InstanceRow {
+            account: target.account.clone(),
             project_id: Arc::clone(&target.project_id),
             project_name: target.project_name.clone(),
             region: target.region.clone(),

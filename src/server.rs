@@ -148,7 +148,8 @@ pub fn build_generation(
             .iter()
             .map(|d| Arc::clone(&d.credential))
             .collect();
-        inventory = inventory.carry_over(&previous.inventory, &discovering);
+        let sources: Vec<&str> = settings.accounts.iter().map(|a| a.label()).collect();
+        inventory = inventory.carry_over(&previous.inventory, &discovering, &sources);
     }
     let inventory = Arc::new(inventory);
     Ok(Generation {
@@ -171,19 +172,40 @@ pub async fn serve_metrics(listener: TcpListener, live: Arc<Live>) -> std::io::R
     crate::metrics::serve(listener, metrics, refresh).await
 }
 
-/// Runs the configured discoveries in the background: start-up never waits for IAM.
+/// Runs the configured discoveries and account sources in the background: start-up never
+/// waits for IAM or Organizations.
 pub fn start_discovery(
     inventory: &Arc<Inventory>,
     settings: &Settings,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    if settings.discoveries.is_empty() {
+    if settings.discoveries.is_empty() && settings.accounts.is_empty() {
         return None;
     }
-    Some(crate::discovery::start(
-        Arc::clone(inventory),
-        settings.discoveries.clone(),
-        settings.discovery_interval,
-    ))
+    let discoveries = (!settings.discoveries.is_empty()).then(|| {
+        crate::discovery::start(
+            Arc::clone(inventory),
+            settings.discoveries.clone(),
+            settings.discovery_interval,
+        )
+    });
+    let accounts = (!settings.accounts.is_empty())
+        .then(|| crate::accounts::start(Arc::clone(inventory), settings.accounts.clone()));
+    // One handle for both: aborting it (a reload) stops both.
+    Some(tokio::spawn(async move {
+        let _stop = AbortOnDrop(discoveries.into_iter().chain(accounts).collect());
+        std::future::pending::<()>().await;
+    }))
+}
+
+/// Aborts its tasks when dropped (when the task holding it is aborted).
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Where the server listens: the API, and optionally health alone in plaintext.

@@ -213,6 +213,9 @@ pub struct Owner<'a> {
     pub project_id: &'a str,
     pub project_name: &'a str,
     pub region: &'a str,
+    /// The member account reached through an agency (empty for our own projects).
+    pub account_id: &'a str,
+    pub account_name: &'a str,
 }
 
 /// Builds a `EncodedPage` from upstream items: each is checked, then encoded straight from the
@@ -289,6 +292,8 @@ impl<'p> PageBuilder<'p> {
             region: self.owner.region,
             backup_type_name,
             project_name: self.owner.project_name,
+            account_id: self.owner.account_id,
+            account_name: self.owner.account_name,
         };
         let scratch = self.scratch();
         fields.encode_framed(&mut scratch.encoded);
@@ -361,10 +366,12 @@ struct BackupFields<'a> {
     region: &'a str,
     backup_type_name: &'a str,
     project_name: &'a str,
+    account_id: &'a str,
+    account_name: &'a str,
 }
 
 impl BackupFields<'_> {
-    fn strings(&self) -> [(u32, &str); 11] {
+    fn strings(&self) -> [(u32, &str); 13] {
         [
             (1, self.id),
             (2, self.name),
@@ -377,6 +384,8 @@ impl BackupFields<'_> {
             (13, self.region),
             (14, self.backup_type_name),
             (15, self.project_name),
+            (16, self.account_id),
+            (17, self.account_name),
         ]
     }
 
@@ -433,6 +442,8 @@ impl BackupFields<'_> {
             region,
             type_name,
             project_name,
+            account_id,
+            account_name,
         ] = self.strings();
         for (tag, v) in [
             id,
@@ -457,7 +468,14 @@ impl BackupFields<'_> {
         if self.backup_type != 0 {
             prost::encoding::int32::encode(11, &self.backup_type, buf);
         }
-        for (tag, v) in [project_id, region, type_name, project_name] {
+        for (tag, v) in [
+            project_id,
+            region,
+            type_name,
+            project_name,
+            account_id,
+            account_name,
+        ] {
             string(tag, v, buf);
         }
     }
@@ -532,6 +550,8 @@ mod tests {
                 project_id: "proj",
                 project_name: "cn-north-4_payments",
                 region: "cn-north-4",
+                account_id: "",
+                account_name: "",
             },
             2,
         );
@@ -612,6 +632,8 @@ mod tests {
                 project_id: "proj",
                 project_name: "cn-north-4_payments",
                 region: "cn-north-4",
+                account_id: "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+                account_name: "payments-prod",
             },
             1,
         );

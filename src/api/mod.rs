@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::callers::{Caller, CallerError};
-use crate::inventory::{Event, InventoryError, NothingAnsweredCause};
+use crate::inventory::{Event, InventoryError, NothingAnsweredCause, Selection};
 use crate::pb;
 use crate::pb::backup_gateway_server::BackupGateway;
 use crate::server::{Generation, Live};
@@ -148,7 +148,7 @@ impl BackupGateway for Gateway {
                     ..Default::default()
                 }),
                 Ok(Event::TargetDone(target)) => Ok(pb::ListBackupsResponse {
-                    targets: vec![target],
+                    targets: vec![*target],
                     ..Default::default()
                 }),
                 Ok(Event::Finished(summary)) => Ok(pb::ListBackupsResponse {
@@ -171,15 +171,24 @@ impl BackupGateway for Gateway {
         let r = request.into_inner();
         validate::list_targets(&r).map_err(|e| status_of(&e))?;
         let inventory = &generation.inventory;
+        let selection = Selection {
+            project_ids: &r.project_ids,
+            regions: &r.regions,
+            accounts: &r.accounts,
+        };
         let targets = inventory
-            .select(&r.project_ids, &r.regions, &caller.scope)
+            .select(&selection, &caller.scope)
             .map_err(|e| status_of(&e))?;
         let targets: Vec<pb::Target> = targets
             .iter()
             .map(|t| {
-                let health = inventory.health(&t.project_id);
+                let health = inventory.health(t);
                 let last_error = health.last_error();
+                let account = t.account.as_deref();
                 pb::Target {
+                    account_id: account.map(|a| a.id.clone()).unwrap_or_default(),
+                    account_name: account.map(|a| a.name.clone()).unwrap_or_default(),
+                    account_status: account.map(|a| a.status.clone()).unwrap_or_default(),
                     project_id: t.project_id.to_string(),
                     project_name: t.project_name.clone(),
                     region: t.region.clone(),

@@ -14,7 +14,13 @@ pub fn protection(p: Protection) -> pb::Protection {
 }
 
 fn row(r: InstanceRow) -> pb::InstanceSummary {
+    let (account_id, account_name) = match &r.account {
+        Some(a) => (a.id.clone(), a.name.clone()),
+        None => Default::default(),
+    };
     pb::InstanceSummary {
+        account_id,
+        account_name,
         project_id: r.project_id.to_string(),
         project_name: r.project_name,
         region: r.region,

@@ -31,6 +31,7 @@ pub fn list_backups(
     let mut v = Violations::default();
     check_list("project_ids", &r.project_ids, &mut v);
     check_list("regions", &r.regions, &mut v);
+    check_list("accounts", &r.accounts, &mut v);
     check_list("backup_types", &r.backup_types, &mut v);
     check_list("statuses", &r.statuses, &mut v);
     for (field, value) in [
@@ -78,6 +79,7 @@ pub fn list_backups(
     Ok(Query {
         project_ids: r.project_ids,
         regions: r.regions,
+        accounts: r.accounts,
         pushdown: Pushdown {
             instance_id: r.instance_id,
             instance_name: r.instance_name,
@@ -104,6 +106,7 @@ pub fn summarize(
     let mut v = Violations::default();
     check_list("project_ids", &r.project_ids, &mut v);
     check_list("regions", &r.regions, &mut v);
+    check_list("accounts", &r.accounts, &mut v);
     let mut duration = |field: &str, d: Option<prost_types::Duration>| match d {
         None => None,
         Some(d) => match Duration::try_from(d) {
@@ -137,6 +140,7 @@ pub fn summarize(
     Ok(ReportQuery {
         project_ids: r.project_ids,
         regions: r.regions,
+        accounts: r.accounts,
         stale_after,
         protections,
         max_age,
@@ -149,6 +153,7 @@ pub fn list_targets(r: &pb::ListTargetsRequest) -> Result<(), InventoryError> {
     let mut v = Violations::default();
     check_list("project_ids", &r.project_ids, &mut v);
     check_list("regions", &r.regions, &mut v);
+    check_list("accounts", &r.accounts, &mut v);
     v.into_result()
 }
 

@@ -26,11 +26,11 @@ pub async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
         ..data.sim_options()?
     };
     let sim = Simulator::bind(set, options, IpAddr::from([127, 0, 0, 1])).await?;
-    let (targets, discoveries) = backupgw::demo::demo_setup(&sim, &credentials);
+    let setup = backupgw::demo::demo_setup(&sim, &credentials);
     let metrics = Metrics::new();
     let inventory = Arc::new(
         Inventory::new(
-            targets,
+            setup.targets,
             DdmClient::new(ClientOptions::default())?.with_metrics(metrics.clone()),
             PageCache::new(Duration::from_secs(60), 64 << 20).with_metrics(metrics.clone()),
             Limits::default(),
@@ -39,17 +39,21 @@ pub async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
     );
     let _discovery = backupgw::discovery::start(
         Arc::clone(&inventory),
-        discoveries,
+        setup.discoveries,
         Duration::from_secs(600),
     );
+    let _accounts = setup
+        .accounts
+        .map(|source| backupgw::accounts::start(Arc::clone(&inventory), vec![source]));
     let listener = TcpListener::bind(listen).await.with_context(|| {
         format!("cannot listen on {listen} (is another backupgw running? try --listen 127.0.0.1:0)")
     })?;
     let addr = listener.local_addr()?;
     let set = sim.data();
     println!(
-        "backupgw demo: the built-in DDM simulator with {} regions, {} projects, {} backups",
+        "backupgw demo: the built-in DDM simulator with {} regions, {} accounts, {} projects, {} backups",
         set.regions.len(),
+        set.accounts.len() + 1,
         set.projects.len(),
         set.projects.iter().map(|p| p.backups.len()).sum::<usize>()
     );
@@ -73,6 +77,17 @@ pub async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
         regions.get(1).map_or("-", String::as_str),
         regions.get(2).map_or("-", String::as_str)
     );
+    if !set.accounts.is_empty() {
+        println!(
+            "  and the organization's {} member accounts through their agency {} ({}: no agency, {}: suspended, {}: only {})",
+            set.accounts.len(),
+            backupgw::sim::data::SIM_AGENCY,
+            set.accounts.get(3).map_or("-", |a| a.name.as_str()),
+            set.accounts.get(4).map_or("-", |a| a.name.as_str()),
+            set.accounts.get(2).map_or("-", |a| a.name.as_str()),
+            regions[0],
+        );
+    }
     println!("backupgw listening on {addr}");
     println!("\nTry:");
     println!("  grpcurl -plaintext {addr} list");

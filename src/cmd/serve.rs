@@ -38,10 +38,11 @@ pub fn check_config(file: &std::path::Path, no_secrets: bool) -> Result<()> {
                 println!("warning: {warning}");
             }
             println!(
-                "{}: ok ({} projects, {} discovering credentials{})",
+                "{}: ok ({} projects, {} discovering credentials, {} account sources{})",
                 file.display(),
                 settings.targets.len(),
                 settings.discoveries.len(),
+                settings.accounts.len(),
                 if no_secrets {
                     "; secrets and TLS files not read"
                 } else {

@@ -36,17 +36,22 @@ pub async fn run_sim(args: SimArgs) -> Result<()> {
     if let Some(path) = &args.write_config {
         let token_path = PathBuf::from(format!("{}.token", path.display()));
         write_private(&token_path, &credentials.token)?;
+        let password_path = PathBuf::from(format!("{}.password", path.display()));
+        write_private(&password_path, &credentials.password)?;
+        let password_path = std::path::absolute(&password_path)?;
         let text = backupgw::demo::sim_config_toml(
             &sim,
             DEFAULT_LISTEN,
             &std::path::absolute(&token_path)?,
+            Some((&credentials, &password_path)),
         );
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     let set = sim.data();
     println!(
-        "backupgw sim: {} regions, {} projects, {} backups",
+        "backupgw sim: {} regions, {} accounts, {} projects, {} backups",
         set.regions.len(),
+        set.accounts.len() + 1,
         set.projects.len(),
         set.projects.iter().map(|p| p.backups.len()).sum::<usize>()
     );

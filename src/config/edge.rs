@@ -127,16 +127,36 @@ pub(super) fn callers(raw: &[RawCaller], mtls: bool, p: &mut Problems) -> Arc<Ca
             None => Some(Patterns::any()),
             Some(r) => p.take(Patterns::new(r), format!("{key}.regions")),
         };
+        // An allow-list of accounts: `None` (the key absent) leaves accounts unrestricted.
+        let accounts = match &c.accounts {
+            None => Some(None),
+            Some(a) if a.is_empty() => {
+                p.push(
+                    format!("{key}.accounts"),
+                    "must name at least one account glob, or be left out",
+                );
+                None
+            }
+            Some(a) => p
+                .take(Patterns::new(a), format!("{key}.accounts"))
+                .map(Some),
+        };
         if c.max_concurrent_streams == Some(0) {
             p.push(
                 format!("{key}.max_concurrent_streams"),
                 "must be at least 1",
             );
         }
-        if let (Some(credential), Some(projects), Some(regions)) = (credential, projects, regions) {
+        if let (Some(credential), Some(projects), Some(regions), Some(accounts)) =
+            (credential, projects, regions, accounts)
+        {
             let caller = Caller::new(
                 &c.name,
-                Scope { projects, regions },
+                Scope {
+                    projects,
+                    regions,
+                    accounts,
+                },
                 c.max_concurrent_streams,
             );
             callers.push((Arc::new(caller), credential));

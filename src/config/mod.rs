@@ -3,6 +3,7 @@
 //! written in the file: it names an environment variable or a file instead. Relative paths
 //! resolve from the file's own directory.
 
+mod accounts;
 mod edge;
 mod raw;
 mod secrets;
@@ -161,6 +162,8 @@ pub struct Settings {
     /// Credentials whose projects are listed through IAM.
     pub discoveries: Vec<Discovery>,
     pub discovery_interval: Duration,
+    /// Member accounts reached through agencies: `[[accounts]]` and `[organization]`.
+    pub accounts: Vec<Arc<crate::accounts::AccountSource>>,
     /// Things worth saying at start-up that do not stop it.
     pub warnings: Vec<String>,
 }
@@ -385,10 +388,15 @@ fn validate(raw: RawConfig, base: &Path, read_secrets: bool, p: &mut Problems) -
     let (discoveries, region_patterns) = targets::discoveries(&raw, &endpoints, &credentials, p);
     let discovering = raw.credentials.values().any(|c| c.discover);
 
-    if raw.projects.is_empty() && !discovering {
+    let account_sources = accounts::sources(&raw, &endpoints, &credentials, p);
+    if raw.projects.is_empty()
+        && !discovering
+        && raw.accounts.is_empty()
+        && raw.organization.is_none()
+    {
         p.push(
             "projects",
-            "no project is configured: add a [[projects]] or set discover = true on a credential",
+            "no project is configured: add a [[projects]], set discover = true on a credential, or add [[accounts]] or [organization]",
         );
     }
     let targets = targets::projects(&raw, &endpoints, &credentials, p);
@@ -410,6 +418,7 @@ fn validate(raw: RawConfig, base: &Path, read_secrets: bool, p: &mut Problems) -
         targets,
         discoveries,
         discovery_interval: Duration::from_secs(raw.discovery.interval_seconds),
+        accounts: account_sources,
         warnings: Vec::new(),
     };
     if let Err(e) = settings.check_exposure(settings.listen) {

@@ -39,6 +39,49 @@ pub(super) struct RawConfig {
     pub(super) projects: Vec<RawProject>,
     #[serde(default)]
     pub(super) discovery: RawDiscovery,
+    #[serde(default)]
+    pub(super) accounts: Vec<RawAccount>,
+    pub(super) organization: Option<RawOrganization>,
+}
+
+/// A member account reached through its agency.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccount {
+    pub(super) name: String,
+    pub(super) domain_id: Option<String>,
+    pub(super) domain_name: Option<String>,
+    pub(super) agency: String,
+    pub(super) credential: String,
+    /// Region globs; absent: every known region.
+    pub(super) regions: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) sub_projects: Vec<String>,
+}
+
+/// The member accounts Organizations lists.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOrganization {
+    pub(super) credential: String,
+    pub(super) agency: String,
+    pub(super) regions: Option<Vec<String>>,
+    #[serde(default = "default_refresh_seconds")]
+    pub(super) refresh_seconds: u64,
+    #[serde(default)]
+    pub(super) exclude_accounts: Vec<String>,
+    /// Organizations' endpoint; default: the global one.
+    pub(super) endpoint: Option<String>,
+    #[serde(default = "default_org_page_size")]
+    pub(super) page_size: u32,
+}
+
+fn default_refresh_seconds() -> u64 {
+    600
+}
+
+fn default_org_page_size() -> u32 {
+    200
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +232,8 @@ pub(super) struct RawCaller {
     pub(super) client_cert_subject: Option<String>,
     pub(super) projects: Vec<String>,
     pub(super) regions: Option<Vec<String>>,
+    /// Member accounts (ids or names, globs) it may see; absent: not restricted by account.
+    pub(super) accounts: Option<Vec<String>>,
     pub(super) max_concurrent_streams: Option<usize>,
 }
 

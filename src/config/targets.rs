@@ -110,6 +110,7 @@ pub(super) fn projects(
                 endpoint: endpoint.into(),
                 credential: Arc::clone(credential),
                 source: TargetSource::Config,
+                account: None,
             });
         }
     }
@@ -121,7 +122,9 @@ pub(super) fn unused(raw: &RawConfig, discovery_regions: Option<&Patterns>, p: &
     let discovers = raw.credentials.values().any(|c| c.discover);
     for region in raw.regions.keys() {
         let used = raw.projects.iter().any(|pr| &pr.region == region)
-            || (discovers && discovery_regions.is_some_and(|d| d.matches(region)));
+            || (discovers && discovery_regions.is_some_and(|d| d.matches(region)))
+            || !raw.accounts.is_empty()
+            || raw.organization.is_some();
         if !used && default_endpoint(region).is_none() {
             p.push(
                 format!("regions.{region}"),
@@ -130,10 +133,15 @@ pub(super) fn unused(raw: &RawConfig, discovery_regions: Option<&Patterns>, p: &
         }
     }
     for (name, c) in &raw.credentials {
-        if !c.discover && !raw.projects.iter().any(|pr| &pr.credential == name) {
+        let central = raw.accounts.iter().any(|a| &a.credential == name)
+            || raw
+                .organization
+                .as_ref()
+                .is_some_and(|o| &o.credential == name);
+        if !c.discover && !central && !raw.projects.iter().any(|pr| &pr.credential == name) {
             p.push(
                 format!("credentials.{name}"),
-                "no project uses this credential and it does not discover any (a typo?)",
+                "no project, account or organization uses this credential and it does not discover any (a typo?)",
             );
         }
     }

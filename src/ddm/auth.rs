@@ -3,7 +3,9 @@
 //! - a static token, sent as `X-Auth-Token`;
 //! - an IAM user and password: a project-scoped token from `POST /v3/auth/tokens`, cached until
 //!   shortly before it expires, one fetch in flight per project, renewed once on rejection;
-//! - an access key: every request signed with `SDK-HMAC-SHA256`.
+//! - an access key: every request signed with `SDK-HMAC-SHA256`;
+//! - an agency into a member account: a token of that account's project, obtained with a user
+//!   token of the central account (`agency.rs`).
 //!
 //! Secrets live in `SecretString` and in header values marked sensitive; `Debug` shows names only.
 
@@ -20,12 +22,12 @@ use super::error::{DdmError, upstream_error};
 use super::sign;
 use super::standing::Standing;
 
-const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
+pub(super) const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
 const X_SDK_DATE: HeaderName = HeaderName::from_static("x-sdk-date");
-const X_SUBJECT_TOKEN: &str = "x-subject-token";
+pub(super) const X_SUBJECT_TOKEN: &str = "x-subject-token";
 
 /// One IAM request, answer included: start-up and discovery never hang on IAM.
-const IAM_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const IAM_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The global IAM endpoint, used when a credential names none.
 pub const DEFAULT_IAM_ENDPOINT: &str = "https://iam.myhuaweicloud.com";
@@ -44,6 +46,8 @@ pub enum CredentialKind {
     IamPassword(IamPassword),
     /// An access key pair; requests are signed.
     AccessKey(AccessKey),
+    /// One project of a member account, reached through its agency.
+    Agency(super::agency::Agency),
 }
 
 pub struct IamPassword {
@@ -85,6 +89,11 @@ impl std::fmt::Debug for Credential {
             CredentialKind::AccessKey(k) => {
                 d.field("kind", &"aksk").field("access_key", &k.access_key)
             }
+            CredentialKind::Agency(a) => d
+                .field("kind", &"agency")
+                .field("account", &a.account)
+                .field("agency", &a.agency)
+                .field("project", &a.project),
         };
         d.finish_non_exhaustive()
     }
@@ -98,16 +107,44 @@ pub enum Authorized {
 }
 
 pub struct IamToken {
-    value: SecretString,
-    refresh_at: Instant,
+    pub(super) value: SecretString,
+    pub(super) refresh_at: Instant,
+}
+
+impl IamToken {
+    /// A token IAM issued at `issued` (its clock) to expire at `expires`, asked for at
+    /// `asked_at` (ours): renewed ahead of expiry by a tenth of its life, at most `most_ahead`,
+    /// with jitter so that many projects do not renew at once. Lifetimes are measured by IAM's
+    /// own clock (ours may be skewed).
+    pub(super) fn new(
+        value: SecretString,
+        asked_at: Instant,
+        issued: Option<i64>,
+        expires: i64,
+        most_ahead: Duration,
+    ) -> Self {
+        let lifetime = expires - issued.unwrap_or_else(unix_now);
+        let lifetime = Duration::from_secs(lifetime.max(0) as u64);
+        let margin = (lifetime / 10)
+            .min(most_ahead)
+            .mul_f64(1.0 + fastrand::f64() * 0.5);
+        IamToken {
+            value,
+            refresh_at: asked_at + lifetime.saturating_sub(margin),
+        }
+    }
+
+    pub(super) fn header(&self) -> Result<HeaderValue, String> {
+        sensitive_header(self.value.expose_secret())
+    }
 }
 
 /// A project's cached token, behind an async lock: one fetch in flight per project.
 #[derive(Default)]
-struct TokenSlot {
-    token: Option<Arc<IamToken>>,
+pub(super) struct TokenSlot {
+    pub(super) token: Option<Arc<IamToken>>,
     /// The last failed fetch, shared with the callers that waited for it.
-    failure: Option<(Instant, DdmError)>,
+    pub(super) failure: Option<(Instant, DdmError)>,
 }
 
 #[derive(Default)]
@@ -129,8 +166,8 @@ enum Scope<'a> {
 
 impl Credential {
     pub fn new(name: impl Into<String>, kind: CredentialKind) -> Self {
-        // Static tokens are not locked upstream; passwords and access keys are.
-        let guarded = !matches!(kind, CredentialKind::Token(_));
+        // Tokens are not locked upstream; passwords and access keys are.
+        let guarded = !matches!(kind, CredentialKind::Token(_) | CredentialKind::Agency(_));
         Credential {
             name: name.into(),
             kind,
@@ -200,10 +237,19 @@ impl Credential {
             CredentialKind::Token(_) => "token",
             CredentialKind::IamPassword(_) => "iam_password",
             CredentialKind::AccessKey(_) => "aksk",
+            CredentialKind::Agency(_) => "agency",
         }
     }
 
-    fn auth_error(&self, message: impl Into<String>, upstream: Option<DdmError>) -> DdmError {
+    pub fn kind(&self) -> &CredentialKind {
+        &self.kind
+    }
+
+    pub(super) fn auth_error(
+        &self,
+        message: impl Into<String>,
+        upstream: Option<DdmError>,
+    ) -> DdmError {
         DdmError::Auth {
             credential: self.name.clone(),
             message: message.into(),
@@ -240,6 +286,26 @@ impl Credential {
                 sign_request(request, key, unix_now()).map_err(|m| self.auth_error(m, None))?;
                 Ok(Authorized::Signed)
             }
+            CredentialKind::Agency(agency) => {
+                let token = self.agency_token(http, agency).await?;
+                let value = token.header().map_err(|m| self.auth_error(m, None))?;
+                request.headers_mut().insert(X_AUTH_TOKEN, value);
+                Ok(Authorized::IamToken(token))
+            }
+        }
+    }
+
+    /// A token of this IAM user's own domain (what assumes agencies and lists accounts).
+    pub async fn user_token(&self, http: &reqwest::Client) -> Result<Arc<IamToken>, DdmError> {
+        match &self.kind {
+            CredentialKind::IamPassword(iam) => self.iam_token(http, iam, Scope::Domain).await,
+            _ => Err(self.auth_error(
+                format!(
+                    "assuming an agency takes an IAM user's token; this credential is {}",
+                    self.kind_name()
+                ),
+                None,
+            )),
         }
     }
 
@@ -250,12 +316,15 @@ impl Credential {
         project_id: Option<&str>,
         used: &Authorized,
     ) -> bool {
-        let (CredentialKind::IamPassword(iam), Authorized::IamToken(rejected)) = (&self.kind, used)
-        else {
+        let Authorized::IamToken(rejected) = used else {
             // A static token cannot be renewed by us; AK/SK must never be retried (lockout).
             return false;
         };
-        let slot = iam.tokens.slot(project_id.unwrap_or(""));
+        let slot = match &self.kind {
+            CredentialKind::IamPassword(iam) => iam.tokens.slot(project_id.unwrap_or("")),
+            CredentialKind::Agency(agency) => agency.slot(),
+            _ => return false,
+        };
         let mut slot = slot.lock().await;
         if slot
             .token
@@ -386,21 +455,15 @@ impl Credential {
         let issued = parsed
             .token
             .issued_at
-            .and_then(|t| t.parse::<prost_types::Timestamp>().ok());
-        // Lifetime by IAM's own clock (ours may be skewed); renew ahead of expiry, with jitter so
-        // that many projects do not renew at once.
-        let lifetime = match issued {
-            Some(i) => expires.seconds - i.seconds,
-            None => expires.seconds - unix_now(),
-        };
-        let lifetime = Duration::from_secs(lifetime.max(0) as u64);
-        let margin = (lifetime / 10)
-            .min(Duration::from_secs(15 * 60))
-            .mul_f64(1.0 + fastrand::f64() * 0.5);
-        Ok(IamToken {
+            .and_then(|t| t.parse::<prost_types::Timestamp>().ok())
+            .map(|t| t.seconds);
+        Ok(IamToken::new(
             value,
-            refresh_at: asked_at + lifetime.saturating_sub(margin),
-        })
+            asked_at,
+            issued,
+            expires.seconds,
+            Duration::from_secs(15 * 60),
+        ))
     }
 
     /// The projects this credential's user may access (`GET /v3/auth/projects`).
@@ -408,7 +471,7 @@ impl Credential {
         let endpoint = match &self.kind {
             CredentialKind::IamPassword(p) => &p.iam_endpoint,
             CredentialKind::AccessKey(k) => &k.iam_endpoint,
-            CredentialKind::Token(_) => DEFAULT_IAM_ENDPOINT,
+            CredentialKind::Token(_) | CredentialKind::Agency(_) => DEFAULT_IAM_ENDPOINT,
         };
         let mut request = http
             .get(format!("{endpoint}/v3/auth/projects"))
@@ -458,14 +521,14 @@ fn enabled() -> bool {
     true
 }
 
-fn header_string(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
+pub(super) fn header_string(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
 }
 
-fn unix_now() -> i64 {
+pub(super) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

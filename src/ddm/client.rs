@@ -59,6 +59,9 @@ pub struct PageRequest<'a> {
     /// Written into every backup of the page, beside the id.
     pub project_name: &'a str,
     pub region: &'a str,
+    /// Written into every backup too: the member account, empty for our own projects.
+    pub account_id: &'a str,
+    pub account_name: &'a str,
     pub pushdown: &'a Pushdown,
     pub offset: u64,
     pub limit: u32,
@@ -187,6 +190,8 @@ impl DdmClient {
             project_id: page.project_id,
             project_name: page.project_name,
             region: page.region,
+            account_id: page.account_id,
+            account_name: page.account_name,
         };
         let decode = |body: &[u8]| decode_page(body, owner).map_err(|e| e.to_string());
         self.get(&page.call(), credential, &decode).await
@@ -501,6 +506,8 @@ mod tests {
             project_id: "0123456789abcdef0123456789abcdef",
             project_name: "",
             region: "r",
+            account_id: "",
+            account_name: "",
             pushdown: &pushdown,
             offset: 256,
             limit: 128,

@@ -478,6 +478,8 @@ mod tests {
             project_id: "p",
             project_name: "p-name",
             region: "r",
+            account_id: "",
+            account_name: "",
         }
     }
 

@@ -22,10 +22,10 @@ impl Inventory {
         sent: &AtomicU64,
     ) -> Result<(Arc<Fresh<InstanceList>>, Origin), DdmError> {
         let region = self.region_gate(&target.region);
-        let health = self.health(&target.project_id);
+        let health = self.health(target);
         let key = InstancesKey {
             endpoint: Arc::clone(&target.endpoint),
-            project_id: Arc::clone(&target.project_id),
+            target: target.key(),
         };
         let fetch = || async {
             let request = InstancesRequest {

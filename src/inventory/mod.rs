@@ -34,8 +34,9 @@ pub use query::{
 };
 pub use read::target_error;
 use read::{QueryStats, TargetProgress, TargetRead};
+pub use select::Selection;
+pub use targets::{Account, Found, Target, TargetHealth, TargetSource, result_key};
 use targets::{DiscoveryBook, HealthBook, TargetSet};
-pub use targets::{Target, TargetHealth, TargetSource};
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -86,7 +87,7 @@ pub(crate) struct RegionGate {
 pub enum Event {
     /// Backups, already encoded (see `wire`).
     Backups(EncodedBatch),
-    TargetDone(pb::TargetResult),
+    TargetDone(Box<pb::TargetResult>),
     Finished(pb::Summary),
 }
 
@@ -119,8 +120,21 @@ impl Inventory {
 
     /// Keeps what `previous` (the configuration before a reload) knew: each target's health,
     /// what discovery found (under the new credentials of the same name, until discovery runs
-    /// again) and what discovery last did.
-    pub fn carry_over(mut self, previous: &Inventory, credentials: &[Arc<Credential>]) -> Self {
+    /// again), what the account sources still configured found (as it was, until they refresh)
+    /// and what discovery last did.
+    pub fn carry_over(
+        mut self,
+        previous: &Inventory,
+        credentials: &[Arc<Credential>],
+        account_sources: &[&str],
+    ) -> Self {
+        for source in account_sources {
+            let found = previous.targets.discovered_by(source);
+            if !found.is_empty() {
+                let kept = found.iter().map(|t| (**t).clone()).collect();
+                self.targets.set_discovered(source, kept);
+            }
+        }
         self.health = Arc::clone(&previous.health);
         self.discoveries = Arc::clone(&previous.discoveries);
         for credential in credentials {
@@ -153,8 +167,13 @@ impl Inventory {
         self.discoveries.states()
     }
 
-    pub(crate) fn record_discovery(&self, credential: &str, outcome: Result<usize, String>) {
-        self.discoveries.record(credential, outcome);
+    pub(crate) fn record_discovery(
+        &self,
+        credential: &str,
+        source: &str,
+        outcome: Result<Found, String>,
+    ) {
+        self.discoveries.record(credential, source, outcome);
     }
 
     /// The targets now: configured ones and those discovered so far.
@@ -162,9 +181,10 @@ impl Inventory {
         self.targets.current()
     }
 
-    /// Replaces what `credential` discovered; configured targets win over discovered ones.
-    pub fn set_discovered(&self, credential: &str, found: Vec<Target>) {
-        self.targets.set_discovered(credential, found);
+    /// Replaces what `source` (a discovering credential, an account source) found; configured
+    /// targets win over discovered ones.
+    pub fn set_discovered(&self, source: &str, found: Vec<Target>) {
+        self.targets.set_discovered(source, found);
     }
 
     pub fn client(&self) -> &DdmClient {
@@ -172,8 +192,8 @@ impl Inventory {
     }
 
     /// What is known of a target's health (last success, last error, current backoff).
-    pub fn health(&self, project_id: &Arc<str>) -> Arc<TargetHealth> {
-        self.health.of(project_id)
+    pub fn health(&self, target: &Target) -> Arc<TargetHealth> {
+        self.health.of(target.key())
     }
 
     fn region_gate(&self, region: &str) -> Arc<RegionGate> {
@@ -220,7 +240,9 @@ impl Inventory {
     }
 
     fn fan_out(self: &Arc<Self>, query: Query) -> Result<EventStream, InventoryError> {
-        let targets = self.select(&query.project_ids, &query.regions, &query.caller.scope)?;
+        // A suspended account's projects are listed by ListTargets, never read.
+        let mut targets = self.select(&query.selection(), &query.caller.scope)?;
+        targets.retain(|t| t.readable());
         Ok(self.list_targets_of(targets, query))
     }
 
@@ -277,7 +299,7 @@ impl Inventory {
                     let read = TargetRead {
                         inventory: Arc::clone(&self),
                         target: Arc::clone(target),
-                        health: self.health(&target.project_id),
+                        health: self.health(target),
                         query: Arc::clone(&query),
                         pushdown: Arc::clone(&pushdown),
                         stats: Arc::clone(&stats),
@@ -374,7 +396,7 @@ impl Inventory {
         tally: &mut Tally,
         tx: &mpsc::Sender<Result<Event, InventoryError>>,
     ) -> bool {
-        self.health(&target.project_id).record(&result);
+        self.health(target).record(&result);
         if let Some(metrics) = &self.metrics {
             metrics.target_read(&target.project_id, &target.region, result.ok);
         }
@@ -392,7 +414,9 @@ impl Inventory {
                 "target failed"
             );
         }
-        tx.send(Ok(Event::TargetDone(result))).await.is_ok()
+        tx.send(Ok(Event::TargetDone(Box::new(result))))
+            .await
+            .is_ok()
     }
 }
 

@@ -16,6 +16,7 @@ use crate::wire::BackupMeta;
 pub struct Query {
     pub project_ids: Vec<String>,
     pub regions: Vec<String>,
+    pub accounts: Vec<String>,
     pub pushdown: Pushdown,
     pub filter: Filter,
     /// Cached pages older than this are read again; `None`: the cache TTL.
@@ -27,11 +28,22 @@ pub struct Query {
     pub order: super::Order,
 }
 
+impl Query {
+    pub fn selection(&self) -> super::Selection<'_> {
+        super::Selection {
+            project_ids: &self.project_ids,
+            regions: &self.regions,
+            accounts: &self.accounts,
+        }
+    }
+}
+
 impl Default for Query {
     fn default() -> Self {
         Query {
             project_ids: Vec::new(),
             regions: Vec::new(),
+            accounts: Vec::new(),
             pushdown: Pushdown::default(),
             filter: Filter::default(),
             max_age: None,

@@ -49,7 +49,13 @@ impl TargetProgress {
         target: &Target,
         error: Option<pb::TargetError>,
     ) -> pb::TargetResult {
+        let (account_id, account_name) = match &target.account {
+            Some(a) => (a.id.clone(), a.name.clone()),
+            None => Default::default(),
+        };
         pb::TargetResult {
+            account_id,
+            account_name,
             project_id: target.project_id.to_string(),
             project_name: target.project_name.clone(),
             region: target.region.clone(),
@@ -344,7 +350,7 @@ impl TargetRead {
         let region = inventory.region_gate(&self.target.region);
         let key = PageKey {
             endpoint: Arc::clone(&self.target.endpoint),
-            project_id: Arc::clone(&self.target.project_id),
+            target: self.target.key(),
             pushdown: Arc::clone(&self.pushdown),
             offset,
             limit: MAX_PAGE_SIZE,
@@ -355,6 +361,8 @@ impl TargetRead {
                 project_id: &self.target.project_id,
                 project_name: &self.target.project_name,
                 region: &self.target.region,
+                account_id: self.target.account.as_ref().map_or("", |a| &a.id),
+                account_name: self.target.account.as_ref().map_or("", |a| &a.name),
                 pushdown: &self.pushdown,
                 offset,
                 limit: MAX_PAGE_SIZE,

@@ -8,18 +8,25 @@ use crate::callers::{Patterns, Scope};
 impl Inventory {
     /// The targets a selection names, within what `scope` allows. Each entry of `project_ids`
     /// is a project id, a project name or a glob over both; each entry of `regions` a region or
-    /// a glob. Naming a project or region outside the scope is refused whether or not it exists;
-    /// a glob selects only within the scope; an empty selection is everything the scope allows,
-    /// never more; an entry that selects nothing the caller may see is a caller error.
+    /// a glob; each entry of `accounts` an account id, an account name or a glob over both.
+    /// Naming a project, region or account outside the scope is refused whether or not it
+    /// exists; a glob selects only within the scope; an empty selection is everything the scope
+    /// allows, never more; an entry that selects nothing the caller may see is a caller error.
+    /// Suspended accounts' projects are selected too (listed, not read: see `Target::readable`).
     pub fn select(
         &self,
-        project_ids: &[String],
-        regions: &[String],
+        selection: &Selection<'_>,
         scope: &Scope,
     ) -> Result<Vec<Arc<Target>>, InventoryError> {
+        let Selection {
+            project_ids,
+            regions,
+            accounts,
+        } = *selection;
         let all = self.targets();
         let projects = selectors("project_ids", project_ids)?;
         let region_selectors = selectors("regions", regions)?;
+        let account_selectors = selectors("accounts", accounts)?;
         for (i, selector) in projects.iter().enumerate() {
             if let Selector::Exact(name) = selector {
                 let known = all.iter().filter(|t| selector.selects_project(t));
@@ -47,6 +54,23 @@ impl Inventory {
                 });
             }
         }
+        for (i, selector) in account_selectors.iter().enumerate() {
+            if let Selector::Exact(name) = selector
+                && let Some(allowed) = &scope.accounts
+                && !allowed.matches(name)
+                && !all
+                    .iter()
+                    .any(|t| selector.selects_account(t) && scope.allows(t))
+            {
+                return Err(InventoryError::PermissionDenied {
+                    field: format!("accounts[{i}]"),
+                    message: format!(
+                        "account {} is outside what this caller may see",
+                        quote(name)
+                    ),
+                });
+            }
+        }
         let visible: Vec<&Arc<Target>> = all.iter().filter(|t| scope.allows(t)).collect();
         let mut violations = Violations::default();
         for (i, selector) in projects.iter().enumerate() {
@@ -65,6 +89,14 @@ impl Inventory {
                 );
             }
         }
+        for (i, selector) in account_selectors.iter().enumerate() {
+            if !visible.iter().any(|t| selector.selects_account(t)) {
+                violations.push(
+                    format!("accounts[{i}]"),
+                    format!("no account this caller may see is {selector}"),
+                );
+            }
+        }
         violations.into_result()?;
         let selected: Vec<_> = visible
             .into_iter()
@@ -72,18 +104,38 @@ impl Inventory {
             .filter(|t| {
                 region_selectors.is_empty() || region_selectors.iter().any(|s| s.selects(&t.region))
             })
+            .filter(|t| {
+                account_selectors.is_empty()
+                    || account_selectors.iter().any(|s| s.selects_account(t))
+            })
             .cloned()
             .collect();
-        if selected.is_empty() && !(project_ids.is_empty() && regions.is_empty()) {
+        let fields = [project_ids, regions, accounts];
+        if selected.is_empty() && fields.iter().filter(|f| !f.is_empty()).count() > 1 {
             let mut v = Violations::default();
-            v.push(
-                "regions",
-                "none of the selected projects is in the selected regions",
-            );
+            if accounts.is_empty() {
+                v.push(
+                    "regions",
+                    "none of the selected projects is in the selected regions",
+                );
+            } else {
+                v.push(
+                    "accounts",
+                    "no project of the selected accounts is among the selected projects and regions",
+                );
+            }
             return Err(InventoryError::InvalidRequest(v));
         }
         Ok(selected)
     }
+}
+
+/// What a request selects: every field empty selects everything the caller may see.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Selection<'a> {
+    pub project_ids: &'a [String],
+    pub regions: &'a [String],
+    pub accounts: &'a [String],
 }
 
 /// One entry of a selection: a name (or id) as it is, or a glob.
@@ -102,7 +154,15 @@ impl Selector {
 
     /// A project by its id or its name.
     fn selects_project(&self, t: &Target) -> bool {
-        self.selects(&t.project_id) || (!t.project_name.is_empty() && self.selects(&t.project_name))
+        (!t.project_id.is_empty() && self.selects(&t.project_id))
+            || (!t.project_name.is_empty() && self.selects(&t.project_name))
+    }
+
+    /// A member account's project by the account's id or name.
+    fn selects_account(&self, t: &Target) -> bool {
+        t.account
+            .as_ref()
+            .is_some_and(|a| (!a.id.is_empty() && self.selects(&a.id)) || self.selects(&a.name))
     }
 }
 

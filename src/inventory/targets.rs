@@ -12,18 +12,83 @@ use crate::pb;
 /// One project, called at the endpoint of the region it lives in.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// Empty for a member account's project whose agency token could not be had (the id comes
+    /// from that token): such a target answers with that failure, without a request.
     pub project_id: Arc<str>,
     pub project_name: String,
     pub region: String,
     pub endpoint: Arc<str>,
     pub credential: Arc<Credential>,
     pub source: TargetSource,
+    /// The member account reached through an agency; `None` for our own credentials' projects.
+    pub account: Option<Arc<Account>>,
+}
+
+impl Target {
+    /// What tells this target from every other: its project id, or for a member account's
+    /// project without one yet, the account and the project's name.
+    pub fn key(&self) -> Arc<str> {
+        match &self.account {
+            Some(a) if self.project_id.is_empty() => {
+                format!("{}/{}", a.key(), self.project_name).into()
+            }
+            _ => Arc::clone(&self.project_id),
+        }
+    }
+
+    /// Whether queries read it: a suspended account's projects are listed, never read.
+    pub fn readable(&self) -> bool {
+        self.account.as_ref().is_none_or(|a| a.is_active())
+    }
+}
+
+/// The key (`Target::key`) of the target a result is for.
+pub fn result_key(r: &pb::TargetResult) -> Arc<str> {
+    if !r.project_id.is_empty() {
+        return r.project_id.as_str().into();
+    }
+    let account = if r.account_id.is_empty() {
+        &r.account_name
+    } else {
+        &r.account_id
+    };
+    format!("{account}/{}", r.project_name).into()
+}
+
+/// A member account of the organization (a domain), as Organizations or the configuration
+/// names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Empty when the configuration names the account alone and no token told its id yet.
+    pub id: String,
+    pub name: String,
+    /// `active`, `suspended`, `pending_closure`, lower case.
+    pub status: String,
+}
+
+impl Account {
+    pub fn is_active(&self) -> bool {
+        self.status == "active"
+    }
+
+    /// Its id, or its name while the id is not known.
+    pub fn key(&self) -> &str {
+        if self.id.is_empty() {
+            &self.name
+        } else {
+            &self.id
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetSource {
     Config,
     Discovered,
+    /// A project of an account in `[[accounts]]`.
+    Accounts,
+    /// A project of an account Organizations listed.
+    Organization,
 }
 
 impl TargetSource {
@@ -31,6 +96,8 @@ impl TargetSource {
         match self {
             TargetSource::Config => "config",
             TargetSource::Discovered => "discovered",
+            TargetSource::Accounts => "accounts",
+            TargetSource::Organization => "organization",
         }
     }
 }
@@ -56,17 +123,15 @@ impl TargetSet {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Replaces what `credential` discovered; configured targets win over discovered ones.
-    pub(super) fn set_discovered(&self, credential: &str, found: Vec<Target>) {
+    /// Replaces what `source` (a discovering credential, or an account source) found;
+    /// configured targets win over discovered ones.
+    pub(super) fn set_discovered(&self, source: &str, found: Vec<Target>) {
         let mut discovered = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
-        discovered.insert(
-            credential.to_owned(),
-            found.into_iter().map(Arc::new).collect(),
-        );
+        discovered.insert(source.to_owned(), found.into_iter().map(Arc::new).collect());
         let mut all = self.configured.clone();
-        let mut seen: HashSet<Arc<str>> = all.iter().map(|t| Arc::clone(&t.project_id)).collect();
+        let mut seen: HashSet<Arc<str>> = all.iter().map(|t| t.key()).collect();
         for t in discovered.values().flatten() {
-            if seen.insert(Arc::clone(&t.project_id)) {
+            if seen.insert(t.key()) {
                 all.push(Arc::clone(t));
             }
         }
@@ -76,10 +141,10 @@ impl TargetSet {
 }
 
 impl TargetSet {
-    /// What `credential` discovered last.
-    pub(super) fn discovered_by(&self, credential: &str) -> Vec<Arc<Target>> {
+    /// What `source` discovered last.
+    pub(super) fn discovered_by(&self, source: &str) -> Vec<Arc<Target>> {
         let discovered = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
-        discovered.get(credential).cloned().unwrap_or_default()
+        discovered.get(source).cloned().unwrap_or_default()
     }
 }
 
@@ -124,6 +189,12 @@ impl TargetHealth {
         }
     }
 
+    /// A failure found outside a read (an agency IAM refused), shown until a read succeeds.
+    pub fn record_failure(&self, error: pb::TargetError) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((SystemTime::now(), error));
+    }
+
     pub fn last_success(&self) -> Option<SystemTime> {
         *self.last_success.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -147,30 +218,39 @@ impl TargetHealth {
 pub(super) struct HealthBook(Mutex<HashMap<Arc<str>, Arc<TargetHealth>>>);
 
 impl HealthBook {
-    pub(super) fn of(&self, project_id: &Arc<str>) -> Arc<TargetHealth> {
+    pub(super) fn of(&self, key: Arc<str>) -> Arc<TargetHealth> {
         let mut book = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(book.entry(Arc::clone(project_id)).or_default())
+        Arc::clone(book.entry(key).or_default())
     }
 }
 
-/// What each credential's discovery last did, for `ListTargets`.
+/// What a discovery found: targets, and for account sources, accounts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Found {
+    pub targets: usize,
+    pub accounts: usize,
+}
+
+/// What each discovery (a credential's projects, an account source) last did, for `ListTargets`.
 #[derive(Default)]
-pub(super) struct DiscoveryBook(Mutex<BTreeMap<String, pb::DiscoveryState>>);
+pub(super) struct DiscoveryBook(Mutex<BTreeMap<(String, String), pb::DiscoveryState>>);
 
 impl DiscoveryBook {
-    pub(super) fn record(&self, credential: &str, outcome: Result<usize, String>) {
+    pub(super) fn record(&self, credential: &str, source: &str, outcome: Result<Found, String>) {
         let mut book = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let state = book
-            .entry(credential.to_owned())
+            .entry((source.to_owned(), credential.to_owned()))
             .or_insert_with(|| pb::DiscoveryState {
                 credential: credential.to_owned(),
+                source: source.to_owned(),
                 ..Default::default()
             });
         let now = Some(SystemTime::now().into());
         match outcome {
-            Ok(n) => {
+            Ok(found) => {
                 state.last_success = now;
-                state.targets = n as u32;
+                state.targets = found.targets as u32;
+                state.accounts = found.accounts as u32;
                 state.last_error.clear();
             }
             Err(e) => {

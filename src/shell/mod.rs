@@ -49,6 +49,9 @@ pub struct Selection {
     /// Regions or globs (`cn-*`).
     #[arg(long = "region", value_delimiter = ',')]
     pub regions: Vec<String>,
+    /// Member accounts: ids, names or globs (`payments-*`).
+    #[arg(long = "account", value_delimiter = ',')]
+    pub accounts: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -252,6 +255,7 @@ pub async fn ls(args: LsArgs) -> Result<u8, ShellError> {
     let request = pb::ListBackupsRequest {
         project_ids: args.selection.projects.clone(),
         regions: args.selection.regions.clone(),
+        accounts: args.selection.accounts.clone(),
         instance_name: args.instance_name.clone().unwrap_or_default(),
         backup_types: args.types.clone(),
         statuses: args.statuses.clone(),
@@ -328,6 +332,7 @@ async fn progress(
             pb::ListTargetsRequest {
                 project_ids: selection.projects.clone(),
                 regions: selection.regions.clone(),
+                accounts: selection.accounts.clone(),
             },
             key,
         )?)
@@ -386,6 +391,7 @@ pub async fn report(args: ReportArgs) -> Result<u8, ShellError> {
     let request = pb::SummarizeBackupsRequest {
         project_ids: args.selection.projects.clone(),
         regions: args.selection.regions.clone(),
+        accounts: args.selection.accounts.clone(),
         stale_after: prost_types::Duration::try_from(stale_after).ok(),
         protections: args
             .only
@@ -451,6 +457,7 @@ pub async fn targets(args: TargetsArgs) -> Result<u8, ShellError> {
             pb::ListTargetsRequest {
                 project_ids: args.selection.projects.clone(),
                 regions: args.selection.regions.clone(),
+                accounts: args.selection.accounts.clone(),
             },
             key.as_deref(),
         )?)

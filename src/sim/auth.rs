@@ -77,6 +77,8 @@ impl Rejection {
 struct Issued {
     /// `None`: scoped to the user's domain.
     project: Option<String>,
+    /// The IAM user's domain; `None` for agency tokens (which cannot assume agencies).
+    user_domain: Option<String>,
     valid_until: Instant,
 }
 
@@ -91,6 +93,8 @@ pub(super) struct AuthState {
     tokens: Mutex<HashMap<String, Issued>>,
     /// Tokens issued per scope (project id, or "" for domain tokens).
     issued: Mutex<HashMap<String, u64>>,
+    /// `assume_role` requests per member account name.
+    assumes: Mutex<HashMap<String, u64>>,
     keys: Mutex<HashMap<String, KeyState>>,
     /// Every token issued and signature received, so tests can look for them where they must
     /// not be (logs, errors).
@@ -130,6 +134,7 @@ impl AuthState {
         &self,
         options: &AuthOptions,
         project: Option<String>,
+        user_domain: Option<String>,
     ) -> (String, i64, i64) {
         let token = format!(
             "MIIT{}",
@@ -149,10 +154,38 @@ impl AuthState {
             token.clone(),
             Issued {
                 project,
+                user_domain,
                 valid_until: Instant::now() + lifetime,
             },
         );
         (token, issued_at, expires_at)
+    }
+
+    pub(super) fn count_assume(&self, account: &str) {
+        *lock(&self.assumes).entry(account.to_owned()).or_default() += 1;
+    }
+
+    pub fn assume_requests(&self, account: &str) -> u64 {
+        lock(&self.assumes).get(account).copied().unwrap_or(0)
+    }
+
+    /// The domain of the IAM user whose live token this is (agency tokens have none).
+    pub(super) fn user_domain(&self, token: &str) -> Result<String, Rejection> {
+        let tokens = lock(&self.tokens);
+        let issued = tokens
+            .get(token)
+            .ok_or_else(|| Rejection::incorrect("decrypt token fail"))?;
+        if Instant::now() >= issued.valid_until {
+            return Err(Rejection {
+                status: 401,
+                code: "APIGW.0307",
+                message: "The token must be updated".into(),
+            });
+        }
+        issued
+            .user_domain
+            .clone()
+            .ok_or_else(|| Rejection::incorrect("an agency token cannot do this"))
     }
 
     pub fn tokens_issued(&self, scope: &str) -> u64 {

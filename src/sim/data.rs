@@ -79,6 +79,9 @@ pub struct DataSpec {
     pub seed: u64,
     /// Unix seconds the data set is relative to (the real clock to the hour by default).
     pub now: i64,
+    /// Member accounts of the organization besides our own, each with projects shaped like
+    /// ours (see `SimAccount` for the ones in trouble).
+    pub accounts: usize,
 }
 
 impl Default for DataSpec {
@@ -91,6 +94,7 @@ impl Default for DataSpec {
             backups_per_instance: 30,
             seed: 42,
             now: current_hour(),
+            accounts: 0,
         }
     }
 }
@@ -111,7 +115,14 @@ impl DataSpec {
         if self.projects_per_region == 0 {
             return Err(SpecError("projects per region must be at least 1".into()));
         }
-        let total = self.regions as u128
+        if self.accounts > 1000 {
+            return Err(SpecError(format!(
+                "accounts must be at most 1000, not {}",
+                self.accounts
+            )));
+        }
+        let total = (self.accounts as u128 + 1)
+            * self.regions as u128
             * self.projects_per_region as u128
             * self.instances_per_project as u128
             * self.backups_per_instance as u128;
@@ -124,7 +135,8 @@ impl DataSpec {
     }
 
     pub fn total_backups(&self) -> usize {
-        self.regions
+        (self.accounts + 1)
+            * self.regions
             * self.projects_per_region
             * self.instances_per_project
             * self.backups_per_instance
@@ -178,6 +190,8 @@ pub struct SimBackup {
 
 #[derive(Debug, Clone)]
 pub struct SimProject {
+    /// The account it belongs to: 0 is ours, members from 1 (`DataSet::accounts[i - 1]`).
+    pub account: u32,
     pub id: String,
     pub name: String,
     pub region: String,
@@ -243,11 +257,80 @@ impl SimProject {
     }
 }
 
-/// All projects of all regions.
+/// The agency every member account creates for us (the name Organizations' landing zones use).
+pub const SIM_AGENCY: &str = "OrganizationAccountAccessAgency";
+
+/// Member accounts' names, in order; then `member-07`, `member-08`, …
+const ACCOUNT_NAMES: &[&str] = &[
+    "payments-prod",
+    "orders-prod",
+    "analytics-prod",
+    "legacy-erp",
+    "sandbox-dev",
+    "billing-prod",
+];
+
+/// A member account of the organization. Deterministic trouble: the third member's agency
+/// covers only the first region, the fourth has no agency, the fifth is suspended.
+#[derive(Debug, Clone)]
+pub struct SimAccount {
+    pub id: String,
+    pub name: String,
+    /// `active` or `suspended`.
+    pub status: &'static str,
+    /// The agency trusting our account; `None`: the account never created it.
+    pub agency: Option<SimAgency>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimAgency {
+    pub name: String,
+    /// Regions the agency's permissions cover; `None`: every region.
+    pub regions: Option<Vec<String>>,
+}
+
+fn generate_accounts(spec: &DataSpec, regions: &[String]) -> Vec<SimAccount> {
+    (0..spec.accounts)
+        .map(|i| {
+            let name = match ACCOUNT_NAMES.get(i) {
+                Some(n) => (*n).to_owned(),
+                None => format!("member-{:02}", i + 1),
+            };
+            let half = |salt: &str| {
+                let mut hasher = std::hash::DefaultHasher::new();
+                std::hash::Hash::hash(&(spec.seed, salt, &name), &mut hasher);
+                std::hash::Hasher::finish(&hasher)
+            };
+            let id = format!("{:016x}{:016x}", half("account"), half("account id"));
+            let agency = |regions: Option<Vec<String>>| {
+                Some(SimAgency {
+                    name: SIM_AGENCY.to_owned(),
+                    regions,
+                })
+            };
+            let (status, agency) = match i {
+                2 => ("active", agency(Some(regions[..1].to_vec()))),
+                3 => ("active", None),
+                4 => ("suspended", agency(None)),
+                _ => ("active", agency(None)),
+            };
+            SimAccount {
+                id,
+                name,
+                status,
+                agency,
+            }
+        })
+        .collect()
+}
+
+/// All projects of all regions, ours and the member accounts'.
 #[derive(Debug, Clone)]
 pub struct DataSet {
     pub regions: Vec<String>,
     pub projects: Vec<SimProject>,
+    /// The organization's member accounts (ours is not among them).
+    pub accounts: Vec<SimAccount>,
     by_id: HashMap<String, usize>,
 }
 
@@ -258,20 +341,27 @@ impl DataSet {
             .filter_map(region_name)
             .map(str::to_owned)
             .collect();
+        let accounts = generate_accounts(spec, &regions);
         let mut projects = Vec::new();
-        for region in &regions {
-            for p in 0..spec.projects_per_region {
-                let name = match p {
-                    0 => region.clone(),
-                    p => {
-                        let base = SUB_PROJECT_NAMES[(p - 1) % SUB_PROJECT_NAMES.len()];
-                        match (p - 1) / SUB_PROJECT_NAMES.len() {
-                            0 => format!("{region}_{base}"),
-                            round => format!("{region}_{base}{}", round + 1),
+        for account in 0..=accounts.len() {
+            // Our own projects' ids depend on the seed and the name only, as they always did.
+            let owner = account.checked_sub(1).map(|i| accounts[i].name.as_str());
+            for region in &regions {
+                for p in 0..spec.projects_per_region {
+                    let name = match p {
+                        0 => region.clone(),
+                        p => {
+                            let base = SUB_PROJECT_NAMES[(p - 1) % SUB_PROJECT_NAMES.len()];
+                            match (p - 1) / SUB_PROJECT_NAMES.len() {
+                                0 => format!("{region}_{base}"),
+                                round => format!("{region}_{base}{}", round + 1),
+                            }
                         }
-                    }
-                };
-                projects.push(generate_project(spec, region, name));
+                    };
+                    let mut project = generate_project(spec, owner, region, name);
+                    project.account = account as u32;
+                    projects.push(project);
+                }
             }
         }
         let by_id = projects
@@ -282,6 +372,7 @@ impl DataSet {
         Ok(DataSet {
             regions,
             projects,
+            accounts,
             by_id,
         })
     }
@@ -362,11 +453,19 @@ fn instance_backups(
 /// Statuses of the backups that are not `normal`.
 const ODD_BACKUP_STATUSES: &[&str] = &["creating", "failed", "restoring"];
 
-fn generate_project(spec: &DataSpec, region: &str, name: String) -> SimProject {
-    // Its own random stream, from the seed and its name: a project's id does not move when the
-    // data set grows.
+fn generate_project(
+    spec: &DataSpec,
+    account: Option<&str>,
+    region: &str,
+    name: String,
+) -> SimProject {
+    // Its own random stream, from the seed, its account and its name: a project's id does not
+    // move when the data set grows.
     let mut hasher = std::hash::DefaultHasher::new();
-    std::hash::Hash::hash(&(spec.seed, &name), &mut hasher);
+    match account {
+        None => std::hash::Hash::hash(&(spec.seed, &name), &mut hasher),
+        Some(a) => std::hash::Hash::hash(&(spec.seed, a, &name), &mut hasher),
+    }
     let rng = &mut fastrand::Rng::with_seed(std::hash::Hasher::finish(&hasher));
     let id = format!("{:032x}", rng.u128(..));
     let utc_offset_minutes = if rng.u8(..3) == 0 { 480 } else { 0 };
@@ -427,6 +526,7 @@ fn generate_project(spec: &DataSpec, region: &str, name: String) -> SimProject {
     }
     backups.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
     let mut project = SimProject {
+        account: 0,
         id,
         name,
         region: region.to_owned(),

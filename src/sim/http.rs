@@ -39,6 +39,8 @@ pub(super) fn router(state: RegionState) -> Router {
         .route("/v3/auth/tokens", axum::routing::post(iam_tokens))
         .route("/v3/auth/projects", get(iam_projects))
         .route("/v3/projects", get(iam_projects))
+        // Organizations too (a global service: any listener answers).
+        .route("/v1/organizations/accounts", get(super::org::list_accounts))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), count_and_tag));
     Router::new()
@@ -264,6 +266,9 @@ fn check_caller(
         Caller::Static => Ok(()),
         Caller::Token { scope } if scope.as_deref() == Some(project.id.as_str()) => Ok(()),
         Caller::Token { .. } => Err(refuse("the token is not scoped to this project")),
+        Caller::AccessKey if project.account != 0 => {
+            Err(refuse("the access key's account does not own this project"))
+        }
         Caller::AccessKey => {
             // X-Project-Id names the project the signature is for; sub-projects need it.
             let header = headers.get("x-project-id").and_then(|v| v.to_str().ok());
@@ -279,19 +284,30 @@ fn check_caller(
 }
 
 /// IAM's error body.
-fn iam_error(status: StatusCode, message: &str) -> Response {
+pub(super) fn iam_error(status: StatusCode, message: &str) -> Response {
     let body = json!({"error": {"code": status.as_u16(), "message": message, "title": status.canonical_reason()}});
     (status, axum::Json(body)).into_response()
 }
 
-/// `POST /v3/auth/tokens`: a password token scoped to a project (by id or name) or a domain.
-async fn iam_tokens(State(state): State<RegionState>, body: Bytes) -> Response {
+/// `POST /v3/auth/tokens`: a password token scoped to a project (by id or name) or a domain;
+/// or an agency token (`assume_role`, in `org.rs`).
+async fn iam_tokens(State(state): State<RegionState>, headers: HeaderMap, body: Bytes) -> Response {
     let shared = &state.shared;
+    shared
+        .stats
+        .iam_token_requests
+        .fetch_add(1, Ordering::Relaxed);
     let Ok(body) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return iam_error(StatusCode::BAD_REQUEST, "The request body is not JSON.");
     };
     let auth = &body["auth"];
     let methods = &auth["identity"]["methods"];
+    if methods
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m == "assume_role"))
+    {
+        return super::org::assume_role(shared, &headers, auth);
+    }
     if !methods
         .as_array()
         .is_some_and(|m| m.iter().any(|m| m == "password"))
@@ -322,11 +338,13 @@ async fn iam_tokens(State(state): State<RegionState>, body: Bytes) -> Response {
     let scope = &auth["scope"];
     let project = if scope["project"].is_object() {
         let p = &scope["project"];
+        // Only our own account's projects: the members' are reached through agencies.
         let found = match (p["id"].as_str(), p["name"].as_str()) {
             (Some(id), _) => shared.data.project(id),
             (None, Some(name)) => shared.data.projects.iter().find(|q| q.name == name),
             _ => None,
-        };
+        }
+        .filter(|p| p.account == 0);
         match found {
             Some(p) => Some(p),
             None => return iam_error(StatusCode::NOT_FOUND, "Could not find the project."),
@@ -339,9 +357,11 @@ async fn iam_tokens(State(state): State<RegionState>, body: Bytes) -> Response {
             "The scope must be a project or the user's domain.",
         );
     };
-    let (token, issued_at, expires_at) = shared
-        .auth
-        .issue_token(&shared.options.auth, project.map(|p| p.id.clone()));
+    let (token, issued_at, expires_at) = shared.auth.issue_token(
+        &shared.options.auth,
+        project.map(|p| p.id.clone()),
+        Some(known.domain.clone()),
+    );
     let domain_json = json!({"id": format!("{:032x}", fastrand::u128(..)), "name": known.domain});
     let mut token_json = json!({
         "methods": ["password"],
@@ -368,7 +388,7 @@ async fn iam_tokens(State(state): State<RegionState>, body: Bytes) -> Response {
 }
 
 /// `2020-01-04T09:05:22.701000Z`: UTC with microseconds.
-fn iam_time(unix: i64) -> String {
+pub(super) fn iam_time(unix: i64) -> String {
     let mut s = prost_types::Timestamp {
         seconds: unix,
         nanos: 0,
@@ -418,6 +438,7 @@ async fn iam_projects(
         .data
         .projects
         .iter()
+        .filter(|p| p.account == 0)
         .map(|p| json!({"id": p.id, "name": p.name, "enabled": true, "is_domain": false,
                         "domain_id": parent, "parent_id": parent, "description": "", "links": {"self": ""}}))
         .collect();

@@ -7,6 +7,7 @@ pub mod data;
 pub mod faults;
 mod http;
 pub mod instances;
+mod org;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ pub struct SimOptions {
     pub faults: FaultPlan,
     /// How the instance list reads `offset`.
     pub instances_offset_mode: instances::OffsetMode,
+    /// Accounts per page of Organizations' ListAccounts, at most (0: 200).
+    pub org_page_size: usize,
 }
 
 impl std::fmt::Debug for SimOptions {
@@ -71,6 +74,8 @@ struct SimStats {
     in_flight: AtomicI64,
     throttled: AtomicU64,
     faults: AtomicU64,
+    iam_token_requests: AtomicU64,
+    organizations_requests: AtomicU64,
 }
 
 /// What the simulator has served so far (also at `GET /_sim/stats` on every listener).
@@ -89,6 +94,12 @@ pub struct SimStatsSnapshot {
     pub throttled: u64,
     /// Requests answered with an injected fault.
     pub faults: u64,
+    /// `POST /v3/auth/tokens` requests (passwords and `assume_role`).
+    #[serde(default)]
+    pub iam_token_requests: u64,
+    /// Organizations `ListAccounts` requests (one per page).
+    #[serde(default)]
+    pub organizations_requests: u64,
 }
 
 struct SimState {
@@ -102,6 +113,8 @@ struct SimState {
     live: Vec<Mutex<Option<Vec<data::SimBackup>>>>,
     /// Throttles by scope ("all", a region or a project id).
     buckets: Mutex<HashMap<String, Arc<TokenBucket>>>,
+    /// Member accounts that have left the organization.
+    left: Mutex<Vec<String>>,
 }
 
 impl SimState {
@@ -113,6 +126,8 @@ impl SimState {
             in_flight: self.stats.in_flight.load(Ordering::Relaxed),
             throttled: self.stats.throttled.load(Ordering::Relaxed),
             faults: self.stats.faults.load(Ordering::Relaxed),
+            iam_token_requests: self.stats.iam_token_requests.load(Ordering::Relaxed),
+            organizations_requests: self.stats.organizations_requests.load(Ordering::Relaxed),
         }
     }
 
@@ -254,6 +269,7 @@ impl Simulator {
             project_requests: (0..data_len).map(|_| AtomicU64::new(0)).collect(),
             live: (0..data_len).map(|_| Mutex::new(None)).collect(),
             buckets: Mutex::default(),
+            left: Mutex::default(),
         });
         let mut endpoints = Vec::new();
         let mut tasks = Vec::new();
@@ -369,6 +385,22 @@ impl Simulator {
     /// Makes every IAM token issued so far expired, as if a day had passed.
     pub fn expire_tokens(&self) {
         self.state.auth.expire_tokens();
+    }
+
+    /// `assume_role` requests IAM answered for a member account (by name), refusals included.
+    pub fn assume_requests(&self, account: &str) -> u64 {
+        self.state.auth.assume_requests(account)
+    }
+
+    /// Takes a member account out of the organization (`false`) or back in: Organizations
+    /// lists it or not from the next request on.
+    pub fn set_member(&self, account: &str, member: bool) {
+        let mut left = self.state.left.lock().unwrap_or_else(|e| e.into_inner());
+        if member {
+            left.retain(|a| a != account);
+        } else if !left.iter().any(|a| a == account) {
+            left.push(account.to_owned());
+        }
     }
 }
 

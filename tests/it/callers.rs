@@ -26,6 +26,7 @@ fn scope(projects: &[&str], regions: Option<&[&str]>) -> Scope {
     Scope {
         projects: Patterns::new(&owned(projects)).unwrap(),
         regions: regions.map_or_else(Patterns::any, |r| Patterns::new(&owned(r)).unwrap()),
+        accounts: None,
     }
 }
 
@@ -202,6 +203,7 @@ async fn a_caller_sees_and_queries_only_its_own_targets() {
                 pb::ListTargetsRequest {
                     project_ids,
                     regions,
+                    ..Default::default()
                 },
                 BILLING_KEY,
             ))

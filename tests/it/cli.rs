@@ -122,17 +122,35 @@ async fn serve_reads_the_configuration_the_simulator_writes() {
         !written.contains(&token),
         "the token is not written into the configuration"
     );
-    let (_gw, addr) = spawn_until(
+    assert!(written.contains("[organization]"), "{written}");
+    let password = std::fs::read_to_string(format!("{config}.password")).unwrap();
+    assert!(!written.contains(&password), "nor is the password");
+    let (_gw, lines) = spawn_lines(
         &["serve", "--config", config, "--listen", "127.0.0.1:0"],
-        "listening addr=",
+        &[],
     );
-    let addr = listening_addr(&addr);
-    let mut client = BackupGatewayClient::connect(format!("http://{addr}"))
+    let mut addr = None;
+    let mut refreshed = false;
+    while addr.is_none() || !refreshed {
+        let line = lines
+            .recv()
+            .expect("serve printed its address and the accounts");
+        if let Some((_, rest)) = line.split_once("listening addr=") {
+            addr = Some(listening_addr(rest));
+        }
+        refreshed |= line.contains("refreshed the member accounts");
+    }
+    std::thread::spawn(move || lines.iter().for_each(drop));
+    let mut client = BackupGatewayClient::connect(format!("http://{}", addr.unwrap()))
         .await
         .unwrap();
     let got: Collected = list(&mut client, pb::ListBackupsRequest::default()).await;
-    assert_eq!(got.by_key().len(), 4 * 200);
-    assert_eq!(got.summary.unwrap().targets_ok, 4);
+    // Our 4 projects, and the members' region projects: payments-prod and orders-prod in both
+    // regions, analytics-prod in the first (its agency covers no more); legacy-erp has no
+    // agency; sandbox-dev is suspended and not read.
+    assert_eq!(got.by_key().len(), (4 + 5) * 200);
+    let summary = got.summary.unwrap();
+    assert_eq!((summary.targets_ok, summary.targets_failed), (4 + 5, 1 + 2));
 }
 
 #[test]

@@ -46,10 +46,11 @@ fn grpcurl_lists_describes_checks_health_and_streams() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_backupgw"))
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
     let _demo = Demo(child);
     // The demo prints its address once it is listening; keep draining its output after that.
     let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
@@ -57,6 +58,11 @@ fn grpcurl_lists_describes_checks_health_and_streams() {
         .find_map(|l| l.strip_prefix("backupgw listening on ").map(str::to_owned))
         .expect("the demo printed its address");
     std::thread::spawn(move || lines.for_each(drop));
+    // The member accounts are refreshed in the background: wait for the log line that says so.
+    let mut log = BufReader::new(stderr).lines().map_while(Result::ok);
+    let refreshed = log.find(|l| l.contains("refreshed the member accounts"));
+    assert!(refreshed.is_some_and(|l| l.contains("accounts=5 targets=20 refused=7")));
+    std::thread::spawn(move || log.for_each(drop));
 
     let services = grpcurl(&["-plaintext", &addr, "list"]);
     assert!(services.contains("backupgw.v1.BackupGateway"), "{services}");
@@ -66,7 +72,11 @@ fn grpcurl_lists_describes_checks_health_and_streams() {
     let health = grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
     assert!(health.contains("SERVING"), "{health}");
     let targets = grpcurl(&["-plaintext", &addr, "backupgw.v1.BackupGateway/ListTargets"]);
-    assert_eq!(targets.matches("\"projectId\"").count(), 24, "{targets}");
+    // Our own 24 projects, and 4 regions of the 5 member accounts.
+    let listed: serde_json::Value = serde_json::from_str(&targets).unwrap();
+    let listed = listed["targets"].as_array().unwrap();
+    let own = listed.iter().filter(|t| t.get("accountName").is_none());
+    assert_eq!((own.count(), listed.len()), (24, 24 + 5 * 4), "{targets}");
 
     let streamed = grpcurl(&[
         "-plaintext",
@@ -76,8 +86,11 @@ fn grpcurl_lists_describes_checks_health_and_streams() {
         "backupgw.v1.BackupGateway/ListBackups",
     ]);
     assert!(streamed.contains("\"summary\""), "{streamed}");
-    assert!(streamed.contains("\"targetsOk\": 6"), "{streamed}");
-    assert_eq!(streamed.matches("\"backupTypeName\"").count(), 6 * 90);
+    // cn-north-4: our 6 projects and 3 members' (legacy-erp has no agency; sandbox-dev is
+    // suspended and not read).
+    assert!(streamed.contains("\"targetsOk\": 9"), "{streamed}");
+    assert!(streamed.contains("\"targetsFailed\": 1"), "{streamed}");
+    assert_eq!(streamed.matches("\"backupTypeName\"").count(), 9 * 90);
 
     let out = Command::new("grpcurl")
         .args([

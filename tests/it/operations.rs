@@ -31,6 +31,8 @@ fn simulator(dir: &Path) -> (Running, PathBuf, String) {
             "2",
             "--backups-per-instance",
             "1000",
+            "--accounts",
+            "0",
             "--write-config",
             config.to_str().unwrap(),
         ],
