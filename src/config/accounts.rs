@@ -183,15 +183,15 @@ fn scopes(
                 });
             }
         }
-        if scopes.is_empty() {
-            p.push(
-                format!("{key}.regions"),
-                format!("matches none of the known regions ({})", known.join(", ")),
-            );
-            return None;
-        }
     }
     let mut ok = true;
+    if patterns.as_ref().is_some_and(|_| scopes.is_empty()) {
+        ok = false;
+        p.push(
+            format!("{key}.regions"),
+            format!("matches none of the known regions ({})", known.join(", ")),
+        );
+    }
     for (i, name) in sub_projects.iter().enumerate() {
         let region = region_of(name);
         match endpoint_of(region) {

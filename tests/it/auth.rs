@@ -14,6 +14,7 @@ use backupgw::sim::{AuthOptions, SimKey, SimOptions, SimUser, Simulator};
 use secrecy::SecretString;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+use crate::accounts;
 use crate::common::*;
 
 const PASSWORD: &str = "correct-horse-battery-staple";
@@ -281,6 +282,13 @@ async fn discovery_finds_the_simulators_projects_and_regions() {
     assert_eq!(got.by_key().len(), spec.total_backups());
 }
 
+fn fresh_request() -> pb::ListBackupsRequest {
+    pb::ListBackupsRequest {
+        max_age: Some(prost_types::Duration::default()),
+        ..Default::default()
+    }
+}
+
 /// Collects everything written to the log.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -319,11 +327,7 @@ async fn no_secret_appears_in_logs_errors_or_debug_output() {
         list(&mut gw.client, pb::ListBackupsRequest::default()).await
     ));
     sim.expire_tokens();
-    let fresh = pb::ListBackupsRequest {
-        max_age: Some(prost_types::Duration::default()),
-        ..Default::default()
-    };
-    outputs.push(format!("{:?}", list(&mut gw.client, fresh).await));
+    outputs.push(format!("{:?}", list(&mut gw.client, fresh_request()).await));
     outputs.push(format!("{good:?}"));
     let bad = mixed_targets(
         &sim,
@@ -335,9 +339,27 @@ async fn no_secret_appears_in_logs_errors_or_debug_output() {
         "{:?}",
         list(&mut gw.client, pb::ListBackupsRequest::default()).await
     ));
+    // An organization: agency tokens issued, refused, expired and renewed.
+    let org = start_sim(&accounts::org_spec(), accounts::org_sim_options()).await;
+    let dir = crate::cli::scratch_dir("secrets-org");
+    let settings = accounts::org_settings(&org, &dir, &accounts::organization_toml());
+    let mut gw = start_gateway(Vec::new(), Limits::default(), test_client_options()).await;
+    settings.accounts[0].refresh(&gw.inventory).await.unwrap();
+    outputs.push(format!(
+        "{:?}",
+        list(&mut gw.client, pb::ListBackupsRequest::default()).await
+    ));
+    org.expire_tokens();
+    outputs.push(format!("{:?}", list(&mut gw.client, fresh_request()).await));
+    settings.accounts[0].refresh(&gw.inventory).await.unwrap();
+    outputs.push(format!("{:?} {settings:?}", gw.targets().await));
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("call finished"), "the log was captured");
+    assert!(
+        logs.contains("refreshed the member accounts") && logs.contains("agency refused"),
+        "the organization's log was captured"
+    );
     assert!(
         logs.contains("reqwest") || logs.contains("hyper"),
         "the HTTP stack's log was captured"
@@ -353,8 +375,12 @@ async fn no_secret_appears_in_logs_errors_or_debug_output() {
         SK.into(),
         "wrong-password-123".into(),
         "wrong-secret-456".into(),
+        accounts::CENTRAL_PASSWORD.into(),
     ];
     secrets.extend(sim.secrets_seen());
+    let agency_tokens = org.secrets_seen();
+    assert!(agency_tokens.len() > 5, "agency tokens were issued");
+    secrets.extend(agency_tokens);
     assert!(
         secrets.len() > 10,
         "tokens were issued and signatures received"

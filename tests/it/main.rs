@@ -1,5 +1,6 @@
 //! Integration tests: the real simulator and the real gateway on 127.0.0.1:0.
 
+mod accounts;
 mod auth;
 mod callers;
 mod cli;
