@@ -10,7 +10,7 @@ use super::ShellError;
 use crate::pb;
 
 /// The CSV columns of `ls`, in order (`BackupRow`'s fields).
-pub const BACKUP_COLUMNS: [&str; 12] = [
+pub const BACKUP_COLUMNS: [&str; 14] = [
     "project_id",
     "project_name",
     "region",
@@ -23,10 +23,12 @@ pub const BACKUP_COLUMNS: [&str; 12] = [
     "size_kb",
     "created",
     "updated",
+    "account_id",
+    "account_name",
 ];
 
 /// The CSV columns of `targets`, in order (`TargetRow`'s fields).
-pub const TARGET_COLUMNS: [&str; 8] = [
+pub const TARGET_COLUMNS: [&str; 11] = [
     "project_id",
     "project_name",
     "region",
@@ -35,10 +37,13 @@ pub const TARGET_COLUMNS: [&str; 8] = [
     "source",
     "last_success",
     "last_error",
+    "account_id",
+    "account_name",
+    "account_status",
 ];
 
 /// The CSV columns of `report`, in order (`ReportRow`'s fields).
-pub const REPORT_COLUMNS: [&str; 12] = [
+pub const REPORT_COLUMNS: [&str; 14] = [
     "project_id",
     "project_name",
     "region",
@@ -51,6 +56,8 @@ pub const REPORT_COLUMNS: [&str; 12] = [
     "newest_backup_time",
     "oldest_backup_time",
     "newest_auto_backup_time",
+    "account_id",
+    "account_name",
 ];
 
 /// One instance, as `report` writes it (the CSV columns, in order).
@@ -69,6 +76,11 @@ pub struct ReportRow {
     pub newest_backup_time: String,
     pub oldest_backup_time: String,
     pub newest_auto_backup_time: String,
+    /// The member account (empty for our own projects).
+    #[serde(default)]
+    pub account_id: String,
+    #[serde(default)]
+    pub account_name: String,
 }
 
 /// A protection class's word in the shell client's output and flags.
@@ -98,6 +110,8 @@ impl From<&pb::InstanceSummary> for ReportRow {
             newest_backup_time: time(&r.newest_backup_time),
             oldest_backup_time: time(&r.oldest_backup_time),
             newest_auto_backup_time: time(&r.newest_auto_backup_time),
+            account_id: r.account_id.clone(),
+            account_name: r.account_name.clone(),
         }
     }
 }
@@ -117,6 +131,11 @@ pub struct BackupRow {
     pub size_kb: f64,
     pub created: String,
     pub updated: String,
+    /// The member account (empty for our own projects).
+    #[serde(default)]
+    pub account_id: String,
+    #[serde(default)]
+    pub account_name: String,
 }
 
 fn time(t: &Option<prost_types::Timestamp>) -> String {
@@ -138,6 +157,8 @@ impl From<&pb::Backup> for BackupRow {
             size_kb: b.file_size_kb,
             created: time(&b.created),
             updated: time(&b.updated),
+            account_id: b.account_id.clone(),
+            account_name: b.account_name.clone(),
         }
     }
 }
@@ -153,6 +174,13 @@ pub struct TargetRow {
     pub source: String,
     pub last_success: String,
     pub last_error: String,
+    /// The member account (empty for our own projects) and its status.
+    #[serde(default)]
+    pub account_id: String,
+    #[serde(default)]
+    pub account_name: String,
+    #[serde(default)]
+    pub account_status: String,
 }
 
 impl From<&pb::Target> for TargetRow {
@@ -170,7 +198,19 @@ impl From<&pb::Target> for TargetRow {
                 .as_ref()
                 .map(|e| format!("{}: {}", e.kind, e.message))
                 .unwrap_or_default(),
+            account_id: t.account_id.clone(),
+            account_name: t.account_name.clone(),
+            account_status: t.account_status.clone(),
         }
+    }
+}
+
+/// A project as tables show it: `account/project` for a member account's.
+fn in_account(account: &str, project: &str) -> String {
+    if account.is_empty() {
+        project.to_owned()
+    } else {
+        format!("{account}/{project}")
     }
 }
 
@@ -241,11 +281,14 @@ impl<W: Write> Writer<W> {
 
     pub fn backup(&mut self, row: &BackupRow) -> Result<(), ShellError> {
         self.write(row, || {
-            let project = if row.project_name.is_empty() {
-                row.project_id.clone()
-            } else {
-                row.project_name.clone()
-            };
+            let project = in_account(
+                &row.account_name,
+                if row.project_name.is_empty() {
+                    &row.project_id
+                } else {
+                    &row.project_name
+                },
+            );
             (
                 vec![
                     "CREATED (UTC)",
@@ -273,11 +316,14 @@ impl<W: Write> Writer<W> {
 
     pub fn instance(&mut self, row: &ReportRow) -> Result<(), ShellError> {
         self.write(row, || {
-            let project = if row.project_name.is_empty() {
-                row.project_id.clone()
-            } else {
-                row.project_name.clone()
-            };
+            let project = in_account(
+                &row.account_name,
+                if row.project_name.is_empty() {
+                    &row.project_id
+                } else {
+                    &row.project_name
+                },
+            );
             let instance = if row.instance_name.is_empty() {
                 row.instance_id.clone()
             } else {
@@ -316,6 +362,7 @@ impl<W: Write> Writer<W> {
                 vec![
                     "PROJECT ID",
                     "NAME",
+                    "ACCOUNT",
                     "REGION",
                     "CREDENTIAL",
                     "SOURCE",
@@ -325,6 +372,10 @@ impl<W: Write> Writer<W> {
                 vec![
                     row.project_id.clone(),
                     row.project_name.clone(),
+                    match row.account_status.as_str() {
+                        "" | "active" => row.account_name.clone(),
+                        status => format!("{} ({status})", row.account_name),
+                    },
                     row.region.clone(),
                     row.credential.clone(),
                     row.source.clone(),
@@ -477,6 +528,9 @@ mod tests {
                 source: "config".into(),
                 last_success: "2026-11-29T08:00:00Z".into(),
                 last_error: String::new(),
+                account_id: String::new(),
+                account_name: String::new(),
+                account_status: String::new(),
             })
             .unwrap();
         }

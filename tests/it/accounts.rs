@@ -576,3 +576,56 @@ page_size = 5000
     let text = errors.to_string();
     assert!(text.contains("iam_password"), "{text}");
 }
+
+// The binary blocks this thread; the gateway runs on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_client_selects_and_shows_accounts() {
+    let (_sim, gw, _) = org_pair("org-shell", "").await;
+    let addr = format!("http://{}", gw.addr);
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_backupgw"))
+            .args(args)
+            .env_remove("BACKUPGW_API_KEY")
+            .output()
+            .unwrap()
+    };
+    let csv = run(&["ls", "--addr", &addr, "--account", "orders-*", "-o", "csv"]);
+    assert_eq!(csv.status.code(), Some(0));
+    let mut reader = csv::Reader::from_reader(csv.stdout.as_slice());
+    let rows: Vec<backupgw::shell::BackupRow> = reader.deserialize().map(Result::unwrap).collect();
+    let spec = org_spec();
+    assert_eq!(
+        rows.len(),
+        2 * spec.instances_per_project * spec.backups_per_instance
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.account_name == "orders-prod" && !r.account_id.is_empty())
+    );
+    // The table names the account, and a suspended one as such.
+    let table = run(&[
+        "targets",
+        "--addr",
+        &addr,
+        "--account",
+        "sandbox-dev,legacy-erp",
+        "-o",
+        "table",
+    ]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.lines().next().unwrap().contains("ACCOUNT"), "{text}");
+    assert_eq!(text.matches("sandbox-dev (suspended)").count(), 2, "{text}");
+    let column = |l: &&str| l.contains("  legacy-erp  ");
+    assert_eq!(text.lines().filter(column).count(), 2, "{text}");
+    // Some targets failed (legacy-erp has no agency): the exit status says so.
+    let report = run(&[
+        "report",
+        "--addr",
+        &addr,
+        "--account",
+        "legacy-erp",
+        "-o",
+        "json",
+    ]);
+    assert_ne!(report.status.code(), Some(0));
+}
