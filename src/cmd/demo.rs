@@ -58,7 +58,7 @@ pub async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
         set.projects.iter().map(|p| p.backups.len()).sum::<usize>()
     );
     for (region, sim_addr) in sim.endpoints() {
-        println!("  simulator {region:<16} http://{sim_addr}  (DDM and IAM)");
+        println!("  simulator {region:<16} http://{sim_addr}  (DDM, IAM and Organizations)");
     }
     println!("  the simulator accepts (demo credentials, made up for this run):");
     println!("    X-Auth-Token  {}", credentials.token);
@@ -103,6 +103,9 @@ pub async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
         format!(" --addr http://{addr}")
     };
     println!("  backupgw report{client} --only stale,unprotected,orphaned");
+    if !set.accounts.is_empty() {
+        println!("  backupgw targets{client} --account legacy-erp,sandbox-dev");
+    }
     println!(
         "  backupgw ls{client} --region {} --newest-first",
         set.regions[0]

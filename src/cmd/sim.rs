@@ -71,7 +71,7 @@ pub async fn run_sim(args: SimArgs) -> Result<()> {
         );
     }
     for (region, addr) in sim.endpoints() {
-        println!("  {region:<16} http://{addr}  (DDM and IAM)");
+        println!("  {region:<16} http://{addr}  (DDM, IAM and Organizations)");
     }
     println!("sim ready");
     shutdown_signal().await;

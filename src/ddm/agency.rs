@@ -237,8 +237,8 @@ impl Credential {
                 let why = match status {
                     401 => "IAM rejected the central account's user token",
                     403 => {
-                        "IAM refused: the account has no such agency trusting us, the agency does \
-                         not cover this region, or our user lacks Agent Operator"
+                        "IAM refused the agency (one that does not trust us or does not cover \
+                         this region, or a user without Agent Operator)"
                     }
                     404 => "IAM found no such account, agency or project",
                     _ => "IAM could not issue an agency token",

@@ -369,17 +369,25 @@ fn report_failed(failed: &[pb::TargetResult]) {
         } else {
             format!(" {}", e.error_code)
         };
+        // `project (name, region)`; a member account's project as `account/name (region)` when
+        // its id is not known (its agency was refused).
+        let name = if t.project_name.is_empty() {
+            "-"
+        } else {
+            &t.project_name
+        };
+        let name = match t.account_name.as_str() {
+            "" => name.to_owned(),
+            account => format!("{account}/{name}"),
+        };
+        let id = if t.project_id.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", t.project_id)
+        };
         eprintln!(
-            "  {} ({}, {}): {}{code}: {}",
-            t.project_id,
-            if t.project_name.is_empty() {
-                "-"
-            } else {
-                &t.project_name
-            },
-            t.region,
-            e.kind,
-            e.message
+            "  {id}({name}, {}): {}{code}: {}",
+            t.region, e.kind, e.message
         );
     }
 }

@@ -263,6 +263,10 @@ fn check_caller(
         message: format!("Incorrect IAM authentication information: {detail}"),
     };
     match caller {
+        // Our account's static token: not the members' projects (those need an agency).
+        Caller::Static if project.account != 0 => {
+            Err(refuse("the token's account does not own this project"))
+        }
         Caller::Static => Ok(()),
         Caller::Token { scope } if scope.as_deref() == Some(project.id.as_str()) => Ok(()),
         Caller::Token { .. } => Err(refuse("the token is not scoped to this project")),

@@ -36,6 +36,7 @@ pub fn org_spec() -> DataSpec {
 pub fn org_sim_options() -> SimOptions {
     SimOptions {
         auth: AuthOptions {
+            tokens: vec![SecretString::from(crate::common::TOKEN)],
             users: vec![SimUser {
                 domain: "acme-ops".into(),
                 name: "backupgw".into(),
@@ -161,6 +162,25 @@ async fn organizations_is_read_page_by_page_and_every_member_is_listed() {
 }
 
 #[tokio::test]
+async fn excluded_accounts_are_neither_listed_nor_read() {
+    let spec = org_spec();
+    let sim = start_sim(&spec, org_sim_options()).await;
+    let orders = sim.data().accounts[1].id.clone();
+    let extra = format!("exclude_accounts = [\"sandbox-*\", \"{orders}\"]\n");
+    drop(sim);
+    let (sim, gw, _) = org_pair("org-exclude", &extra).await;
+    let mut names: Vec<String> = gw
+        .targets()
+        .await
+        .into_iter()
+        .map(|t| t.account_name)
+        .collect();
+    names.dedup();
+    assert_eq!(names, ["payments-prod", "analytics-prod", "legacy-erp"]);
+    assert_eq!(sim.assume_requests("orders-prod"), 0);
+}
+
+#[tokio::test]
 async fn agency_tokens_are_cached_per_account_and_project_and_renewed_once_expired() {
     let (sim, mut gw, source) = org_pair("org-tokens", "").await;
     let readable = [
@@ -184,6 +204,8 @@ async fn agency_tokens_are_cached_per_account_and_project_and_renewed_once_expir
     assert_eq!(got.by_key().len(), 5 * per_project);
     assert!(got.backups.iter().all(|b| !b.account_id.is_empty()
         && ["payments-prod", "orders-prod", "analytics-prod"].contains(&b.account_name.as_str())));
+    // IAM was asked for one user token and once per (active member, region) with an agency.
+    assert_eq!(sim.stats().iam_token_requests, 1 + 4 * 2);
     // One agency token per (account, project), one user token for the central account.
     for t in &ok {
         assert_eq!(sim.tokens_issued(&t.project_id), 1, "{}", t.project_name);
@@ -215,6 +237,27 @@ async fn agency_tokens_are_cached_per_account_and_project_and_renewed_once_expir
         assert_eq!(sim.tokens_issued(&t.project_id), 2, "{}", t.project_name);
     }
     assert_eq!(sim.tokens_issued(""), 2);
+}
+
+#[tokio::test]
+async fn our_own_token_does_not_reach_a_member_project() {
+    let (_sim, gw, _) = org_pair("org-own-token", "").await;
+    let member = gw
+        .targets()
+        .await
+        .into_iter()
+        .find(|t| !t.project_id.is_empty())
+        .unwrap();
+    let answer = reqwest::Client::new()
+        .get(format!(
+            "{}/v3/{}/backups",
+            member.endpoint, member.project_id
+        ))
+        .header("x-auth-token", crate::common::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
 }
 
 #[tokio::test]
@@ -302,6 +345,18 @@ async fn an_account_without_the_agency_fails_exactly_its_targets_and_is_not_aske
         .find(|t| t.account_name == "legacy-erp")
         .unwrap();
     assert_eq!(refused.last_error.as_ref().unwrap().kind, "auth");
+    // Selected alone, nothing can be read, every target for its credentials.
+    let alone = try_list(
+        &mut gw.client,
+        tonic::Request::new(pb::ListBackupsRequest {
+            accounts: vec!["legacy-erp".into()],
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(alone.targets.len(), 2);
+    assert_eq!(alone.status.unwrap().code(), Code::FailedPrecondition);
     // The next refresh asks once more.
     source.refresh(&gw.inventory).await.unwrap();
     assert_eq!(sim.assume_requests("legacy-erp"), 4);
@@ -556,6 +611,20 @@ page_size = 5000
     let path = dir.join("accounts.toml");
     std::fs::write(&path, text).unwrap();
     let errors = Settings::check(&path, false).unwrap_err();
+    // How often each source refreshes.
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        "[discovery]\ninterval_seconds = 120\n[credentials.central]\nkind = \"iam_password\"\ndomain = \"d\"\nuser = \"u\"\npassword_env = \"BACKUPGW_TEST_UNSET\"\n[[accounts]]\nname = \"a\"\ndomain_name = \"a\"\nagency = \"x\"\ncredential = \"central\"\n[organization]\ncredential = \"central\"\nagency = \"x\"\nrefresh_seconds = 30\n",
+    )
+    .unwrap();
+    let settings = Settings::check(&good, false).unwrap();
+    let intervals: Vec<u64> = settings
+        .accounts
+        .iter()
+        .map(|a| a.interval.as_secs())
+        .collect();
+    assert_eq!(intervals, [120, 30]);
     let keys = errors.keys();
     for key in [
         "accounts[0]",
@@ -627,5 +696,11 @@ async fn the_shell_client_selects_and_shows_accounts() {
         "-o",
         "json",
     ]);
-    assert_ne!(report.status.code(), Some(0));
+    assert_eq!(report.status.code(), Some(2));
+    let stderr = String::from_utf8(report.stderr).unwrap();
+    let region0 = &_sim.data().regions[0];
+    assert!(
+        stderr.contains(&format!("(legacy-erp/{region0}, {region0}): auth")),
+        "{stderr}"
+    );
 }

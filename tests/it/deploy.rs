@@ -44,25 +44,35 @@ fn the_configmap_carries_the_example_configuration() {
     );
 }
 
-#[test]
-fn the_readmes_configuration_example_is_valid() {
+/// The first TOML block after `heading` in README.md.
+fn readme_toml(heading: &str) -> String {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let section = readme
-        .split_once("## Configuration (`backupgw serve --config FILE`)")
-        .unwrap()
-        .1;
-    let toml = section
-        .split_once("```toml\n")
-        .unwrap()
-        .1
-        .split_once("```")
-        .unwrap()
-        .0;
+    let section = readme.split_once(heading).unwrap().1;
+    let toml = section.split_once("```toml\n").unwrap().1;
+    toml.split_once("```").unwrap().0.to_owned()
+}
+
+fn check_toml(name: &str, toml: &str) {
     let dir = std::env::temp_dir().join(format!("backupgw-readme-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("example.toml");
+    let file = dir.join(name);
     std::fs::write(&file, toml).unwrap();
     let checked = Settings::check(&file, false);
     assert!(checked.is_ok(), "{}", checked.unwrap_err());
+}
+
+#[test]
+fn the_readmes_configuration_example_is_valid() {
+    check_toml(
+        "example.toml",
+        &readme_toml("## Configuration (`backupgw serve --config FILE`)"),
+    );
+}
+
+#[test]
+fn the_readmes_many_accounts_example_is_valid() {
+    let toml = readme_toml("## Many accounts");
+    assert!(toml.contains("[[accounts]]") && toml.contains("[organization]"));
+    check_toml("accounts.toml", &toml);
 }
