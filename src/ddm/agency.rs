@@ -173,31 +173,12 @@ impl Credential {
         if let Some(refusal) = agency.refused() {
             return Err(refusal);
         }
-        let waited_since = Instant::now();
-        let mut slot = agency.slot.lock().await;
-        if let Some(token) = &slot.token
-            && Instant::now() < token.refresh_at
-        {
-            return Ok(Arc::clone(token));
-        }
-        if let Some((at, error)) = &slot.failure
-            && *at >= waited_since
-        {
-            return Err(error.clone());
-        }
-        match self.fetch_agency_token(http, agency).await {
-            Ok((token, _)) => {
-                let token = Arc::new(token);
-                slot.token = Some(Arc::clone(&token));
-                slot.failure = None;
-                Ok(token)
-            }
-            Err(e) => {
-                slot.token = None;
-                slot.failure = Some((Instant::now(), e.clone()));
-                Err(e)
-            }
-        }
+        TokenSlot::fresh_or_fetch(&agency.slot, || async {
+            let (token, grant) = self.fetch_agency_token(http, agency).await?;
+            *agency.grant.lock().unwrap_or_else(|e| e.into_inner()) = Some(grant);
+            Ok(token)
+        })
+        .await
     }
 
     /// `POST /v3/auth/tokens` with `assume_role`, scoped to the project by name. A rejected user

@@ -147,6 +147,45 @@ pub(super) struct TokenSlot {
     pub(super) failure: Option<(Instant, DdmError)>,
 }
 
+impl TokenSlot {
+    /// The slot's token while it is fresh; else one fetch for everyone waiting, whose failure
+    /// is shared with those that waited for it (not with those that come after).
+    pub(super) async fn fresh_or_fetch<F, Fut>(
+        slot: &tokio::sync::Mutex<TokenSlot>,
+        fetch: F,
+    ) -> Result<Arc<IamToken>, DdmError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<IamToken, DdmError>>,
+    {
+        let waited_since = Instant::now();
+        let mut slot = slot.lock().await;
+        if let Some(token) = &slot.token
+            && Instant::now() < token.refresh_at
+        {
+            return Ok(Arc::clone(token));
+        }
+        if let Some((at, error)) = &slot.failure
+            && *at >= waited_since
+        {
+            return Err(error.clone());
+        }
+        match fetch().await {
+            Ok(token) => {
+                let token = Arc::new(token);
+                slot.token = Some(Arc::clone(&token));
+                slot.failure = None;
+                Ok(token)
+            }
+            Err(e) => {
+                slot.token = None;
+                slot.failure = Some((Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct TokenSlots(Mutex<HashMap<String, Arc<tokio::sync::Mutex<TokenSlot>>>>);
 
@@ -346,32 +385,8 @@ impl Credential {
             Scope::Project(p) => p,
             Scope::Domain => "",
         };
-        let waited_since = Instant::now();
         let slot = iam.tokens.slot(key);
-        let mut slot = slot.lock().await;
-        if let Some(token) = &slot.token
-            && Instant::now() < token.refresh_at
-        {
-            return Ok(Arc::clone(token));
-        }
-        if let Some((at, error)) = &slot.failure
-            && *at >= waited_since
-        {
-            return Err(error.clone());
-        }
-        match self.fetch_iam_token(http, iam, scope).await {
-            Ok(token) => {
-                let token = Arc::new(token);
-                slot.token = Some(Arc::clone(&token));
-                slot.failure = None;
-                Ok(token)
-            }
-            Err(e) => {
-                slot.token = None;
-                slot.failure = Some((Instant::now(), e.clone()));
-                Err(e)
-            }
-        }
+        TokenSlot::fresh_or_fetch(&slot, || self.fetch_iam_token(http, iam, scope)).await
     }
 
     async fn fetch_iam_token(
@@ -466,15 +481,15 @@ impl Credential {
         ))
     }
 
-    /// The projects this credential's user may access (`GET /v3/auth/projects`).
-    pub async fn list_projects(&self, http: &reqwest::Client) -> Result<Vec<IamProject>, DdmError> {
-        let endpoint = match &self.kind {
-            CredentialKind::IamPassword(p) => &p.iam_endpoint,
-            CredentialKind::AccessKey(k) => &k.iam_endpoint,
-            CredentialKind::Token(_) | CredentialKind::Agency(_) => DEFAULT_IAM_ENDPOINT,
-        };
+    /// A GET of a global service (IAM, Organizations) as this credential's user: the status,
+    /// `X-Request-Id` and the body.
+    pub(super) async fn get_as_user(
+        &self,
+        http: &reqwest::Client,
+        url: &str,
+    ) -> Result<(u16, Option<String>, bytes::Bytes), DdmError> {
         let mut request = http
-            .get(format!("{endpoint}/v3/auth/projects"))
+            .get(url)
             .timeout(IAM_REQUEST_TIMEOUT)
             .build()
             .map_err(|e| DdmError::Transport(e.to_string()))?;
@@ -482,13 +497,26 @@ impl Credential {
         let response = http
             .execute(request)
             .await
-            .map_err(|e| DdmError::Transport(e.to_string()))?;
+            .map_err(|e| DdmError::Transport(format!("{url} did not answer: {e}")))?;
         let status = response.status().as_u16();
         let request_id = header_string(response.headers(), "x-request-id");
         let bytes = response
             .bytes()
             .await
             .map_err(|e| DdmError::Transport(e.to_string()))?;
+        Ok((status, request_id, bytes))
+    }
+
+    /// The projects this credential's user may access (`GET /v3/auth/projects`).
+    pub async fn list_projects(&self, http: &reqwest::Client) -> Result<Vec<IamProject>, DdmError> {
+        let endpoint = match &self.kind {
+            CredentialKind::IamPassword(p) => &p.iam_endpoint,
+            CredentialKind::AccessKey(k) => &k.iam_endpoint,
+            CredentialKind::Token(_) | CredentialKind::Agency(_) => DEFAULT_IAM_ENDPOINT,
+        };
+        let (status, request_id, bytes) = self
+            .get_as_user(http, &format!("{endpoint}/v3/auth/projects"))
+            .await?;
         if !(200..300).contains(&status) {
             return Err(self.auth_error(
                 "IAM would not list the projects",

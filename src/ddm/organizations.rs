@@ -2,19 +2,14 @@
 //! page by page (`marker`), called as the management account (or a delegated administrator).
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::Credential;
-use super::auth::header_string;
 use super::error::{DdmError, upstream_error};
 
 /// The global Organizations endpoint, used when the configuration names none.
 pub const DEFAULT_ORGANIZATIONS_ENDPOINT: &str = "https://organizations.myhuaweicloud.com";
-
-/// One page, answer included.
-const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// An organization larger than this many pages is not followed further (a marker that never
 /// ends is a broken upstream, not an organization).
@@ -79,22 +74,7 @@ async fn page(
     credential: &Credential,
     url: &str,
 ) -> Result<Page, DdmError> {
-    let mut request = http
-        .get(url)
-        .timeout(PAGE_TIMEOUT)
-        .build()
-        .map_err(|e| DdmError::Transport(e.to_string()))?;
-    credential.authorize(http, &mut request, None).await?;
-    let response = http
-        .execute(request)
-        .await
-        .map_err(|e| DdmError::Transport(format!("Organizations did not answer: {e}")))?;
-    let status = response.status().as_u16();
-    let request_id = header_string(response.headers(), "x-request-id");
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| DdmError::Transport(e.to_string()))?;
+    let (status, request_id, bytes) = credential.get_as_user(http, url).await?;
     if !(200..300).contains(&status) {
         let upstream = upstream_error(status, &bytes, request_id, None);
         if !matches!(status, 401 | 403) {
