@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::ddm::{DdmError, InstanceList, Pushdown};
 use crate::metrics::Metrics;
+use crate::shared::Shared;
 use crate::wire::EncodedPage;
 
 /// What identifies a page upstream. Credentials are not part of it: a project has one.
@@ -60,6 +61,9 @@ pub struct PageCache {
     /// Instance lists, whole: a few hundred bytes an instance, an eighth of the byte bound.
     instances: Cache<InstancesKey, Arc<Fresh<InstanceList>>>,
     metrics: Option<Metrics>,
+    /// The second level, in Redis, shared with the other replicas (`[shared]`).
+    shared: Option<Arc<Shared>>,
+    ttl: Duration,
 }
 
 impl PageCache {
@@ -88,7 +92,21 @@ impl PageCache {
             pages,
             instances,
             metrics: None,
+            shared: None,
+            ttl,
         }
+    }
+
+    /// The state shared with the other replicas, if any.
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.shared.as_ref()
+    }
+
+    /// Pages are looked for in `shared` (Redis) after this replica's own cache, and stored
+    /// there when fetched.
+    pub fn with_shared(mut self, shared: Arc<Shared>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
@@ -102,12 +120,37 @@ impl PageCache {
         &self,
         key: PageKey,
         max_age: Option<Duration>,
-        fetch: impl FnMut() -> F,
+        mut fetch: impl FnMut() -> F,
     ) -> Result<(Arc<CachedPage>, Origin), Arc<DdmError>>
     where
         F: Future<Output = Result<EncodedPage, DdmError>>,
     {
-        let got = fresh_or_fetch(&self.pages, key, max_age, fetch).await;
+        let got = match &self.shared {
+            None => fresh_or_fetch(&self.pages, key, max_age, || fetched_now(fetch())).await,
+            Some(shared) => {
+                // The second level: what another replica fetched, within the same freshness.
+                let name = crate::shared::page_key(&key);
+                let max_age = max_age.unwrap_or(self.ttl).min(self.ttl);
+                let ttl = self.ttl;
+                let second_level = || {
+                    let (name, fetch) = (&name, fetch());
+                    async move {
+                        let (page, age, origin) =
+                            shared.page_or_fetch(name, max_age, ttl, || fetch).await?;
+                        let fetched_at =
+                            Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                        Ok((
+                            Fresh {
+                                value: page,
+                                fetched_at,
+                            },
+                            origin,
+                        ))
+                    }
+                };
+                fresh_or_fetch(&self.pages, key, Some(max_age), second_level).await
+            }
+        };
         self.count(&got);
         got
     }
@@ -122,7 +165,8 @@ impl PageCache {
     where
         F: Future<Output = Result<InstanceList, DdmError>>,
     {
-        let got = fresh_or_fetch(&self.instances, key, max_age, fetch).await;
+        let mut fetch = fetch;
+        let got = fresh_or_fetch(&self.instances, key, max_age, || fetched_now(fetch())).await;
         self.count(&got);
         got
     }
@@ -153,8 +197,22 @@ impl PageCache {
     }
 }
 
+/// A value fetched now, from the upstream.
+async fn fetched_now<V>(
+    fetch: impl Future<Output = Result<V, DdmError>>,
+) -> Result<(Fresh<V>, Origin), DdmError> {
+    let value = fetch.await?;
+    Ok((
+        Fresh {
+            value,
+            fetched_at: Instant::now(),
+        },
+        Origin::Upstream,
+    ))
+}
+
 /// The value for `key`, from `cache` when it is younger than `max_age`, else from a future
-/// that `fetch` makes; concurrent misses share one fetch.
+/// that `fetch` makes (with where the value came from); concurrent misses share one fetch.
 ///
 /// A caller that waited on another caller's fetch (a shared miss) and got that caller's
 /// `DeadlineExceeded` fetches for itself: that deadline was not its own.
@@ -167,7 +225,7 @@ async fn fresh_or_fetch<K, V, F>(
 where
     K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
     V: Send + Sync + 'static,
-    F: Future<Output = Result<V, DdmError>>,
+    F: Future<Output = Result<(Fresh<V>, Origin), DdmError>>,
 {
     if let Some(max_age) = max_age
         && let Some(cached) = cache.get(&key).await
@@ -177,25 +235,20 @@ where
     }
     loop {
         // Only the caller whose fetch runs sees `fetched` set; waiters on a shared miss do not.
-        let mut fetched = false;
+        let mut fetched = None;
         let loaded = cache
             .try_get_with(key.clone(), async {
-                fetched = true;
-                let value = fetch().await?;
-                Ok(Arc::new(Fresh {
-                    value,
-                    fetched_at: Instant::now(),
-                }))
+                let (value, origin) = fetch()
+                    .await
+                    .inspect_err(|_| fetched = Some(Origin::Upstream))?;
+                fetched = Some(origin);
+                Ok(Arc::new(value))
             })
             .await;
-        let origin = if fetched {
-            Origin::Upstream
-        } else {
-            Origin::Cache
-        };
+        let origin = fetched.unwrap_or(Origin::Cache);
         match loaded {
             Ok(value) => return Ok((value, origin)),
-            Err(e) if !fetched && matches!(*e, DdmError::DeadlineExceeded) => continue,
+            Err(e) if fetched.is_none() && matches!(*e, DdmError::DeadlineExceeded) => continue,
             Err(e) => return Err(e),
         }
     }

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod rate;
 pub mod report;
 pub mod server;
+pub mod shared;
 pub mod shell;
 pub mod sim;
 pub mod tls;

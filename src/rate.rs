@@ -91,6 +91,23 @@ impl Drop for Reserved<'_> {
     }
 }
 
+/// What paces a region's requests: this replica's token bucket, or the rate every replica
+/// shares (in Redis, with the local bucket while Redis does not answer).
+pub enum Pace {
+    Local(TokenBucket),
+    Shared(crate::shared::SharedPace),
+}
+
+impl Pace {
+    /// Waits until the next request is due.
+    pub async fn take(&self) {
+        match self {
+            Pace::Local(bucket) => bucket.take().await,
+            Pace::Shared(shared) => shared.take().await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -122,18 +122,36 @@ impl Live {
     }
 }
 
+/// Why a generation could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Client(#[from] DdmError),
+    #[error(transparent)]
+    Shared(#[from] crate::shared::SharedError),
+}
+
 /// A generation from settings, keeping the page cache of `previous` (the data does not change
-/// with the configuration).
+/// with the configuration; nor does `[shared]`, which the cache holds).
 pub fn build_generation(
     settings: &Settings,
     previous: Option<&Generation>,
     metrics: &Metrics,
-) -> Result<Generation, DdmError> {
+) -> Result<Generation, BuildError> {
     let client = DdmClient::new(settings.client.clone())?.with_metrics(metrics.clone());
     let cache = match previous {
         Some(p) => p.inventory.cache().clone(),
-        None => PageCache::new(settings.cache_ttl, settings.cache_max_bytes)
-            .with_metrics(metrics.clone()),
+        None => {
+            let cache = PageCache::new(settings.cache_ttl, settings.cache_max_bytes)
+                .with_metrics(metrics.clone());
+            match &settings.shared {
+                Some(options) => cache.with_shared(Arc::new(crate::shared::Shared::new(
+                    options.clone(),
+                    Some(metrics.clone()),
+                )?)),
+                None => cache,
+            }
+        }
     };
     let mut inventory = Inventory::new(
         settings.targets.clone(),

@@ -150,6 +150,8 @@ struct Fixed {
     server: server::ServerOptions,
     metrics_listen: Option<SocketAddr>,
     log: LogOptions,
+    /// `[shared]`, as its Debug shows it (no password).
+    shared: String,
 }
 
 impl Fixed {
@@ -162,6 +164,7 @@ impl Fixed {
             },
             metrics_listen: settings.metrics_listen,
             log: settings.log.clone(),
+            shared: format!("{:?}", settings.shared),
         }
     }
 }
@@ -187,7 +190,7 @@ fn reload(config: &Path, listen: SocketAddr, fixed: &Fixed, live: &Live) -> Opti
     };
     if Fixed::of(&settings) != *fixed {
         tracing::warn!(
-            "listen, [server] (but default_deadline_seconds), [metrics] and [log] take a restart; the rest is applied"
+            "listen, [server] (but default_deadline_seconds), [metrics], [log] and [shared] take a restart; the rest is applied"
         );
     }
     for warning in &settings.warnings {

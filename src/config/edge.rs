@@ -1,5 +1,5 @@
 //! The sections about the gateway's own edge: `[server]`, `[[callers]]`, `[tls]`,
-//! `[metrics]` and `[log]`.
+//! `[metrics]`, `[log]` and `[shared]`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Problems;
-use super::raw::{RawCaller, RawLog, RawMetrics, RawServer, RawTls};
+use super::raw::{RawCaller, RawLog, RawMetrics, RawServer, RawShared, RawTls};
+use super::secrets::SecretFiles;
 use crate::callers::{Caller, CallerBook, Credential, Patterns, Scope};
 use crate::server::ServerOptions;
+use crate::shared::SharedOptions;
 use crate::tls::TlsFiles;
 
 /// How the server writes its log.
@@ -225,4 +227,69 @@ pub(super) fn log(raw: &RawLog, p: &mut Problems) -> LogOptions {
         json,
         level: raw.level.clone(),
     }
+}
+
+/// `[shared]`: Redis, shared by the replicas (its password from the environment or a file).
+pub(super) fn shared(
+    raw: Option<&RawShared>,
+    files: &mut SecretFiles<'_>,
+    p: &mut Problems,
+) -> Option<SharedOptions> {
+    let raw = raw?;
+    let url = raw.redis_url.trim();
+    match url.split_once("://").map(|(scheme, _)| scheme) {
+        Some("redis") => {}
+        Some("rediss") => {
+            p.push(
+                "shared.redis_url",
+                "rediss:// (TLS) is not supported by this build: use redis:// on a private network",
+            );
+            return None;
+        }
+        _ => {
+            p.push(
+                "shared.redis_url",
+                "must be a redis:// URL like redis://127.0.0.1:6379/0",
+            );
+            return None;
+        }
+    }
+    if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url) {
+        p.push("shared.redis_url", format!("not a Redis URL: {e}"));
+        return None;
+    }
+    if url.contains('@') {
+        p.push(
+            "shared.redis_url",
+            "must not carry a password: give password_file or password_env",
+        );
+        return None;
+    }
+    for (key, value) in [
+        ("shared.timeout_ms", raw.timeout_ms),
+        ("shared.lease_ms", raw.lease_ms),
+    ] {
+        if value == 0 {
+            p.push(key, "must be at least 1");
+        }
+    }
+    let password = if raw.password_env.is_some() || raw.password_file.is_some() {
+        p.keep(super::secrets::secret(
+            "shared",
+            "password",
+            raw.password_env.as_deref(),
+            raw.password_file.as_deref(),
+            files,
+        ))
+    } else {
+        None
+    };
+    Some(SharedOptions {
+        url: url.to_owned(),
+        password,
+        key_prefix: raw.key_prefix.clone(),
+        timeout: Duration::from_millis(raw.timeout_ms.max(1)),
+        retry_after: Duration::from_millis(raw.retry_after_ms),
+        lease: Duration::from_millis(raw.lease_ms.max(1)),
+    })
 }

@@ -164,6 +164,8 @@ pub struct Settings {
     pub discovery_interval: Duration,
     /// Member accounts reached through agencies: `[[accounts]]` and `[organization]`.
     pub accounts: Vec<Arc<crate::accounts::AccountSource>>,
+    /// Redis, shared by the replicas (`[shared]`).
+    pub shared: Option<crate::shared::SharedOptions>,
     /// Things worth saying at start-up that do not stop it.
     pub warnings: Vec<String>,
 }
@@ -384,6 +386,15 @@ fn validate(raw: RawConfig, base: &Path, read_secrets: bool, p: &mut Problems) -
     for e in broken {
         p.add(e);
     }
+    let mut warnings = Vec::new();
+    let mut files = SecretFiles {
+        base,
+        read: read_secrets,
+        must_be_private: raw.secret_files_must_be_private,
+        warnings: &mut warnings,
+    };
+    let shared = edge::shared(raw.shared.as_ref(), &mut files, p);
+    p.warnings.extend(warnings);
 
     let (discoveries, region_patterns) = targets::discoveries(&raw, &endpoints, &credentials, p);
     let discovering = raw.credentials.values().any(|c| c.discover);
@@ -419,6 +430,7 @@ fn validate(raw: RawConfig, base: &Path, read_secrets: bool, p: &mut Problems) -
         discoveries,
         discovery_interval: Duration::from_secs(raw.discovery.interval_seconds),
         accounts: account_sources,
+        shared,
         warnings: Vec::new(),
     };
     if let Err(e) = settings.check_exposure(settings.listen) {

@@ -42,6 +42,40 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) accounts: Vec<RawAccount>,
     pub(super) organization: Option<RawOrganization>,
+    pub(super) shared: Option<RawShared>,
+}
+
+/// Redis, shared by the replicas.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShared {
+    pub(super) redis_url: String,
+    pub(super) password_file: Option<PathBuf>,
+    pub(super) password_env: Option<String>,
+    #[serde(default = "default_key_prefix")]
+    pub(super) key_prefix: String,
+    #[serde(default = "default_shared_timeout_ms")]
+    pub(super) timeout_ms: u64,
+    #[serde(default = "default_shared_retry_after_ms")]
+    pub(super) retry_after_ms: u64,
+    #[serde(default = "default_lease_ms")]
+    pub(super) lease_ms: u64,
+}
+
+fn default_key_prefix() -> String {
+    "backupgw:".into()
+}
+
+fn default_shared_timeout_ms() -> u64 {
+    250
+}
+
+fn default_shared_retry_after_ms() -> u64 {
+    1000
+}
+
+fn default_lease_ms() -> u64 {
+    10_000
 }
 
 /// A member account reached through its agency.

@@ -117,7 +117,7 @@ pub(super) struct SecretFiles<'a> {
 }
 
 /// A secret from `{field}_env` (an environment variable) or `{field}_file`, exactly one.
-fn secret(
+pub(super) fn secret(
     key: &str,
     field: &str,
     env: Option<&str>,

@@ -11,7 +11,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::rate::TokenBucket;
+use crate::rate::Pace;
 
 use super::auth::{Authorized, Credential};
 use super::error::{DdmError, shorten, upstream_error};
@@ -117,7 +117,7 @@ pub type Decoder<'d, T> = &'d (dyn Fn(&[u8]) -> Result<T, String> + Sync);
 pub struct Gate<'a> {
     pub global: Option<&'a Semaphore>,
     pub region: Option<&'a Semaphore>,
-    pub pace: Option<&'a TokenBucket>,
+    pub pace: Option<&'a Pace>,
 }
 
 impl Gate<'_> {
@@ -130,8 +130,8 @@ impl Gate<'_> {
             Some(s) => Some(s.acquire().await.map_err(closed)?),
             None => None,
         };
-        if let Some(bucket) = self.pace {
-            bucket.take().await;
+        if let Some(pace) = self.pace {
+            pace.take().await;
         }
         let global = match self.global {
             Some(s) => Some(s.acquire().await.map_err(closed)?),

@@ -26,7 +26,8 @@ use crate::cache::PageCache;
 use crate::ddm::{Credential, DdmClient};
 use crate::metrics::Metrics;
 use crate::pb;
-use crate::rate::TokenBucket;
+use crate::rate::{Pace, TokenBucket};
+use crate::shared::SharedPace;
 pub use order::Order;
 pub use query::{
     FieldViolation, Filter, InventoryError, NothingAnsweredCause, Query, Tally, Violations,
@@ -79,7 +80,7 @@ pub struct RegionLimits {
 /// A region's limits, shared by every query.
 pub(crate) struct RegionGate {
     pub slots: Option<Semaphore>,
-    pub pace: Option<TokenBucket>,
+    pub pace: Option<Pace>,
 }
 
 /// What a query's stream carries.
@@ -211,9 +212,13 @@ impl Inventory {
                 slots: Some(Semaphore::new(
                     l.max_concurrent_requests.unwrap_or(share).max(1),
                 )),
-                pace: l
-                    .requests_per_second
-                    .map(|rps| TokenBucket::new(rps, l.burst)),
+                // With shared state, the rate holds for every replica together.
+                pace: l.requests_per_second.map(|rps| match self.cache.shared() {
+                    Some(shared) => {
+                        Pace::Shared(SharedPace::new(Arc::clone(shared), region, rps, l.burst))
+                    }
+                    None => Pace::Local(TokenBucket::new(rps, l.burst)),
+                }),
             })
         });
         Arc::clone(gate)

@@ -65,6 +65,8 @@ struct Inner {
     streams_open: Family<Method, Gauge>,
     target_last_success: Family<TargetLabels, Gauge<f64, AtomicU64>>,
     target_up: Family<TargetLabels, Gauge>,
+    shared_up: Gauge,
+    shared_hits: Counter,
 }
 
 /// The gateway's metrics; cheap to clone (one registry behind it).
@@ -102,6 +104,8 @@ impl Metrics {
         let streams_open = Family::<Method, Gauge>::default();
         let target_last_success = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
         let target_up = Family::<TargetLabels, Gauge>::default();
+        let shared_up = Gauge::default();
+        let shared_hits = Counter::default();
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "backupgw_upstream_requests",
@@ -153,6 +157,16 @@ impl Metrics {
             "1 when the target's last read succeeded, else 0",
             target_up.clone(),
         );
+        registry.register(
+            "backupgw_shared_up",
+            "1 while the shared state (Redis) answers, 0 while replicas fall back to their own",
+            shared_up.clone(),
+        );
+        registry.register(
+            "backupgw_shared_cache_hits",
+            "Pages another replica fetched, read from the shared cache",
+            shared_hits.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
             upstream_requests,
@@ -165,6 +179,8 @@ impl Metrics {
             streams_open,
             target_last_success,
             target_up,
+            shared_up,
+            shared_hits,
         }))
     }
 
@@ -194,6 +210,14 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    pub fn shared_up(&self, up: bool) {
+        self.0.shared_up.set(i64::from(up));
+    }
+
+    pub fn shared_hit(&self) {
+        self.0.shared_hits.inc();
     }
 
     pub fn cache_hit(&self) {

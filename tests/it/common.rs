@@ -106,6 +106,8 @@ pub struct GatewaySetup {
     pub server: ServerOptions,
     pub callers: Arc<CallerBook>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Redis, shared with other gateways.
+    pub shared: Option<backupgw::shared::SharedOptions>,
 }
 
 impl Default for GatewaySetup {
@@ -116,6 +118,7 @@ impl Default for GatewaySetup {
             server: ServerOptions::default(),
             callers: Arc::new(CallerBook::open()),
             tls: None,
+            shared: None,
         }
     }
 }
@@ -146,7 +149,17 @@ pub async fn start_gateway_with(targets: Vec<Target>, setup: GatewaySetup) -> Ga
             DdmClient::new(setup.client)
                 .unwrap()
                 .with_metrics(metrics.clone()),
-            PageCache::new(Duration::from_secs(300), 64 << 20).with_metrics(metrics.clone()),
+            match &setup.shared {
+                Some(options) => PageCache::new(Duration::from_secs(300), 64 << 20)
+                    .with_metrics(metrics.clone())
+                    .with_shared(Arc::new(
+                        backupgw::shared::Shared::new(options.clone(), Some(metrics.clone()))
+                            .unwrap(),
+                    )),
+                None => {
+                    PageCache::new(Duration::from_secs(300), 64 << 20).with_metrics(metrics.clone())
+                }
+            },
             setup.limits,
         )
         .with_metrics(metrics.clone()),

@@ -14,5 +14,6 @@ mod hostile;
 mod instances;
 mod operations;
 mod report;
+mod shared;
 mod shell;
 mod simulator;

@@ -1,0 +1,197 @@
+//! State shared by the replicas of one deployment, in Redis (`[shared]`): a second-level page
+//! cache with one fetch of a page across replicas (`pages.rs`), and each region's request rate
+//! for all replicas together (`pace.rs`).
+//!
+//! Redis is never a single point of failure. Every Redis operation is bounded by a short
+//! timeout; when one fails, the replica serves from its own cache and the upstream under its own
+//! limits, says so once in the log and in `backupgw_shared_up 0`, leaves Redis alone for
+//! `retry_after`, then tries again, and recovers by itself. No query fails because of Redis.
+
+mod pace;
+mod pages;
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{IntoConnectionInfo as _, RedisResult};
+use secrecy::{ExposeSecret as _, SecretString};
+use tokio::time::Instant;
+
+pub use pace::SharedPace;
+pub use pages::page_key;
+
+use crate::metrics::Metrics;
+
+/// How to reach Redis, and how patient to be with it.
+#[derive(Clone)]
+pub struct SharedOptions {
+    /// `redis://host:port/db` (`rediss://` is not supported: no TLS client is built in).
+    pub url: String,
+    pub password: Option<SecretString>,
+    /// Prefixes every key, so that deployments can share one Redis.
+    pub key_prefix: String,
+    /// One Redis operation, answer included.
+    pub timeout: Duration,
+    /// How long Redis is left alone after it failed.
+    pub retry_after: Duration,
+    /// How long one replica's fetch of a page keeps the others waiting for it at most.
+    pub lease: Duration,
+}
+
+impl std::fmt::Debug for SharedOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: only its scheme and host are shown.
+        let host = self
+            .url
+            .rsplit_once('@')
+            .map_or(self.url.as_str(), |(_, host)| host);
+        f.debug_struct("SharedOptions")
+            .field("host", &host)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        SharedOptions {
+            url: url.into(),
+            password: None,
+            key_prefix: "backupgw:".into(),
+            timeout: Duration::from_millis(250),
+            retry_after: Duration::from_secs(1),
+            lease: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("[shared] redis_url: {0}")]
+pub struct SharedError(String);
+
+/// The connection to Redis, and whether it is answering.
+pub struct Shared {
+    conn: ConnectionManager,
+    options: SharedOptions,
+    /// While Redis is failing: since when, and when to try it again.
+    down: Mutex<Option<Instant>>,
+    metrics: Option<Metrics>,
+    /// This replica, as the holder of a lease.
+    replica: String,
+}
+
+impl Shared {
+    /// Prepares the connection; it is made on first use, and made again whenever it broke.
+    pub fn new(options: SharedOptions, metrics: Option<Metrics>) -> Result<Self, SharedError> {
+        let mut info = options
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| SharedError(format!("not a Redis URL: {}", e.category())))?;
+        if let Some(password) = &options.password {
+            let redis = info
+                .redis_settings()
+                .clone()
+                .set_password(password.expose_secret());
+            info = info.set_redis_settings(redis);
+        }
+        let client = redis::Client::open(info).map_err(|e| SharedError(e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.timeout))
+            .set_response_timeout(Some(options.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(options.timeout);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| SharedError(e.to_string()))?;
+        if let Some(m) = &metrics {
+            m.shared_up(true);
+        }
+        Ok(Shared {
+            conn,
+            options,
+            down: Mutex::default(),
+            metrics,
+            replica: format!("{:032x}", fastrand::u128(..)),
+        })
+    }
+
+    pub fn options(&self) -> &SharedOptions {
+        &self.options
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}{kind}:{name}", self.options.key_prefix)
+    }
+
+    /// Whether Redis answered the last time it was asked (or has not been asked yet).
+    pub fn is_up(&self) -> bool {
+        self.down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+
+    /// Runs one Redis operation: `None` when Redis is being left alone, failed, or took too long.
+    /// A connection that broke (Redis restarted) is made again and the operation sent once more.
+    async fn run<T, F, Fut>(&self, op: F) -> Option<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        if let Some(since) = *self.down.lock().unwrap_or_else(|e| e.into_inner())
+            && since.elapsed() < self.options.retry_after
+        {
+            return None;
+        }
+        let mut again = true;
+        loop {
+            match tokio::time::timeout(self.options.timeout, op(self.conn.clone())).await {
+                Ok(Ok(value)) => {
+                    self.mark(true, None);
+                    return Some(value);
+                }
+                Ok(Err(e)) if again && (e.is_connection_dropped() || e.is_io_error()) => {
+                    again = false;
+                }
+                Ok(Err(e)) => {
+                    self.mark(false, Some(e.category().to_owned()));
+                    return None;
+                }
+                Err(_) => {
+                    self.mark(
+                        false,
+                        Some(format!("no answer within {:?}", self.options.timeout)),
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Records whether Redis answered; says so once when that changes.
+    fn mark(&self, up: bool, why: Option<String>) {
+        let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        match (up, down.is_some()) {
+            (true, true) => {
+                *down = None;
+                tracing::info!("shared state (Redis) answers again; sharing resumes");
+            }
+            (false, false) => {
+                tracing::warn!(
+                    error = why.as_deref().unwrap_or_default(),
+                    "shared state (Redis) unreachable; serving from this replica's cache and limits until it answers"
+                );
+                *down = Some(Instant::now());
+            }
+            // Still down: the next try waits `retry_after` from now.
+            (false, true) => *down = Some(Instant::now()),
+            (true, false) => {}
+        }
+        if let Some(m) = &self.metrics {
+            m.shared_up(up);
+        }
+    }
+}

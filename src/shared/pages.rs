@@ -1,0 +1,204 @@
+//! The second-level page cache: a page one replica fetched is stored in Redis, encoded as the
+//! wire wants it, with its fetch time (wall clock, so that `max_age` holds across replicas) and
+//! the cache's TTL; another replica serves it without asking the upstream. While one replica
+//! fetches a page, the others asking for it wait for it (a lease, `SET NX PX`), at most as long
+//! as the lease lasts: a waiter whose holder died fetches itself.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::AsyncCommands as _;
+use sha2::{Digest as _, Sha256};
+use tokio::time::Instant;
+
+use super::Shared;
+use crate::cache::{Origin, PageKey};
+use crate::ddm::DdmError;
+use crate::wire::EncodedPage;
+
+/// A page's name in Redis: a digest of what identifies it upstream.
+pub fn page_key(key: &PageKey) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        key.endpoint.as_bytes(),
+        key.target.as_bytes(),
+        key.pushdown.instance_id.as_bytes(),
+        key.pushdown.instance_name.as_bytes(),
+        key.pushdown.backup_name.as_bytes(),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(key.offset.to_le_bytes());
+    h.update(key.limit.to_le_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How often a waiter looks for the page another replica fetches: soon, then less often.
+const FIRST_LOOK: Duration = Duration::from_millis(5);
+const LOOK_AT_MOST_EVERY: Duration = Duration::from_millis(50);
+
+impl Shared {
+    /// The page for `name`: stored by a replica within `max_age`, else fetched by this one
+    /// (or waited for while another fetches it). Its age, and where it came from. `max_age`
+    /// zero reads past the shared cache and takes no lease.
+    pub async fn page_or_fetch<F>(
+        &self,
+        name: &str,
+        max_age: Duration,
+        ttl: Duration,
+        fetch: impl FnOnce() -> F,
+    ) -> Result<(EncodedPage, Duration, Origin), DdmError>
+    where
+        F: Future<Output = Result<EncodedPage, DdmError>>,
+    {
+        if !max_age.is_zero() {
+            // Another replica may be fetching it: wait for that, a few leases at most.
+            for _ in 0..3 {
+                if let Some((page, age)) = self.stored_page(name, max_age).await {
+                    return Ok((page, age, Origin::Cache));
+                }
+                match self.lease(name).await {
+                    Some(false) => {
+                        if let Some((page, age)) = self.wait_for(name, max_age).await {
+                            return Ok((page, age, Origin::Cache));
+                        }
+                    }
+                    Some(true) => {
+                        // Stored between our look and our lease?
+                        if let Some((page, age)) = self.stored_page(name, max_age).await {
+                            self.release(name).await;
+                            return Ok((page, age, Origin::Cache));
+                        }
+                        let fetched = fetch().await;
+                        if let Ok(page) = &fetched {
+                            self.store_page(name, page, ttl).await;
+                        }
+                        self.release(name).await;
+                        return fetched.map(|p| (p, Duration::ZERO, Origin::Upstream));
+                    }
+                    None => break,
+                }
+            }
+        }
+        let page = fetch().await?;
+        self.store_page(name, &page, ttl).await;
+        Ok((page, Duration::ZERO, Origin::Upstream))
+    }
+
+    /// A stored page younger than `max_age`, and its age.
+    async fn stored_page(&self, name: &str, max_age: Duration) -> Option<(EncodedPage, Duration)> {
+        let key = self.key("page", name);
+        let stored: Option<Vec<u8>> = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move { c.get(key).await }
+            })
+            .await?;
+        self.read_stored(stored?, max_age)
+    }
+
+    fn read_stored(&self, stored: Vec<u8>, max_age: Duration) -> Option<(EncodedPage, Duration)> {
+        let (at, page) = stored.split_at_checked(8)?;
+        let fetched_at = u64::from_le_bytes(at.try_into().ok()?);
+        let age = Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(fetched_at));
+        if age >= max_age {
+            return None;
+        }
+        match EncodedPage::from_stored(page) {
+            Ok(page) => {
+                if let Some(m) = &self.metrics {
+                    m.shared_hit();
+                }
+                Some((page, age))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a page in the shared cache is unreadable; fetching it");
+                None
+            }
+        }
+    }
+
+    async fn store_page(&self, name: &str, page: &EncodedPage, ttl: Duration) {
+        let key = self.key("page", name);
+        let mut value = unix_ms(SystemTime::now()).to_le_bytes().to_vec();
+        value.extend_from_slice(&page.to_stored());
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let _: Option<()> = self
+            .run(|mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { c.pset_ex(key, value, ttl_ms).await }
+            })
+            .await;
+    }
+
+    /// Whether this replica now holds the lease on fetching `name` (`None`: Redis is not
+    /// answering).
+    async fn lease(&self, name: &str) -> Option<bool> {
+        let key = self.key("lease", name);
+        let holder = self.replica.clone();
+        let lease_ms = self.options.lease.as_millis().max(1) as u64;
+        self.run(|mut c| {
+            let (key, holder) = (key.clone(), holder.clone());
+            async move {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(key)
+                    .arg(holder)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(lease_ms)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(set.is_some())
+            }
+        })
+        .await
+    }
+
+    /// Gives the lease up, if this replica still holds it.
+    async fn release(&self, name: &str) {
+        let key = self.key("lease", name);
+        let holder = self.replica.clone();
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        );
+        let _: Option<i64> = self
+            .run(|mut c| {
+                let mut invocation = script.key(&key);
+                invocation.arg(&holder);
+                async move { invocation.invoke_async(&mut c).await }
+            })
+            .await;
+    }
+
+    /// The page another replica is fetching, once it is stored; `None` when its lease ended
+    /// without one (failed, or its holder died) or Redis stopped answering.
+    async fn wait_for(&self, name: &str, max_age: Duration) -> Option<(EncodedPage, Duration)> {
+        let (page_key, lease_key) = (self.key("page", name), self.key("lease", name));
+        let until = Instant::now() + self.options.lease;
+        let mut look = FIRST_LOOK;
+        while Instant::now() < until {
+            tokio::time::sleep(look).await;
+            look = (look * 2).min(LOOK_AT_MOST_EVERY);
+            let (p, l) = (page_key.clone(), lease_key.clone());
+            let (stored, leased): (Option<Vec<u8>>, bool) = self
+                .run(|mut c| {
+                    let mut pipe = redis::pipe();
+                    pipe.get(&p).exists(&l);
+                    async move { pipe.query_async(&mut c).await }
+                })
+                .await?;
+            if let Some(stored) = stored {
+                return self.read_stored(stored, max_age);
+            }
+            if !leased {
+                return None;
+            }
+        }
+        None
+    }
+}

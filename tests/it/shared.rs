@@ -1,0 +1,301 @@
+//! Several replicas sharing a real `redis-server`: the second-level page cache, one fetch of a
+//! page across replicas, a region's rate for all replicas together, and Redis going away and
+//! coming back without a query failing.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use backupgw::inventory::{Limits, RegionLimits};
+use backupgw::pb;
+use backupgw::shared::SharedOptions;
+use backupgw::sim::{DataSpec, FaultPlan, Faults, SimOptions};
+
+use crate::common::*;
+
+/// A `redis-server` of its own, on a free loopback port; killed when dropped.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    /// Whether `redis-server` is here; CI (`BACKUPGW_REQUIRE_REDIS`) insists that it is.
+    pub fn available() -> bool {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(
+                std::env::var_os("BACKUPGW_REQUIRE_REDIS").is_none(),
+                "redis-server is required here (apt-get install redis-server)"
+            );
+            eprintln!("redis-server not found: skipping (apt-get install redis-server)");
+        }
+        found
+    }
+
+    pub fn start() -> Self {
+        // redis-server takes a port, not a listener: take a free one and hand it over.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Redis::start_on(port)
+    }
+
+    /// Starts on `port` and returns once it accepts connections (it says so on stdout).
+    pub fn start_on(port: u16) -> Self {
+        let mut child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("Ready to accept connections"));
+        assert!(ready, "redis-server on {port} did not start");
+        std::thread::spawn(move || lines.for_each(drop));
+        Redis { child, port }
+    }
+
+    pub fn options(&self) -> SharedOptions {
+        SharedOptions {
+            // Tests try Redis again at once: recovery needs no waiting.
+            retry_after: Duration::ZERO,
+            ..SharedOptions::new(format!("redis://127.0.0.1:{}/0", self.port))
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spec() -> DataSpec {
+    DataSpec {
+        regions: 2,
+        projects_per_region: 3,
+        instances_per_project: 2,
+        backups_per_instance: 150,
+        ..DataSpec::default()
+    }
+}
+
+/// Pages the data set has: every project holds 300 backups, 3 pages of 128.
+const PAGES: u64 = 2 * 3 * 3;
+
+async fn replica(sim: &backupgw::sim::Simulator, shared: Option<SharedOptions>) -> Gateway {
+    let targets = backupgw::demo::sim_targets(sim, token_credential("test", TOKEN));
+    start_gateway_with(
+        targets,
+        GatewaySetup {
+            shared,
+            ..GatewaySetup::default()
+        },
+    )
+    .await
+}
+
+fn fresh() -> pb::ListBackupsRequest {
+    pb::ListBackupsRequest {
+        max_age: Some(prost_types::Duration::default()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_replica_answers_what_another_just_read_without_asking_the_upstream() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let sim = start_sim(&spec(), sim_options()).await;
+    let mut a = replica(&sim, Some(redis.options())).await;
+    let mut b = replica(&sim, Some(redis.options())).await;
+    let from_a = list(&mut a.client, pb::ListBackupsRequest::default()).await;
+    assert_eq!(sim.stats().list_requests, PAGES);
+    let from_b = list(&mut b.client, pb::ListBackupsRequest::default()).await;
+    assert_eq!(
+        sim.stats().list_requests,
+        PAGES,
+        "B asked the upstream nothing"
+    );
+    let summary = from_b.summary.unwrap();
+    assert_eq!((summary.upstream_requests, summary.cache_hits), (0, PAGES));
+    assert_eq!(from_b.by_key(), from_a.by_key());
+    assert_eq!(from_b.by_key().len(), spec().total_backups());
+    // max_age holds across replicas: a page fetched by A is too old for B at max_age 0…
+    list(&mut b.client, fresh()).await;
+    assert_eq!(sim.stats().list_requests, 2 * PAGES);
+    // …and a replica without Redis reads everything itself.
+    let mut alone = replica(&sim, None).await;
+    list(&mut alone.client, pb::ListBackupsRequest::default()).await;
+    assert_eq!(sim.stats().list_requests, 3 * PAGES);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_queries_on_two_replicas_read_each_page_once() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let options = SimOptions {
+        latency: Duration::from_millis(40),
+        ..sim_options()
+    };
+    let sim = start_sim(&spec(), options).await;
+    let mut a = replica(&sim, Some(redis.options())).await;
+    let mut b = replica(&sim, Some(redis.options())).await;
+    let (from_a, from_b) = tokio::join!(
+        list(&mut a.client, pb::ListBackupsRequest::default()),
+        list(&mut b.client, pb::ListBackupsRequest::default()),
+    );
+    assert_eq!(sim.stats().list_requests, PAGES, "every page read once");
+    assert_eq!(from_a.by_key(), from_b.by_key());
+    assert_eq!(from_a.by_key().len(), spec().total_backups());
+    let upstream = |c: &Collected| c.summary.as_ref().unwrap().upstream_requests;
+    assert_eq!(upstream(&from_a) + upstream(&from_b), PAGES);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_together_keep_to_a_regions_rate() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let spec = DataSpec {
+        regions: 1,
+        projects_per_region: 4,
+        instances_per_project: 2,
+        backups_per_instance: 320, // 5 pages a project
+        ..DataSpec::default()
+    };
+    // The upstream allows 40 requests a second (and a burst of 8); the gateways promise 40
+    // with a burst of 4, each read everything afresh (max_age 0: no sharing of pages).
+    let region = backupgw::sim::data::region_name(0).unwrap().to_owned();
+    let mut faults = FaultPlan::default();
+    faults.regions.insert(
+        region.clone(),
+        Faults {
+            throttle_rps: Some(40.0),
+            throttle_burst: 8,
+            ..Faults::default()
+        },
+    );
+    let sim = start_sim(
+        &spec,
+        SimOptions {
+            faults,
+            ..sim_options()
+        },
+    )
+    .await;
+    let limits = Limits {
+        region: RegionLimits {
+            max_concurrent_requests: Some(8),
+            requests_per_second: Some(40.0),
+            burst: 4,
+        },
+        ..Limits::default()
+    };
+    let start = |shared: Option<SharedOptions>| {
+        let limits = limits.clone();
+        let sim = &sim;
+        async move {
+            let targets = backupgw::demo::sim_targets(sim, token_credential("test", TOKEN));
+            start_gateway_with(
+                targets,
+                GatewaySetup {
+                    limits,
+                    shared,
+                    ..GatewaySetup::default()
+                },
+            )
+            .await
+        }
+    };
+    let mut a = start(Some(redis.options())).await;
+    let mut b = start(Some(redis.options())).await;
+    let (x, y) = tokio::join!(list(&mut a.client, fresh()), list(&mut b.client, fresh()));
+    assert!(x.targets.iter().chain(&y.targets).all(|t| t.ok));
+    assert_eq!(sim.stats().list_requests, 2 * 4 * 5);
+    assert_eq!(
+        sim.stats().throttled,
+        0,
+        "together within the region's rate"
+    );
+
+    // Each on its own pace, the two replicas ask twice the rate: the upstream throttles.
+    let mut a = start(None).await;
+    let mut b = start(None).await;
+    tokio::join!(list(&mut a.client, fresh()), list(&mut b.client, fresh()));
+    assert!(sim.stats().throttled > 0, "the test can tell");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_fails_no_query_and_sharing_resumes_when_it_is_back() {
+    if !Redis::available() {
+        return;
+    }
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let options = SimOptions {
+        latency: Duration::from_millis(10),
+        ..sim_options()
+    };
+    let sim = start_sim(&spec(), options).await;
+    let mut a = replica(&sim, Some(redis.options())).await;
+    let mut b = replica(&sim, Some(redis.options())).await;
+    // Killed mid-query: the answer completes from the upstream.
+    let mut stream = a.client.list_backups(fresh()).await.unwrap().into_inner();
+    let mut got = Collected::default();
+    let first = stream.message().await.unwrap().unwrap();
+    got.backups.extend(first.backups);
+    got.targets.extend(first.targets);
+    redis.kill();
+    while let Some(m) = stream.message().await.unwrap() {
+        got.backups.extend(m.backups);
+        got.targets.extend(m.targets);
+        got.summary = m.summary.or(got.summary);
+    }
+    assert_eq!(got.summary.unwrap().targets_failed, 0);
+    assert_eq!(got.by_key().len(), spec().total_backups());
+    // B, with Redis gone, still answers (from the upstream), and says Redis is down.
+    let without = list(&mut b.client, pb::ListBackupsRequest::default()).await;
+    assert_eq!(without.by_key().len(), spec().total_backups());
+    let metrics = b.inventory.metrics().unwrap().render();
+    assert!(metrics.contains("backupgw_shared_up 0"), "{metrics}");
+
+    // Back: A's next read is shared again, and B answers it without the upstream.
+    let _redis = crate::shared::Redis::start_on(port);
+    list(&mut a.client, fresh()).await;
+    let asked = sim.stats().list_requests;
+    let mut c = replica(&sim, Some(_redis.options())).await;
+    let shared = list(&mut c.client, pb::ListBackupsRequest::default()).await;
+    assert_eq!(sim.stats().list_requests, asked, "served from Redis");
+    assert_eq!(shared.by_key().len(), spec().total_backups());
+    let metrics = a.inventory.metrics().unwrap().render();
+    assert!(metrics.contains("backupgw_shared_up 1"), "{metrics}");
+}
