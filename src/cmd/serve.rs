@@ -38,11 +38,16 @@ pub fn check_config(file: &std::path::Path, no_secrets: bool) -> Result<()> {
                 println!("warning: {warning}");
             }
             println!(
-                "{}: ok ({} projects, {} discovering credentials, {} account sources{})",
+                "{}: ok ({} projects, {} discovering credentials, {} account sources{}{})",
                 file.display(),
                 settings.targets.len(),
                 settings.discoveries.len(),
                 settings.accounts.len(),
+                if settings.shared.is_some() {
+                    ", shared through Redis"
+                } else {
+                    ""
+                },
                 if no_secrets {
                     "; secrets and TLS files not read"
                 } else {

@@ -248,3 +248,52 @@ fn callers_are_checked_key_by_key() {
         "{err}"
     );
 }
+
+#[test]
+fn shared_state_needs_a_plain_redis_url_and_keeps_its_password_out_of_sight() {
+    // SAFETY: these variables are read by this module's tests only.
+    unsafe {
+        std::env::set_var("BACKUPGW_TEST_CONFIG_TOKEN", "t0k3n");
+        std::env::set_var("BACKUPGW_TEST_REDIS_PASSWORD", "r3dis-pw");
+    };
+    let s = parse(&with_project(
+        "[shared]\nredis_url = \"redis://127.0.0.1:6379/0\"\npassword_env = \"BACKUPGW_TEST_REDIS_PASSWORD\"\n",
+    ))
+    .unwrap();
+    let shared = s.shared.as_ref().unwrap();
+    assert_eq!(shared.key_prefix, "backupgw:");
+    assert_eq!(shared.timeout, Duration::from_millis(250));
+    let dbg = format!("{s:?}");
+    assert!(!dbg.contains("r3dis-pw"), "{dbg}");
+    for (shared, key, says) in [
+        (
+            "redis_url = \"rediss://h:6380\"",
+            "shared.redis_url",
+            "not supported",
+        ),
+        (
+            "redis_url = \"redis://:pw@h:6379\"",
+            "shared.redis_url",
+            "password_file",
+        ),
+        ("redis_url = \"http://h\"", "shared.redis_url", "redis://"),
+        (
+            "redis_url = \"redis://h\"\ntimeout_ms = 0",
+            "shared.timeout_ms",
+            "at least 1",
+        ),
+        (
+            "redis_url = \"redis://h\"\npassword_env = \"BACKUPGW_TEST_UNSET\"",
+            "shared.password_env",
+            "BACKUPGW_TEST_UNSET",
+        ),
+    ] {
+        let e = parse(&with_project(&format!("[shared]\n{shared}\n"))).unwrap_err();
+        let found = e.0.iter().find(|e| e.key == key);
+        assert!(
+            found.is_some_and(|e| e.problem.contains(says)),
+            "{shared}: {e}"
+        );
+        assert!(!e.to_string().contains(":pw@"), "{e}");
+    }
+}

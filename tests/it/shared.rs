@@ -146,6 +146,12 @@ async fn a_replica_answers_what_another_just_read_without_asking_the_upstream() 
     assert_eq!((summary.upstream_requests, summary.cache_hits), (0, PAGES));
     assert_eq!(from_b.by_key(), from_a.by_key());
     assert_eq!(from_b.by_key().len(), spec().total_backups());
+    let metrics = b.inventory.metrics().unwrap().render();
+    assert!(
+        metrics.contains(&format!("backupgw_shared_cache_hits_total {PAGES}")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("backupgw_shared_up 1"), "{metrics}");
     // max_age holds across replicas: a page fetched by A is too old for B at max_age 0…
     list(&mut b.client, fresh()).await;
     assert_eq!(sim.stats().list_requests, 2 * PAGES);
