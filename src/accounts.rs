@@ -28,7 +28,7 @@ const CONCURRENT_ASSUMES: usize = 8;
 #[derive(Debug, Clone)]
 pub struct ProjectScope {
     pub project: String,
-    pub region: String,
+    pub region: Arc<str>,
     pub endpoint: Arc<str>,
 }
 
@@ -261,7 +261,7 @@ impl AccountSource {
             targets.push(Target {
                 project_id: project_id.into(),
                 project_name: scope.project.clone(),
-                region: scope.region.clone(),
+                region: Arc::clone(&scope.region),
                 endpoint: Arc::clone(&scope.endpoint),
                 credential,
                 source: self.target_source(),
@@ -339,7 +339,7 @@ impl AccountSource {
                 member.reference.clone(),
                 member.agency.clone(),
                 scope.project.clone(),
-                scope.region.clone(),
+                scope.region.to_string(),
             )),
         ))
     }

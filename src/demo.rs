@@ -102,7 +102,7 @@ pub fn demo_setup(sim: &Simulator, c: &DemoCredentials) -> DemoSetup {
         targets.extend(
             sim_targets(sim, Arc::clone(by_region[i]))
                 .into_iter()
-                .filter(|t| &t.region == region),
+                .filter(|t| *t.region == **region),
         );
     }
     let rest: Vec<String> = regions.iter().skip(by_region.len()).cloned().collect();
@@ -131,7 +131,7 @@ pub fn demo_setup(sim: &Simulator, c: &DemoCredentials) -> DemoSetup {
                     .iter()
                     .map(|(r, a)| ProjectScope {
                         project: r.clone(),
-                        region: r.clone(),
+                        region: r.as_str().into(),
                         endpoint: format!("http://{a}").into(),
                     })
                     .collect(),
@@ -157,7 +157,7 @@ pub fn sim_targets(sim: &Simulator, credential: Arc<Credential>) -> Vec<Target> 
         .map(|p| Target {
             project_id: p.id.as_str().into(),
             project_name: p.name.clone(),
-            region: p.region.clone(),
+            region: p.region.as_str().into(),
             endpoint: sim.endpoint(&p.region).unwrap_or_default().into(),
             credential: Arc::clone(&credential),
             source: TargetSource::Config,

@@ -30,6 +30,9 @@ impl Discovery {
     pub async fn targets(&self, http: &reqwest::Client) -> Result<Vec<Target>, DdmError> {
         let projects = self.credential.list_projects(http).await?;
         let mut targets = Vec::new();
+        // One region name and one endpoint per region, however many projects it has.
+        let mut interned: std::collections::HashMap<String, (Arc<str>, Arc<str>)> =
+            std::collections::HashMap::new();
         for p in projects {
             // MOS is the object store's built-in project, not a region.
             if !p.enabled || p.name == "MOS" || !crate::config::is_project_id(&p.id) {
@@ -48,11 +51,15 @@ impl Discovery {
                 tracing::warn!(project = %p.id, region, "discovered a project in a region without a known endpoint; skipped");
                 continue;
             };
+            let (region, endpoint) = interned
+                .entry(region.to_owned())
+                .or_insert_with(|| (region.into(), endpoint.into()))
+                .clone();
             targets.push(Target {
                 project_id: p.id.as_str().into(),
                 project_name: p.name.clone(),
-                region: region.to_owned(),
-                endpoint: endpoint.into(),
+                region,
+                endpoint,
                 credential: Arc::clone(&self.credential),
                 source: TargetSource::Discovered,
                 account: None,

@@ -24,6 +24,16 @@ impl Drop for CallMemory {
     }
 }
 
+/// Gives freed memory back to the system now (after reading a large configuration, whose
+/// text and parse tree are gone once the targets are built).
+pub fn trim_now() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Gives freed memory back to the system every few seconds, after calls have ended.
 pub fn start_trimming() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -332,7 +332,7 @@ fn join(
     let mut result = backups.unwrap_or_else(|| pb::TargetResult {
         project_id: target.project_id.to_string(),
         project_name: target.project_name.clone(),
-        region: target.region.clone(),
+        region: target.region.to_string(),
         error: Some(pb::TargetError {
             kind: "internal".into(),
             message: "the target's backups were not read".into(),
@@ -348,7 +348,7 @@ fn join(
             account: target.account.clone(),
             project_id: Arc::clone(&target.project_id),
             project_name: target.project_name.clone(),
-            region: target.region.clone(),
+            region: target.region.to_string(),
             instance_id: id.to_owned(),
             instance_name: seen.name.clone(),
             instance_status: status.to_owned(),

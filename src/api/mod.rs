@@ -191,7 +191,7 @@ impl BackupGateway for Gateway {
                     account_status: account.map(|a| a.status.clone()).unwrap_or_default(),
                     project_id: t.project_id.to_string(),
                     project_name: t.project_name.clone(),
-                    region: t.region.clone(),
+                    region: t.region.to_string(),
                     endpoint: t.endpoint.to_string(),
                     credential: t.credential.name().to_owned(),
                     source: t.source.as_str().to_owned(),

@@ -79,6 +79,7 @@ pub async fn run_serve(config: &Path, listen: Option<SocketAddr>) -> Result<()> 
         .with_context(|| format!("invalid configuration {}", config.display()))?;
     let metrics = Metrics::new();
     let generation = server::build_generation(&settings, None, &metrics)?;
+    backupgw::memory::trim_now();
     let live = Live::new(generation, metrics.clone());
     *live.tls.write().unwrap_or_else(|e| e.into_inner()) = settings.tls.clone();
     let mut discovery = server::start_discovery(&live.current().inventory, &settings);

@@ -178,7 +178,7 @@ fn scopes(
             if let Some(endpoint) = endpoint_of(region) {
                 scopes.push(ProjectScope {
                     project: (*region).to_owned(),
-                    region: (*region).to_owned(),
+                    region: (*region).into(),
                     endpoint: endpoint.into(),
                 });
             }
@@ -197,7 +197,7 @@ fn scopes(
         match endpoint_of(region) {
             Some(endpoint) if name.len() > region.len() + 1 => scopes.push(ProjectScope {
                 project: name.clone(),
-                region: region.to_owned(),
+                region: region.into(),
                 endpoint: endpoint.into(),
             }),
             _ => {

@@ -4,6 +4,7 @@
 //! resolve from the file's own directory.
 
 mod accounts;
+mod chunked;
 mod edge;
 mod raw;
 mod secrets;
@@ -199,7 +200,9 @@ impl Settings {
 
     fn parse_with(text: &str, base: &Path, read_secrets: bool) -> Result<Self, ConfigErrors> {
         let mut problems = Problems::default();
-        let raw = parse_raw(text, &mut problems);
+        // A file with many projects is read a thousand projects at a time; one that does not
+        // read cleanly so, whole, with every problem named.
+        let raw = chunked::parse(text).or_else(|| parse_raw(text, &mut problems));
         let settings = raw.and_then(|raw| validate(raw, base, read_secrets, &mut problems));
         match settings {
             Some(mut s) if problems.errors.is_empty() => {

@@ -1,6 +1,6 @@
 //! The limits, the regions and the projects of a configuration, and the tables nothing uses.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +62,8 @@ pub(super) fn projects(
 ) -> Vec<Target> {
     let mut seen = HashSet::new();
     let mut targets = Vec::new();
+    // One region name and one endpoint per region, however many projects it has.
+    let mut interned: HashMap<&str, (Arc<str>, Arc<str>)> = HashMap::new();
     for (i, project) in raw.projects.iter().enumerate() {
         let key = format!("projects[{i}]");
         if !is_project_id(&project.id) {
@@ -103,11 +105,15 @@ pub(super) fn projects(
             }
         };
         if let (Some(endpoint), Some(credential)) = (endpoint, credential) {
+            let (region, endpoint) = interned
+                .entry(&project.region)
+                .or_insert_with(|| (project.region.as_str().into(), endpoint.into()))
+                .clone();
             targets.push(Target {
                 project_id: project.id.as_str().into(),
                 project_name: project.name.clone().unwrap_or_default(),
-                region: project.region.clone(),
-                endpoint: endpoint.into(),
+                region,
+                endpoint,
                 credential: Arc::clone(credential),
                 source: TargetSource::Config,
                 account: None,

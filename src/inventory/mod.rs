@@ -403,14 +403,14 @@ impl Inventory {
     ) -> bool {
         self.health(target).record(&result);
         if let Some(metrics) = &self.metrics {
-            metrics.target_read(&target.project_id, &target.region, result.ok);
+            metrics.target_read(&target.key(), &target.region, result.ok);
         }
         tally.count(&result);
         if let Some(e) = &result.error {
             tracing::warn!(
                 caller = &*query.caller.name,
                 project = &*target.project_id,
-                region = target.region,
+                region = &*target.region,
                 credential = target.credential.name(),
                 kind = e.kind,
                 code = e.error_code,

@@ -58,7 +58,7 @@ impl TargetProgress {
             account_name,
             project_id: target.project_id.to_string(),
             project_name: target.project_name.clone(),
-            region: target.region.clone(),
+            region: target.region.to_string(),
             ok: error.is_none(),
             backups: self.backups.load(Ordering::Relaxed),
             upstream_total: self.total.load(Ordering::Relaxed),

@@ -16,7 +16,8 @@ pub struct Target {
     /// from that token): such a target answers with that failure, without a request.
     pub project_id: Arc<str>,
     pub project_name: String,
-    pub region: String,
+    /// Shared by the region's targets (as `endpoint` is): 100,000 targets hold a handful.
+    pub region: Arc<str>,
     pub endpoint: Arc<str>,
     pub credential: Arc<Credential>,
     pub source: TargetSource,
@@ -150,11 +151,11 @@ impl TargetSet {
 
 /// Orders targets round-robin over regions, so no region is hammered first.
 fn interleave_regions(targets: Vec<Arc<Target>>) -> Vec<Arc<Target>> {
-    let mut regions: Vec<(String, Vec<Arc<Target>>)> = Vec::new();
+    let mut regions: Vec<(Arc<str>, Vec<Arc<Target>>)> = Vec::new();
     for t in targets {
         match regions.iter_mut().find(|(r, _)| *r == t.region) {
             Some((_, list)) => list.push(t),
-            None => regions.push((t.region.clone(), vec![t])),
+            None => regions.push((Arc::clone(&t.region), vec![t])),
         }
     }
     let longest = regions.iter().map(|(_, l)| l.len()).max().unwrap_or(0);
@@ -172,38 +173,46 @@ fn interleave_regions(targets: Vec<Arc<Target>>) -> Vec<Arc<Target>> {
 /// What the gateway last saw of a target, across queries.
 #[derive(Default)]
 pub struct TargetHealth {
-    last_success: Mutex<Option<SystemTime>>,
-    last_error: Mutex<Option<(SystemTime, pb::TargetError)>>,
+    /// In Unix milliseconds (0: never).
+    last_success_ms: AtomicU64,
+    /// Boxed: most targets never fail, and 100,000 targets each keep one of these.
+    last_error: Mutex<Option<Box<(SystemTime, pb::TargetError)>>>,
     /// While a retry waits: when it ends, in Unix milliseconds (0: not backing off).
     pub(super) backoff_until_ms: AtomicU64,
 }
 
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl TargetHealth {
     pub(super) fn record(&self, result: &pb::TargetResult) {
-        let now = SystemTime::now();
         match &result.error {
-            None => *self.last_success.lock().unwrap_or_else(|e| e.into_inner()) = Some(now),
-            Some(e) => {
-                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, e.clone()))
-            }
+            None => self
+                .last_success_ms
+                .store(unix_ms(SystemTime::now()).max(1), Ordering::Relaxed),
+            Some(e) => self.record_failure(e.clone()),
         }
     }
 
-    /// A failure found outside a read (an agency IAM refused), shown until a read succeeds.
+    /// A failure, from a read or found outside one (an agency IAM refused).
     pub fn record_failure(&self, error: pb::TargetError) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((SystemTime::now(), error));
+            Some(Box::new((SystemTime::now(), error)));
     }
 
     pub fn last_success(&self) -> Option<SystemTime> {
-        *self.last_success.lock().unwrap_or_else(|e| e.into_inner())
+        let ms = self.last_success_ms.load(Ordering::Relaxed);
+        (ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(ms))
     }
 
     pub fn last_error(&self) -> Option<(SystemTime, pb::TargetError)> {
         self.last_error
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .as_deref()
+            .cloned()
     }
 
     /// When the retry being waited out ends, if one is.

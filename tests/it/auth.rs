@@ -75,9 +75,9 @@ fn mixed_targets(
     backupgw::demo::sim_targets(sim, token_credential("token", TOKEN))
         .into_iter()
         .map(|mut t| {
-            if t.region == regions[1] {
+            if *t.region == *regions[1] {
                 t.credential = Arc::clone(&iam_cred);
-            } else if t.region == regions[2] {
+            } else if *t.region == *regions[2] {
                 t.credential = Arc::clone(&aksk_cred);
             }
             t

@@ -211,7 +211,7 @@ async fn a_bad_token_and_a_dead_region_fail_alone() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    for t in targets.iter_mut().filter(|t| t.region == dead_region) {
+    for t in targets.iter_mut().filter(|t| *t.region == *dead_region) {
         t.endpoint = dead.as_str().into();
     }
     let mut gw = start_gateway(targets, Limits::default(), test_client_options()).await;

@@ -178,9 +178,9 @@ async fn a_failing_access_key_is_not_tried_again_until_its_cool_down_ends() {
     let regions = sim.data().regions.clone();
     let targets: Vec<_> = backupgw::demo::sim_targets(&sim, Arc::clone(&good))
         .into_iter()
-        .filter(|t| t.region != regions[2])
+        .filter(|t| *t.region != *regions[2])
         .map(|mut t| {
-            if t.region == regions[1] {
+            if *t.region == *regions[1] {
                 t.credential = Arc::clone(&bad);
             }
             t
