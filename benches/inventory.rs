@@ -428,6 +428,12 @@ async fn main() {
     if only.is_empty() || only == "memory" {
         rows.extend(memory(quick, &dir).await);
     }
+    if only.is_empty() || only == "replicas" {
+        rows.extend(replicas(reps, &dir).await);
+    }
+    if only.is_empty() || only == "scale" {
+        rows.extend(scale(&dir).await);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 
     let width = rows
@@ -918,4 +924,181 @@ fn rss_mib(pid: u32) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap();
     kib / 1024.0
+}
+
+/// ListBackups requests the simulator has answered so far.
+async fn sim_list_requests(sim: &Sim) -> u64 {
+    let endpoint = &sim.targets[0].1;
+    let body = reqwest::get(format!("{endpoint}/_sim/stats"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    stats["list_requests"].as_u64().unwrap()
+}
+
+/// A redis-server of the bench's own, on a free port; killed when dropped.
+fn start_redis() -> Option<(Proc, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let out = BufReader::new(child.stdout.take()?);
+    let ready = out
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("Ready to accept connections"));
+    ready.then_some((Proc { child }, port))
+}
+
+/// The inventory of rows 1–4 through one replica, and through two sharing a Redis.
+async fn replicas(reps: usize, dir: &Path) -> Vec<Row> {
+    let Some((_redis, port)) = start_redis() else {
+        eprintln!("redis-server not found: the replica rows are left out");
+        return Vec::new();
+    };
+    let sim = start_inventory_sim(dir, LATENCY_MS);
+    let everything = pb::ListBackupsRequest::default();
+    let shared = format!(
+        "{}\n[shared]\nredis_url = \"redis://127.0.0.1:{port}/0\"\nkey_prefix = \"bench{}:\"",
+        inventory_limits(),
+        fastrand::u32(..)
+    );
+    let (mut one, mut two, mut b_first) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut one_asked, mut two_asked, mut b_asked) = (0, 0, 0);
+    for rep in 0..reps {
+        // One replica: cold.
+        let gw = start_gateway(&sim, &inventory_limits()).await;
+        let before = sim_list_requests(&sim).await;
+        one.push(
+            stream_counted(gw.channel.clone(), everything.clone())
+                .await
+                .1,
+        );
+        one_asked = sim_list_requests(&sim).await - before;
+        drop(gw);
+        // Two replicas sharing Redis (a key prefix of their own each round: cold), asked at once.
+        let shared = shared.replace("bench", &format!("bench{rep}-"));
+        let (a, b) = (
+            start_gateway(&sim, &shared).await,
+            start_gateway(&sim, &shared).await,
+        );
+        let before = sim_list_requests(&sim).await;
+        let start = Instant::now();
+        tokio::join!(
+            stream_counted(a.channel.clone(), everything.clone()),
+            stream_counted(b.channel.clone(), everything.clone())
+        );
+        two.push(start.elapsed().as_secs_f64());
+        two_asked = sim_list_requests(&sim).await - before;
+        // A third replica's first query: every page from Redis.
+        let c = start_gateway(&sim, &shared).await;
+        let before = sim_list_requests(&sim).await;
+        b_first.push(
+            stream_counted(c.channel.clone(), everything.clone())
+                .await
+                .1,
+        );
+        b_asked = sim_list_requests(&sim).await - before;
+    }
+    vec![
+        Row {
+            name: "1 replica, cold inventory: time, upstream requests".into(),
+            value: format!("{:.0} ms, {one_asked}", median(one) * 1000.0),
+            target: "(reference)".into(),
+        },
+        Row {
+            name: "2 replicas + Redis, the same query on both at once".into(),
+            value: format!("{:.0} ms, {two_asked}", median(two) * 1000.0),
+            target: "each page once".into(),
+        },
+        Row {
+            name: "  a new replica's first query (pages from Redis)".into(),
+            value: format!("{:.0} ms, {b_asked}", median(b_first) * 1000.0),
+            target: "0 upstream requests".into(),
+        },
+    ]
+}
+
+/// Many targets in one process, with the default configuration.
+async fn scale(dir: &Path) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (name, per_region, instances, backups, goal) in [
+        (
+            "100,000 targets × 3 backups",
+            "25000",
+            "1",
+            "3",
+            "< 256 MiB",
+        ),
+        (
+            "10,000 targets × 300 backups",
+            "2500",
+            "10",
+            "30",
+            "< 100 MiB",
+        ),
+    ] {
+        let sim = start_sim(
+            dir,
+            &[
+                "--regions",
+                "4",
+                "--projects-per-region",
+                per_region,
+                "--instances-per-project",
+                instances,
+                "--backups-per-instance",
+                backups,
+            ],
+        );
+        let gw = start_gateway(&sim, "").await;
+        let start = Instant::now();
+        let listed = gw
+            .client
+            .clone()
+            .max_decoding_message_size(256 << 20)
+            .list_targets(pb::ListTargetsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .targets
+            .len();
+        let list_targets = start.elapsed().as_secs_f64();
+        assert_eq!(listed, sim.targets.len());
+        let (n, secs) = stream_counted(gw.channel.clone(), pb::ListBackupsRequest::default()).await;
+        rows.push(Row {
+            name: format!("{name}: ListTargets"),
+            value: format!("{list_targets:.2} s"),
+            target: "< 1 s".into(),
+        });
+        rows.push(Row {
+            name: format!(
+                "  the whole inventory ({} k backups): time, peak RSS",
+                n / 1000
+            ),
+            value: format!("{secs:.1} s, {:.0} MiB", peak_rss_mib(gw.proc.pid())),
+            target: goal.into(),
+        });
+        drop(gw.client);
+    }
+    rows
 }
