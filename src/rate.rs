@@ -103,7 +103,9 @@ impl Pace {
     pub async fn take(&self) {
         match self {
             Pace::Local(bucket) => bucket.take().await,
-            Pace::Shared(shared) => shared.take().await,
+            // Boxed: a Redis round trip's future is large, and every request waiting for a
+            // slot holds this one (thousands in a storm of cancelled inventories).
+            Pace::Shared(shared) => Box::pin(shared.take()).await,
         }
     }
 }

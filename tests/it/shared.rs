@@ -152,6 +152,21 @@ async fn a_replica_answers_what_another_just_read_without_asking_the_upstream() 
         "{metrics}"
     );
     assert!(metrics.contains("backupgw_shared_up 1"), "{metrics}");
+    // Pages live in Redis with the cache's TTL (300 s in these gateways).
+    let client = redis::Client::open(redis.options().url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let pages: Vec<String> = redis::cmd("KEYS")
+        .arg("backupgw:page:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pages.len() as u64, PAGES);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&pages[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((1..=300_000).contains(&ttl), "{ttl}");
     // max_age holds across replicas: a page fetched by A is too old for B at max_age 0…
     list(&mut b.client, fresh()).await;
     assert_eq!(sim.stats().list_requests, 2 * PAGES);
