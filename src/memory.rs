@@ -6,20 +6,34 @@
 //! background task gives it back with `malloc_trim` (the same storm then leaves 22 MiB with a
 //! 1 MiB cache, 46 MiB with the 64 MiB one).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Whether a call ended since the last trim.
 static CALL_ENDED: AtomicBool = AtomicBool::new(false);
+/// Calls running now.
+static CALLS: AtomicUsize = AtomicUsize::new(0);
 
 /// How often freed memory is given back, when calls have ended meanwhile.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
+/// How often while calls run: one that reads 100,000 targets leaves freed pages behind all
+/// along (measured: 300 MiB resident for 70 MiB live at 25,000 targets), and gives them back as
+/// it goes.
+const TRIM_WHILE_RUNNING: Duration = Duration::from_secs(1);
 
 /// Held by a call while it runs; its end is noted for the next trim.
 pub struct CallMemory;
 
+impl CallMemory {
+    pub fn start() -> Self {
+        CALLS.fetch_add(1, Ordering::Relaxed);
+        CallMemory
+    }
+}
+
 impl Drop for CallMemory {
     fn drop(&mut self) {
+        CALLS.fetch_sub(1, Ordering::Relaxed);
         CALL_ENDED.store(true, Ordering::Relaxed);
     }
 }
@@ -38,11 +52,16 @@ pub fn trim_now() {
 pub fn start_trimming() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     tokio::spawn(async {
-        let mut tick = tokio::time::interval(TRIM_EVERY);
+        let mut tick = tokio::time::interval(TRIM_WHILE_RUNNING);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut since_trim = Duration::ZERO;
         loop {
             tick.tick().await;
-            if CALL_ENDED.swap(false, Ordering::Relaxed) {
+            since_trim += TRIM_WHILE_RUNNING;
+            let running = CALLS.load(Ordering::Relaxed) > 0;
+            let ended = since_trim >= TRIM_EVERY && CALL_ENDED.swap(false, Ordering::Relaxed);
+            if running || ended {
+                since_trim = Duration::ZERO;
                 // A few milliseconds of work; off the async workers.
                 let _ = tokio::task::spawn_blocking(|| {
                     // SAFETY: malloc_trim only returns free memory to the system.

@@ -117,7 +117,7 @@ impl BackupGateway for Gateway {
             .map_err(|e| status_of(&e))?;
         let events =
             crate::report::summarize(&generation.inventory, query).map_err(|e| status_of(&e))?;
-        let ended = crate::memory::CallMemory;
+        let ended = crate::memory::CallMemory::start();
         let responses = events.map(move |event| {
             let _call = (&call, &ended);
             event.map(summary::response).map_err(|e| status_of(&e))
@@ -138,7 +138,7 @@ impl BackupGateway for Gateway {
             .inventory
             .list(query)
             .map_err(|e| status_of(&e))?;
-        let ended = crate::memory::CallMemory;
+        let ended = crate::memory::CallMemory::start();
         let responses = events.map(move |event| {
             // The caller's slot is held as long as its stream is.
             let _call = (&call, &ended);
