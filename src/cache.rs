@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use moka::future::Cache;
@@ -65,15 +64,7 @@ pub struct PageCache {
     /// The second level, in Redis, shared with the other replicas (`[shared]`).
     shared: Option<Arc<Shared>>,
     ttl: Duration,
-    /// Pages fetched since the cache last caught up with its evictions.
-    fetched: Arc<AtomicU32>,
 }
-
-/// moka evicts in its housekeeping, a batch at a time, when its callers get to it: pages
-/// arriving faster than that (100,000 small ones in a few seconds) pile up past the byte bound
-/// (measured: 360 MiB held under a 64 MiB bound). Every this many fetches, the fetching caller
-/// catches the cache up.
-const CATCH_UP_EVERY: u32 = 128;
 
 impl PageCache {
     pub fn new(ttl: Duration, max_bytes: u64) -> Self {
@@ -103,7 +94,6 @@ impl PageCache {
             metrics: None,
             shared: None,
             ttl,
-            fetched: Arc::default(),
         }
     }
 
@@ -130,62 +120,39 @@ impl PageCache {
         &self,
         key: PageKey,
         max_age: Option<Duration>,
-        mut fetch: impl FnMut() -> F + Send,
+        mut fetch: impl FnMut() -> F,
     ) -> Result<(Arc<CachedPage>, Origin), Arc<DdmError>>
     where
-        F: Future<Output = Result<EncodedPage, DdmError>> + Send,
+        F: Future<Output = Result<EncodedPage, DdmError>>,
     {
         let got = match &self.shared {
             None => fresh_or_fetch(&self.pages, key, max_age, || fetched_now(fetch())).await,
-            Some(shared) => self.second_level(shared, key, max_age, fetch).await,
+            Some(shared) => {
+                // The second level: what another replica fetched, within the same freshness.
+                let name = crate::shared::page_key(&key);
+                let max_age = max_age.unwrap_or(self.ttl).min(self.ttl);
+                let ttl = self.ttl;
+                let second_level = || {
+                    let (name, fetch) = (&name, fetch());
+                    async move {
+                        let (page, age, origin) =
+                            shared.page_or_fetch(name, max_age, ttl, || fetch).await?;
+                        let fetched_at =
+                            Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                        Ok((
+                            Fresh {
+                                value: page,
+                                fetched_at,
+                            },
+                            origin,
+                        ))
+                    }
+                };
+                fresh_or_fetch(&self.pages, key, Some(max_age), second_level).await
+            }
         };
-        if let Ok((_, Origin::Upstream)) = &got
-            && self.fetched.fetch_add(1, Ordering::Relaxed) % CATCH_UP_EVERY == CATCH_UP_EVERY - 1
-        {
-            self.pages.run_pending_tasks().await;
-        }
         self.count(&got);
         got
-    }
-
-    /// `get_or_fetch` with the second level (Redis). Boxed: its future is large, and every page
-    /// fetch waiting for a slot would hold one (thousands in a storm of cancelled inventories),
-    /// with or without Redis, were it laid out inline.
-    #[allow(clippy::type_complexity)]
-    fn second_level<'a, F>(
-        &'a self,
-        shared: &'a Shared,
-        key: PageKey,
-        max_age: Option<Duration>,
-        mut fetch: impl FnMut() -> F + Send + 'a,
-    ) -> std::pin::Pin<
-        Box<dyn Future<Output = Result<(Arc<CachedPage>, Origin), Arc<DdmError>>> + Send + 'a>,
-    >
-    where
-        F: Future<Output = Result<EncodedPage, DdmError>> + Send + 'a,
-    {
-        Box::pin(async move {
-            // What another replica fetched, within the same freshness.
-            let name = crate::shared::page_key(&key);
-            let max_age = max_age.unwrap_or(self.ttl).min(self.ttl);
-            let ttl = self.ttl;
-            let second_level = || {
-                let (name, fetch) = (&name, fetch());
-                async move {
-                    let (page, age, origin) =
-                        shared.page_or_fetch(name, max_age, ttl, || fetch).await?;
-                    let fetched_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-                    Ok((
-                        Fresh {
-                            value: page,
-                            fetched_at,
-                        },
-                        origin,
-                    ))
-                }
-            };
-            fresh_or_fetch(&self.pages, key, Some(max_age), second_level).await
-        })
     }
 
     /// A project's instance list, as `get_or_fetch` does for pages.
@@ -230,24 +197,23 @@ impl PageCache {
     }
 }
 
-/// A value fetched now, from the upstream. A combinator, not an `async fn`: an `async fn` that
-/// awaits a future it was given holds it twice (2.6 KB more in every page fetch waiting for a
-/// slot, measured as 40 % more peak memory in storms of cancelled inventories).
-fn fetched_now<V>(
+/// A value fetched now, from the upstream.
+///
+/// The peak memory of many targets depends on these futures' sizes through glibc's heap
+/// (measured, 100,000 targets: 196 MiB as it is; 340–450 MiB with this wrapper made a combinator
+/// or left out, whose futures are 40 % smaller, while those lowered the peak of a storm of
+/// cancelled inventories from ≈ 200 to ≈ 110 MiB). Change it only with the benchmark at hand.
+async fn fetched_now<V>(
     fetch: impl Future<Output = Result<V, DdmError>>,
-) -> impl Future<Output = Result<(Fresh<V>, Origin), DdmError>> {
-    use futures_util::FutureExt as _;
-    fetch.map(|fetched| {
-        fetched.map(|value| {
-            (
-                Fresh {
-                    value,
-                    fetched_at: Instant::now(),
-                },
-                Origin::Upstream,
-            )
-        })
-    })
+) -> Result<(Fresh<V>, Origin), DdmError> {
+    let value = fetch.await?;
+    Ok((
+        Fresh {
+            value,
+            fetched_at: Instant::now(),
+        },
+        Origin::Upstream,
+    ))
 }
 
 /// The value for `key`, from `cache` when it is younger than `max_age`, else from a future
