@@ -237,23 +237,38 @@ pub(super) fn shared(
 ) -> Option<SharedOptions> {
     let raw = raw?;
     let url = raw.redis_url.trim();
-    match url.split_once("://").map(|(scheme, _)| scheme) {
-        Some("redis") => {}
-        Some("rediss") => {
-            p.push(
-                "shared.redis_url",
-                "rediss:// (TLS) is not supported by this build: use redis:// on a private network",
-            );
-            return None;
-        }
+    let tls = match url.split_once("://").map(|(scheme, _)| scheme) {
+        Some("redis") => false,
+        Some("rediss") => true,
         _ => {
             p.push(
                 "shared.redis_url",
-                "must be a redis:// URL like redis://127.0.0.1:6379/0",
+                "must be a redis:// (or rediss://, TLS) URL like redis://127.0.0.1:6379/0",
             );
             return None;
         }
-    }
+    };
+    let ca_pem = match (&raw.ca_file, tls) {
+        (None, _) => None,
+        (Some(_), false) => {
+            p.push("shared.ca_file", "is for rediss:// (TLS) only");
+            return None;
+        }
+        (Some(_), true) if !files.read => None,
+        (Some(path), true) => {
+            let path = files.base.join(path);
+            match std::fs::read(&path) {
+                Ok(pem) => Some(pem),
+                Err(e) => {
+                    p.push(
+                        "shared.ca_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    return None;
+                }
+            }
+        }
+    };
     if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url) {
         p.push("shared.redis_url", format!("not a Redis URL: {e}"));
         return None;
@@ -286,6 +301,7 @@ pub(super) fn shared(
     };
     Some(SharedOptions {
         url: url.to_owned(),
+        ca_pem,
         password,
         key_prefix: raw.key_prefix.clone(),
         timeout: Duration::from_millis(raw.timeout_ms.max(1)),

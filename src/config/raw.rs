@@ -52,6 +52,8 @@ pub(super) struct RawShared {
     pub(super) redis_url: String,
     pub(super) password_file: Option<PathBuf>,
     pub(super) password_env: Option<String>,
+    /// With rediss://: CA certificates (PEM) to trust instead of the system's.
+    pub(super) ca_file: Option<PathBuf>,
     #[serde(default = "default_key_prefix")]
     pub(super) key_prefix: String,
     #[serde(default = "default_shared_timeout_ms")]

@@ -267,9 +267,14 @@ fn shared_state_needs_a_plain_redis_url_and_keeps_its_password_out_of_sight() {
     assert!(!dbg.contains("r3dis-pw"), "{dbg}");
     for (shared, key, says) in [
         (
-            "redis_url = \"rediss://h:6380\"",
-            "shared.redis_url",
-            "not supported",
+            "redis_url = \"redis://h:6380\"\nca_file = \"ca.pem\"",
+            "shared.ca_file",
+            "rediss://",
+        ),
+        (
+            "redis_url = \"rediss://h:6380\"\nca_file = \"no-such-ca.pem\"",
+            "shared.ca_file",
+            "cannot read",
         ),
         (
             "redis_url = \"redis://:pw@h:6379\"",

@@ -27,8 +27,10 @@ use crate::metrics::Metrics;
 /// How to reach Redis, and how patient to be with it.
 #[derive(Clone)]
 pub struct SharedOptions {
-    /// `redis://host:port/db` (`rediss://` is not supported: no TLS client is built in).
+    /// `redis://host:port/db`, or `rediss://` for TLS.
     pub url: String,
+    /// With `rediss://`: the CA certificates (PEM) to trust instead of the system's.
+    pub ca_pem: Option<Vec<u8>>,
     pub password: Option<SecretString>,
     /// Prefixes every key, so that deployments can share one Redis.
     pub key_prefix: String,
@@ -59,6 +61,7 @@ impl SharedOptions {
     pub fn new(url: impl Into<String>) -> Self {
         SharedOptions {
             url: url.into(),
+            ca_pem: None,
             password: None,
             key_prefix: "backupgw:".into(),
             timeout: Duration::from_millis(250),
@@ -98,7 +101,17 @@ impl Shared {
                 .set_password(password.expose_secret());
             info = info.set_redis_settings(redis);
         }
-        let client = redis::Client::open(info).map_err(|e| SharedError(e.to_string()))?;
+        let client = match &options.ca_pem {
+            Some(ca) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| SharedError(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.timeout))
             .set_response_timeout(Some(options.timeout))

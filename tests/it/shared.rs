@@ -13,6 +13,15 @@ use backupgw::sim::{DataSpec, FaultPlan, Faults, SimOptions};
 
 use crate::common::*;
 
+/// redis-server takes a port, not a listener: a free one, handed over.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A `redis-server` of its own, on a free loopback port; killed when dropped.
 pub struct Redis {
     child: Child,
@@ -37,28 +46,38 @@ impl Redis {
     }
 
     pub fn start() -> Self {
-        // redis-server takes a port, not a listener: take a free one and hand it over.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Redis::start_on(port)
+        Redis::start_on(free_port())
     }
 
     /// Starts on `port` and returns once it accepts connections (it says so on stdout).
     pub fn start_on(port: u16) -> Self {
-        let mut child = Command::new("redis-server")
-            .args([
+        Redis::start_with(port, &["--port", &port.to_string()])
+    }
+
+    /// Speaking TLS only, with this certificate and key (PEM files).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        let port = free_port();
+        Redis::start_with(
+            port,
+            &[
                 "--port",
+                "0",
+                "--tls-port",
                 &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
+                "--tls-cert-file",
+                cert.to_str().unwrap(),
+                "--tls-key-file",
+                key.to_str().unwrap(),
+                "--tls-auth-clients",
                 "no",
-            ])
+            ],
+        )
+    }
+
+    fn start_with(port: u16, args: &[&str]) -> Self {
+        let mut child = Command::new("redis-server")
+            .args(args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -319,4 +338,46 @@ async fn redis_going_away_fails_no_query_and_sharing_resumes_when_it_is_back() {
     assert_eq!(shared.by_key().len(), spec().total_backups());
     let metrics = a.inventory.metrics().unwrap().render();
     assert!(metrics.contains("backupgw_shared_up 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn replicas_share_through_a_redis_that_speaks_tls() {
+    if !Redis::available() {
+        return;
+    }
+    let dir = crate::cli::scratch_dir("redis-tls");
+    let ca = TestCa::new("redis test CA");
+    let (cert, key) = ca.sign(&["localhost"], "localhost");
+    let (cert_file, key_file) = (dir.join("redis.crt"), dir.join("redis.key"));
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let redis = Redis::start_tls(&cert_file, &key_file);
+    let options = SharedOptions {
+        ca_pem: Some(ca.issuer.pem().into_bytes()),
+        retry_after: Duration::ZERO,
+        ..SharedOptions::new(format!("rediss://localhost:{}/0", redis.port))
+    };
+    let sim = start_sim(&spec(), sim_options()).await;
+    let mut a = replica(&sim, Some(options.clone())).await;
+    let mut b = replica(&sim, Some(options)).await;
+    list(&mut a.client, pb::ListBackupsRequest::default()).await;
+    let from_b = list(&mut b.client, pb::ListBackupsRequest::default()).await;
+    assert_eq!(
+        sim.stats().list_requests,
+        PAGES,
+        "B read A's pages through TLS"
+    );
+    assert_eq!(from_b.by_key().len(), spec().total_backups());
+    // Without the CA, the certificate is not trusted: no sharing, and still no failure.
+    let mut c = replica(
+        &sim,
+        Some(SharedOptions::new(format!(
+            "rediss://localhost:{}/0",
+            redis.port
+        ))),
+    )
+    .await;
+    let alone = list(&mut c.client, pb::ListBackupsRequest::default()).await;
+    assert_eq!(alone.by_key().len(), spec().total_backups());
+    assert_eq!(sim.stats().list_requests, 2 * PAGES);
 }
