@@ -291,7 +291,7 @@ fn fresh_request() -> pb::ListBackupsRequest {
 
 /// Collects everything written to the log.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

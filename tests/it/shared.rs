@@ -10,6 +10,7 @@ use backupgw::inventory::{Limits, RegionLimits};
 use backupgw::pb;
 use backupgw::shared::SharedOptions;
 use backupgw::sim::{DataSpec, FaultPlan, Faults, SimOptions};
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::common::*;
 
@@ -380,4 +381,41 @@ async fn replicas_share_through_a_redis_that_speaks_tls() {
     let alone = list(&mut c.client, pb::ListBackupsRequest::default()).await;
     assert_eq!(alone.by_key().len(), spec().total_backups());
     assert_eq!(sim.stats().list_requests, 2 * PAGES);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_redis_that_is_not_there_is_said_once_and_fails_nothing() {
+    // As the leak test does: a global subscriber keeps every line's interest on.
+    let _ = tracing_subscriber::registry().try_init();
+    let captured = crate::auth::Captured::default();
+    let writer = captured.clone();
+    let _guard = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .set_default();
+    let metrics = backupgw::metrics::Metrics::new();
+    let options = SharedOptions {
+        retry_after: Duration::ZERO,
+        ..SharedOptions::new(format!("redis://127.0.0.1:{}/0", free_port()))
+    };
+    let shared = backupgw::shared::Shared::new(options, Some(metrics.clone())).unwrap();
+    for _ in 0..3 {
+        let (_, _, origin) = shared
+            .page_or_fetch(
+                "p",
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+                || async { Ok(backupgw::wire::EncodedPage::default()) },
+            )
+            .await
+            .unwrap();
+        assert_eq!(origin, backupgw::cache::Origin::Upstream);
+    }
+    assert!(!shared.is_up());
+    assert!(metrics.render().contains("backupgw_shared_up 0"));
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(
+        logs.matches("shared state (Redis) unreachable").count(),
+        1,
+        "{logs}"
+    );
 }
