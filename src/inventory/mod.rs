@@ -329,7 +329,7 @@ impl Inventory {
                 }
                 else => break,
             };
-            let (index, result) = outcome(joined, &index_of, &targets, &progress);
+            let (index, result) = outcome(joined, &mut index_of, &targets, &progress);
             finished[index] = true;
             if !self
                 .report(&targets[index], result, &query, &mut tally, &tx)
@@ -339,8 +339,13 @@ impl Inventory {
             }
         }
         if out_of_time {
-            let results =
-                ran_out_of_time(&mut running, &mut finished, &index_of, &targets, &progress);
+            let results = ran_out_of_time(
+                &mut running,
+                &mut finished,
+                &mut index_of,
+                &targets,
+                &progress,
+            );
             for (index, result) in results {
                 if !self
                     .report(&targets[index], result, &query, &mut tally, &tx)
@@ -430,14 +435,16 @@ type Joined = Result<(tokio::task::Id, pb::TargetResult), tokio::task::JoinError
 /// What a finished (or crashed) target read says about its target, and which target it was.
 fn outcome(
     joined: Joined,
-    index_of: &HashMap<tokio::task::Id, usize>,
+    index_of: &mut HashMap<tokio::task::Id, usize>,
     targets: &[Arc<Target>],
     progress: &[Arc<TargetProgress>],
 ) -> (usize, pb::TargetResult) {
+    // Entries go as their tasks end: a call over 100,000 targets holds the running ones only.
+    let mut index = |id| index_of.remove(&id).expect("every spawned read is indexed");
     match joined {
-        Ok((id, result)) => (index_of[&id], result),
+        Ok((id, result)) => (index(id), result),
         Err(e) => {
-            let index = index_of[&e.id()];
+            let index = index(e.id());
             tracing::error!(project = &*targets[index].project_id, error = %e, "target read crashed");
             let error = pb::TargetError {
                 kind: "internal".into(),
@@ -454,7 +461,7 @@ fn outcome(
 fn ran_out_of_time(
     running: &mut JoinSet<pb::TargetResult>,
     finished: &mut [bool],
-    index_of: &HashMap<tokio::task::Id, usize>,
+    index_of: &mut HashMap<tokio::task::Id, usize>,
     targets: &[Arc<Target>],
     progress: &[Arc<TargetProgress>],
 ) -> Vec<(usize, pb::TargetResult)> {
