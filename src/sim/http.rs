@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +27,54 @@ pub(super) struct RegionState {
 /// The request id of the request being answered (every answer carries it).
 #[derive(Clone)]
 pub(super) struct RequestId(pub String);
+
+/// A request as the handlers look at it, whole: the API gateway verifies signatures over its
+/// method, path, query, headers and body.
+pub(super) struct SimRequest {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub request_id: String,
+}
+
+impl SimRequest {
+    pub fn parts(&self) -> RequestParts<'_> {
+        RequestParts {
+            method: &self.method,
+            uri: &self.uri,
+            headers: &self.headers,
+            body: &self.body,
+        }
+    }
+
+    /// The raw (still percent-encoded) query.
+    pub fn query(&self) -> Option<&str> {
+        self.uri.query()
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for SimRequest {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, _: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, 2 << 20)
+            .await
+            .map_err(|e| (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response())?;
+        Ok(SimRequest {
+            request_id: parts
+                .extensions
+                .get::<RequestId>()
+                .map(|r| r.0.clone())
+                .unwrap_or_default(),
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
 
 pub(super) fn router(state: RegionState) -> Router {
     let api = Router::new()
@@ -131,30 +179,19 @@ fn rejected(r: Rejection, request_id: &str) -> Response {
     gateway_error(status, r.code, &r.message, request_id)
 }
 
-#[allow(clippy::too_many_arguments)] // axum extractors
 async fn list_backups(
     State(state): State<RegionState>,
     Path(project_id): Path<String>,
-    RawQuery(query): RawQuery,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
-    body: Bytes,
+    request: SimRequest,
 ) -> Response {
     let shared = &state.shared;
     shared.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-    let request = RequestParts {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
-    let (index, faults) = match admitted(&state, &project_id, &request, &request_id).await {
+    let request_id = &request.request_id;
+    let (index, faults) = match admitted(&state, &project_id, &request.parts(), request_id).await {
         Ok(admitted) => admitted,
         Err(refused) => return *refused,
     };
-    let Some(params) = parse_params(query.as_deref()) else {
+    let Some(params) = parse_params(request.query()) else {
         return parameter_error();
     };
 
@@ -170,7 +207,7 @@ async fn list_backups(
                 kind,
                 faults,
                 || serde_json::from_str(&page).unwrap_or_default(),
-                &request_id,
+                request_id,
             )
             .await
         }
@@ -404,26 +441,16 @@ pub(super) fn iam_time(unix: i64) -> String {
 }
 
 /// `GET /v3/auth/projects` and `GET /v3/projects`: every project, plus IAM's `MOS`.
-async fn iam_projects(
-    State(state): State<RegionState>,
-    RawQuery(query): RawQuery,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn iam_projects(State(state): State<RegionState>, request: SimRequest) -> Response {
     let shared = &state.shared;
-    let request = RequestParts {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
-    if let Err(r) = shared.auth.authenticate(&shared.options.auth, &request) {
+    if let Err(r) = shared
+        .auth
+        .authenticate(&shared.options.auth, &request.parts())
+    {
         return iam_error(StatusCode::UNAUTHORIZED, &r.message);
     }
     let (mut name, mut page, mut per_page) = (None, 1usize, 5000usize);
-    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+    for (k, v) in form_urlencoded::parse(request.query().unwrap_or_default().as_bytes()) {
         match &*k {
             "name" => name = Some(v.into_owned()),
             "page" => match v.parse() {

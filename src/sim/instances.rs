@@ -4,16 +4,14 @@
 
 use std::sync::atomic::Ordering;
 
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::auth::RequestParts;
 use super::data::{SimInstance, SimProject};
 use super::faults::ddm_error;
-use super::http::{RegionState, RequestId, admitted, parse_params};
+use super::http::{RegionState, SimRequest, admitted, parse_params};
 use crate::ddm::model::format_upstream_time;
 
 /// How `offset` is read: the contract leaves it open, so the simulator serves either.
@@ -33,34 +31,23 @@ fn parameter_error() -> Response {
     (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
 
-#[allow(clippy::too_many_arguments)] // axum extractors
 pub(super) async fn list_instances(
     State(state): State<RegionState>,
     Path(project_id): Path<String>,
-    RawQuery(query): RawQuery,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
-    body: Bytes,
+    request: SimRequest,
 ) -> Response {
     let shared = &state.shared;
     shared
         .stats
         .instance_requests
         .fetch_add(1, Ordering::Relaxed);
-    let request = RequestParts {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
-    let (index, faults) = match admitted(&state, &project_id, &request, &request_id).await {
+    let request_id = &request.request_id;
+    let (index, faults) = match admitted(&state, &project_id, &request.parts(), request_id).await {
         Ok(admitted) => admitted,
         Err(refused) => return *refused,
     };
     // The same `offset` and `limit` rules as ListBackups; the v1 API's error shape.
-    let Some(params) = parse_params(query.as_deref()) else {
+    let Some(params) = parse_params(request.query()) else {
         return parameter_error();
     };
     let (offset, limit) = (params.offset, params.limit);

@@ -5,16 +5,15 @@
 
 use std::sync::atomic::Ordering;
 
-use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::SimState;
-use super::auth::{Caller, RequestParts};
+use super::auth::Caller;
 use super::data::SimAccount;
-use super::http::{RegionState, iam_error, iam_time};
+use super::http::{RegionState, SimRequest, iam_error, iam_time};
 
 /// IAM's other error shape (`error_msg`, `error_code`), as its agency pages show it.
 fn iam_refusal(status: StatusCode, code: &str, message: &str) -> Response {
@@ -142,31 +141,25 @@ fn marker(index: usize) -> String {
 /// size) per page, for the management account (a user token or its access key).
 pub(super) async fn list_accounts(
     State(state): State<RegionState>,
-    RawQuery(query): RawQuery,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    request: SimRequest,
 ) -> Response {
     let shared = &state.shared;
     shared
         .stats
         .organizations_requests
         .fetch_add(1, Ordering::Relaxed);
-    let request = RequestParts {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
-    let allowed = match headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
+    let allowed = match request
+        .headers
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(token) => shared
             .auth
             .user_domain(token)
             .map(|d| Some(d.as_str()) == central_domain(shared)),
         None => shared
             .auth
-            .authenticate(&shared.options.auth, &request)
+            .authenticate(&shared.options.auth, &request.parts())
             .map(|c| matches!(c, Caller::AccessKey)),
     };
     match allowed {
@@ -181,7 +174,7 @@ pub(super) async fn list_accounts(
         Ok(true) => {}
     }
     let (mut limit, mut start) = (200usize, 0usize);
-    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+    for (k, v) in form_urlencoded::parse(request.query().unwrap_or_default().as_bytes()) {
         match &*k {
             "limit" => match v.parse() {
                 Ok(n) if (1..=2000).contains(&n) => limit = n,
