@@ -132,12 +132,7 @@ pub fn summarize(
         regions: &query.regions,
         accounts: &query.accounts,
     };
-    // A suspended account's projects are listed by ListTargets, never read.
-    let targets: Vec<_> = inventory
-        .select(&selection, &query.caller.scope)?
-        .into_iter()
-        .filter(|t| t.readable())
-        .collect();
+    let targets = inventory.select_to_read(&selection, &query.caller.scope)?;
     let (tx, rx) = mpsc::channel(16);
     let span = tracing::info_span!(
         "call",

@@ -184,11 +184,15 @@ impl BackupGateway for Gateway {
             .map(|t| {
                 let health = inventory.health(t);
                 let last_error = health.last_error();
-                let account = t.account.as_deref();
+                let (account_id, account_name) = t.account_id_and_name();
                 pb::Target {
-                    account_id: account.map(|a| a.id.clone()).unwrap_or_default(),
-                    account_name: account.map(|a| a.name.clone()).unwrap_or_default(),
-                    account_status: account.map(|a| a.status.clone()).unwrap_or_default(),
+                    account_id: account_id.to_owned(),
+                    account_name: account_name.to_owned(),
+                    account_status: t
+                        .account
+                        .as_ref()
+                        .map(|a| a.status.clone())
+                        .unwrap_or_default(),
                     project_id: t.project_id.to_string(),
                     project_name: t.project_name.clone(),
                     region: t.region.to_string(),

@@ -245,9 +245,7 @@ impl Inventory {
     }
 
     fn fan_out(self: &Arc<Self>, query: Query) -> Result<EventStream, InventoryError> {
-        // A suspended account's projects are listed by ListTargets, never read.
-        let mut targets = self.select(&query.selection(), &query.caller.scope)?;
-        targets.retain(|t| t.readable());
+        let targets = self.select_to_read(&query.selection(), &query.caller.scope)?;
         Ok(self.list_targets_of(targets, query))
     }
 

@@ -49,13 +49,10 @@ impl TargetProgress {
         target: &Target,
         error: Option<pb::TargetError>,
     ) -> pb::TargetResult {
-        let (account_id, account_name) = match &target.account {
-            Some(a) => (a.id.clone(), a.name.clone()),
-            None => Default::default(),
-        };
+        let (account_id, account_name) = target.account_id_and_name();
         pb::TargetResult {
-            account_id,
-            account_name,
+            account_id: account_id.to_owned(),
+            account_name: account_name.to_owned(),
             project_id: target.project_id.to_string(),
             project_name: target.project_name.clone(),
             region: target.region.to_string(),
@@ -355,14 +352,15 @@ impl TargetRead {
             offset,
             limit: MAX_PAGE_SIZE,
         };
+        let (account_id, account_name) = self.target.account_id_and_name();
         let fetch = || async {
             let request = PageRequest {
                 endpoint: &self.target.endpoint,
                 project_id: &self.target.project_id,
                 project_name: &self.target.project_name,
                 region: &self.target.region,
-                account_id: self.target.account.as_ref().map_or("", |a| &a.id),
-                account_name: self.target.account.as_ref().map_or("", |a| &a.name),
+                account_id,
+                account_name,
                 pushdown: &self.pushdown,
                 offset,
                 limit: MAX_PAGE_SIZE,

@@ -130,6 +130,20 @@ impl Inventory {
     }
 }
 
+impl Inventory {
+    /// `select`, but the targets queries read: a suspended account's projects are listed by
+    /// ListTargets, never read.
+    pub fn select_to_read(
+        &self,
+        selection: &Selection<'_>,
+        scope: &Scope,
+    ) -> Result<Vec<Arc<Target>>, InventoryError> {
+        let mut targets = self.select(selection, scope)?;
+        targets.retain(|t| t.readable());
+        Ok(targets)
+    }
+}
+
 /// What a request selects: every field empty selects everything the caller may see.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Selection<'a> {

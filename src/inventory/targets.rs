@@ -37,6 +37,13 @@ impl Target {
         }
     }
 
+    /// Its account's id and name, as results carry them (empty for our own projects).
+    pub fn account_id_and_name(&self) -> (&str, &str) {
+        self.account
+            .as_deref()
+            .map_or(("", ""), |a| (a.id.as_str(), a.name.as_str()))
+    }
+
     /// Whether queries read it: a suspended account's projects are listed, never read.
     pub fn readable(&self) -> bool {
         self.account.as_ref().is_none_or(|a| a.is_active())
