@@ -10,16 +10,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reqwest::header::CONTENT_TYPE;
 use secrecy::SecretString;
 use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::Credential;
-use super::auth::{
-    Authorized, CredentialKind, IAM_REQUEST_TIMEOUT, IamToken, TokenSlot, X_AUTH_TOKEN,
-    X_SUBJECT_TOKEN, header_string,
-};
+use super::auth::{Authorized, CredentialKind, IamToken, TokenAnswer, TokenSlot, post_tokens};
 use super::error::{DdmError, upstream_error};
 
 /// Renew an agency token when less than this is left (iam-agency.md: our choice).
@@ -193,17 +189,21 @@ impl Credential {
             let user = agency.central.user_token(http).await?;
             let header = user.header().map_err(|m| self.auth_error(m, None))?;
             let asked_at = Instant::now();
-            let (status, bytes, subject, request_id) =
-                post_assume_role(http, agency, header).await.map_err(|e| {
-                    self.auth_error(
-                        format!(
-                            "{}: IAM at {} did not answer",
-                            agency.describe(),
-                            agency.iam_endpoint
-                        ),
-                        Some(e),
-                    )
-                })?;
+            let TokenAnswer {
+                status,
+                request_id,
+                subject,
+                body: bytes,
+            } = post_assume_role(http, agency, header).await.map_err(|e| {
+                self.auth_error(
+                    format!(
+                        "{}: IAM at {} did not answer",
+                        agency.describe(),
+                        agency.iam_endpoint
+                    ),
+                    Some(e),
+                )
+            })?;
             if status == 401 && !renewed {
                 // The central user's token expired or was revoked: renew it, once.
                 renewed = true;
@@ -310,43 +310,19 @@ impl Credential {
     }
 }
 
-/// The `assume_role` request: the status, the body, `X-Subject-Token` and `X-Request-Id`.
+/// The `assume_role` request, sent as the central account's user.
 async fn post_assume_role(
     http: &reqwest::Client,
     agency: &Agency,
     user_token: reqwest::header::HeaderValue,
-) -> Result<(u16, bytes::Bytes, Option<SecretString>, Option<String>), DdmError> {
-    let account = match &agency.account {
+) -> Result<TokenAnswer, DdmError> {
+    let mut assume_role = match &agency.account {
         AccountRef::Id(id) => serde_json::json!({"domain_id": id}),
         AccountRef::Name(name) => serde_json::json!({"domain_name": name}),
     };
-    let mut assume_role = account;
     assume_role["agency_name"] = agency.agency.clone().into();
     let body = serde_json::json!({"auth": {
         "identity": {"methods": ["assume_role"], "assume_role": assume_role},
         "scope": {"project": {"name": agency.project}}}});
-    let response = http
-        .post(format!(
-            "{}/v3/auth/tokens?nocatalog=true",
-            agency.iam_endpoint
-        ))
-        .timeout(IAM_REQUEST_TIMEOUT)
-        .header(CONTENT_TYPE, "application/json;charset=utf8")
-        .header(X_AUTH_TOKEN, user_token)
-        .body(body.to_string())
-        .send()
-        .await
-        .map_err(|e| DdmError::Transport(e.to_string()))?;
-    let status = response.status().as_u16();
-    let request_id = header_string(response.headers(), "x-request-id");
-    let subject = response
-        .headers()
-        .get(X_SUBJECT_TOKEN)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| SecretString::from(v.to_owned()));
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| DdmError::Transport(e.to_string()))?;
-    Ok((status, bytes, subject, request_id))
+    post_tokens(http, &agency.iam_endpoint, &body, Some(user_token)).await
 }

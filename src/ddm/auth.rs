@@ -22,12 +22,12 @@ use super::error::{DdmError, upstream_error};
 use super::sign;
 use super::standing::Standing;
 
-pub(super) const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
+const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
 const X_SDK_DATE: HeaderName = HeaderName::from_static("x-sdk-date");
-pub(super) const X_SUBJECT_TOKEN: &str = "x-subject-token";
+const X_SUBJECT_TOKEN: &str = "x-subject-token";
 
 /// One IAM request, answer included: start-up and discovery never hang on IAM.
-pub(super) const IAM_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+const IAM_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The global IAM endpoint, used when a credential names none.
 pub const DEFAULT_IAM_ENDPOINT: &str = "https://iam.myhuaweicloud.com";
@@ -405,34 +405,20 @@ impl Credential {
                                                "password": iam.password.expose_secret(),
                                                "domain": {"name": iam.domain}}}},
             "scope": scope_json}});
-        let url = format!("{}/v3/auth/tokens?nocatalog=true", iam.iam_endpoint);
         let asked_at = Instant::now();
-        let response = http
-            .post(&url)
-            .timeout(IAM_REQUEST_TIMEOUT)
-            .header(CONTENT_TYPE, "application/json;charset=utf8")
-            .body(body.to_string())
-            .send()
+        let TokenAnswer {
+            status,
+            request_id,
+            subject,
+            body: bytes,
+        } = post_tokens(http, &iam.iam_endpoint, &body, None)
             .await
             .map_err(|e| {
                 self.auth_error(
                     format!("IAM at {} did not answer", iam.iam_endpoint),
-                    Some(DdmError::Transport(e.to_string())),
+                    Some(e),
                 )
             })?;
-        let status = response.status().as_u16();
-        let request_id = header_string(response.headers(), "x-request-id");
-        let subject = response
-            .headers()
-            .get(X_SUBJECT_TOKEN)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| SecretString::from(v.to_owned()));
-        let bytes = response.bytes().await.map_err(|e| {
-            self.auth_error(
-                "IAM's answer was cut off",
-                Some(DdmError::Transport(e.to_string())),
-            )
-        })?;
         if status != 201 && status != 200 {
             let e = upstream_error(status, &bytes, request_id, None);
             let what = match status {
@@ -547,6 +533,54 @@ pub struct IamProject {
 
 fn enabled() -> bool {
     true
+}
+
+/// IAM's answer to `POST /v3/auth/tokens`.
+pub(super) struct TokenAnswer {
+    pub status: u16,
+    pub request_id: Option<String>,
+    /// The token, from `X-Subject-Token`.
+    pub subject: Option<SecretString>,
+    pub body: bytes::Bytes,
+}
+
+/// `POST {iam_endpoint}/v3/auth/tokens?nocatalog=true` with `body`, sent as `user_token` when
+/// one is given (`assume_role`). `Err`: no whole answer.
+pub(super) async fn post_tokens(
+    http: &reqwest::Client,
+    iam_endpoint: &str,
+    body: &serde_json::Value,
+    user_token: Option<HeaderValue>,
+) -> Result<TokenAnswer, DdmError> {
+    let mut request = http
+        .post(format!("{iam_endpoint}/v3/auth/tokens?nocatalog=true"))
+        .timeout(IAM_REQUEST_TIMEOUT)
+        .header(CONTENT_TYPE, "application/json;charset=utf8")
+        .body(body.to_string());
+    if let Some(token) = user_token {
+        request = request.header(X_AUTH_TOKEN, token);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| DdmError::Transport(e.to_string()))?;
+    let status = response.status().as_u16();
+    let request_id = header_string(response.headers(), "x-request-id");
+    let subject = response
+        .headers()
+        .get(X_SUBJECT_TOKEN)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| SecretString::from(v.to_owned()));
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| DdmError::Transport(format!("the answer was cut off: {e}")))?;
+    Ok(TokenAnswer {
+        status,
+        request_id,
+        subject,
+        body,
+    })
 }
 
 pub(super) fn header_string(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
