@@ -38,6 +38,22 @@ fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// KEYS: the page, its lease; ARGV: this replica, the lease's length (ms). The page if stored,
+/// else 1 when this replica now holds the lease, 0 when another does.
+const PAGE_OR_LEASE: &str = r"
+local page = redis.call('GET', KEYS[1])
+if page then return page end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+";
+
+/// What `page_or_lease` found.
+enum Look {
+    Stored(Vec<u8>),
+    Leased,
+    Held,
+}
+
 /// How often a waiter looks for the page another replica fetches: soon, then less often.
 const FIRST_LOOK: Duration = Duration::from_millis(5);
 const LOOK_AT_MOST_EVERY: Duration = Duration::from_millis(50);
@@ -59,29 +75,29 @@ impl Shared {
         if !max_age.is_zero() {
             // Another replica may be fetching it: wait for that, a few leases at most.
             for _ in 0..3 {
-                if let Some((page, age)) = self.stored_page(name, max_age).await {
-                    return Ok((page, age, Origin::Cache));
-                }
-                match self.lease(name).await {
-                    Some(false) => {
-                        if let Some((page, age)) = self.wait_for(name, max_age).await {
-                            return Ok((page, age, Origin::Cache));
-                        }
-                    }
-                    Some(true) => {
-                        // Stored between our look and our lease?
-                        if let Some((page, age)) = self.stored_page(name, max_age).await {
-                            self.release(name).await;
-                            return Ok((page, age, Origin::Cache));
-                        }
-                        let fetched = fetch().await;
-                        if let Ok(page) = &fetched {
-                            self.store_page(name, page, ttl).await;
-                        }
-                        self.release(name).await;
-                        return fetched.map(|p| (p, Duration::ZERO, Origin::Upstream));
-                    }
+                let leased = match self.page_or_lease(name).await {
+                    Some(Look::Stored(stored)) => match self.read_stored(stored, max_age) {
+                        Some((page, age)) => return Ok((page, age, Origin::Cache)),
+                        // Older than this caller may take: fetch it again, as the lease says.
+                        None => match self.lease(name).await {
+                            Some(leased) => leased,
+                            None => break,
+                        },
+                    },
+                    Some(Look::Leased) => true,
+                    Some(Look::Held) => false,
                     None => break,
+                };
+                if leased {
+                    let fetched = fetch().await;
+                    if let Ok(page) = &fetched {
+                        self.store_page(name, page, ttl).await;
+                    }
+                    self.release(name).await;
+                    return fetched.map(|p| (p, Duration::ZERO, Origin::Upstream));
+                }
+                if let Some((page, age)) = self.wait_for(name, max_age).await {
+                    return Ok((page, age, Origin::Cache));
                 }
             }
         }
@@ -90,16 +106,25 @@ impl Shared {
         Ok((page, Duration::ZERO, Origin::Upstream))
     }
 
-    /// A stored page younger than `max_age`, and its age.
-    async fn stored_page(&self, name: &str, max_age: Duration) -> Option<(EncodedPage, Duration)> {
-        let key = self.key("page", name);
-        let stored: Option<Vec<u8>> = self
+    /// In one round trip: the stored page, or else the lease on fetching it (`Leased`) or the
+    /// news that another replica holds it (`Held`). `None`: Redis is not answering.
+    async fn page_or_lease(&self, name: &str) -> Option<Look> {
+        let (page, lease) = (self.key("page", name), self.key("lease", name));
+        let holder = self.replica.clone();
+        let lease_ms = self.options.lease.as_millis().max(1) as u64;
+        let script = redis::Script::new(PAGE_OR_LEASE);
+        let answer: redis::Value = self
             .run(|mut c| {
-                let key = key.clone();
-                async move { c.get(key).await }
+                let mut invocation = script.key(&page);
+                invocation.key(&lease).arg(&holder).arg(lease_ms);
+                async move { invocation.invoke_async(&mut c).await }
             })
             .await?;
-        self.read_stored(stored?, max_age)
+        match answer {
+            redis::Value::BulkString(stored) => Some(Look::Stored(stored)),
+            redis::Value::Int(1) => Some(Look::Leased),
+            _ => Some(Look::Held),
+        }
     }
 
     fn read_stored(&self, stored: Vec<u8>, max_age: Duration) -> Option<(EncodedPage, Duration)> {
