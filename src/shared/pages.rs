@@ -75,6 +75,11 @@ impl Shared {
         if !max_age.is_zero() {
             // Another replica may be fetching it: wait for that, a few leases at most.
             for _ in 0..3 {
+                // A plain GET first: a stored page is the common case, and a script would copy
+                // it once more inside Redis.
+                if let Some((page, age)) = self.stored_page(name, max_age).await {
+                    return Ok((page, age, Origin::Cache));
+                }
                 let leased = match self.page_or_lease(name).await {
                     Some(Look::Stored(stored)) => match self.read_stored(stored, max_age) {
                         Some((page, age)) => return Ok((page, age, Origin::Cache)),
@@ -106,7 +111,19 @@ impl Shared {
         Ok((page, Duration::ZERO, Origin::Upstream))
     }
 
-    /// In one round trip: the stored page, or else the lease on fetching it (`Leased`) or the
+    /// A stored page younger than `max_age`, and its age.
+    async fn stored_page(&self, name: &str, max_age: Duration) -> Option<(EncodedPage, Duration)> {
+        let key = self.key("page", name);
+        let stored: Option<Vec<u8>> = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move { c.get(key).await }
+            })
+            .await?;
+        self.read_stored(stored?, max_age)
+    }
+
+    /// In one round trip: the stored page (stored since the caller looked), or else the lease on fetching it (`Leased`) or the
     /// news that another replica holds it (`Held`). `None`: Redis is not answering.
     async fn page_or_lease(&self, name: &str) -> Option<Look> {
         let (page, lease) = (self.key("page", name), self.key("lease", name));
