@@ -142,8 +142,17 @@ impl EncodedPage {
 
     /// Backup `i`, encoded.
     pub fn encoded_at(&self, i: usize) -> Bytes {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        self.encoded.slice(start..self.ends[i] as usize)
+        self.encoded.slice(self.start_of(i)..self.end_of(i))
+    }
+
+    /// Where backup `i` starts in `encoded`: where the one before it ends.
+    pub fn start_of(&self, i: usize) -> usize {
+        if i == 0 { 0 } else { self.end_of(i - 1) }
+    }
+
+    /// Where backup `i` ends in `encoded`.
+    pub fn end_of(&self, i: usize) -> usize {
+        self.ends[i] as usize
     }
 
     /// The backups, decoded (for tests and tools; the gateway sends `encoded`).

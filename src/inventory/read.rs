@@ -307,33 +307,39 @@ impl TargetRead {
         }
         let mut no_overlap = true;
         let unfiltered = self.query.filter.is_empty();
-        let mut chosen = Vec::new();
+        // While every backup so far is chosen, the batch is a prefix of the page (no copy);
+        // at the first one left out, the chosen ones are copied from then on.
+        let (mut chosen, mut copied) = (0, None::<BytesMut>);
         for i in 0..page.len() {
             let meta = page.meta(i);
-            if let Some(first_read) = merge.seen.first_seen(meta.id, read) {
-                no_overlap &= first_read != read;
-                continue;
-            }
-            if unfiltered || self.query.filter.matches(&meta) {
-                chosen.push(i);
+            let keep = match merge.seen.first_seen(meta.id, read) {
+                Some(first_read) => {
+                    no_overlap &= first_read != read;
+                    false
+                }
+                None => unfiltered || self.query.filter.matches(&meta),
+            };
+            match (&mut copied, keep) {
+                (None, true) => chosen += 1,
+                (None, false) => copied = Some(BytesMut::from(&page.encoded[..page.start_of(i)])),
+                (Some(out), true) => {
+                    chosen += 1;
+                    out.extend_from_slice(&page.encoded[page.start_of(i)..page.end_of(i)]);
+                }
+                (Some(_), false) => {}
             }
         }
-        if chosen.is_empty() {
+        if chosen == 0 {
             return (None, no_overlap);
         }
         // The whole page as cached (the usual case) costs no copy.
-        let encoded = if chosen.len() == page.len() {
-            page.encoded.clone()
-        } else {
-            let mut out = BytesMut::new();
-            for &i in &chosen {
-                out.extend_from_slice(&page.encoded_at(i));
-            }
-            out.freeze()
+        let encoded = match copied {
+            None => page.encoded.clone(),
+            Some(out) => out.freeze(),
         };
         let batch = EncodedBatch {
             encoded,
-            count: chosen.len(),
+            count: chosen,
         };
         (Some(batch), no_overlap)
     }
