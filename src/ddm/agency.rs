@@ -15,8 +15,9 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::Credential;
-use super::auth::{Authorized, CredentialKind, IamToken, TokenAnswer, TokenSlot, post_tokens};
+use super::auth::{Authorized, CredentialKind};
 use super::error::{DdmError, upstream_error};
+use super::token::{IamToken, TokenAnswer, TokenSlot, post_tokens};
 
 /// Renew an agency token when less than this is left (iam-agency.md: our choice).
 const RENEW_AHEAD: Duration = Duration::from_secs(3600);

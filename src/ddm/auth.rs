@@ -2,32 +2,32 @@
 //!
 //! - a static token, sent as `X-Auth-Token`;
 //! - an IAM user and password: a project-scoped token from `POST /v3/auth/tokens`, cached until
-//!   shortly before it expires, one fetch in flight per project, renewed once on rejection;
+//!   shortly before it expires, one fetch in flight per project, renewed once on rejection
+//!   (`token.rs`);
 //! - an access key: every request signed with `SDK-HMAC-SHA256`;
 //! - an agency into a member account: a token of that account's project, obtained with a user
 //!   token of the central account (`agency.rs`).
 //!
 //! Secrets live in `SecretString` and in header values marked sensitive; `Debug` shows names only.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HOST, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use tokio::time::Instant;
 
 use super::error::{DdmError, upstream_error};
 use super::sign;
 use super::standing::Standing;
+use super::token::{IamToken, Scope, TokenSlots};
 
-const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
+pub(super) const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
 const X_SDK_DATE: HeaderName = HeaderName::from_static("x-sdk-date");
-const X_SUBJECT_TOKEN: &str = "x-subject-token";
+pub(super) const X_SUBJECT_TOKEN: &str = "x-subject-token";
 
 /// One IAM request, answer included: start-up and discovery never hang on IAM.
-const IAM_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const IAM_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The global IAM endpoint, used when a credential names none.
 pub const DEFAULT_IAM_ENDPOINT: &str = "https://iam.myhuaweicloud.com";
@@ -55,7 +55,7 @@ pub struct IamPassword {
     pub domain: String,
     pub user: String,
     pub password: SecretString,
-    tokens: TokenSlots,
+    pub(super) tokens: TokenSlots,
 }
 
 impl IamPassword {
@@ -104,103 +104,6 @@ pub enum Authorized {
     Static,
     IamToken(Arc<IamToken>),
     Signed,
-}
-
-pub struct IamToken {
-    pub(super) value: SecretString,
-    pub(super) refresh_at: Instant,
-}
-
-impl IamToken {
-    /// A token IAM issued at `issued` (its clock) to expire at `expires`, asked for at
-    /// `asked_at` (ours): renewed ahead of expiry by a tenth of its life, at most `most_ahead`,
-    /// with jitter so that many projects do not renew at once. Lifetimes are measured by IAM's
-    /// own clock (ours may be skewed).
-    pub(super) fn new(
-        value: SecretString,
-        asked_at: Instant,
-        issued: Option<i64>,
-        expires: i64,
-        most_ahead: Duration,
-    ) -> Self {
-        let lifetime = expires - issued.unwrap_or_else(unix_now);
-        let lifetime = Duration::from_secs(lifetime.max(0) as u64);
-        let margin = (lifetime / 10)
-            .min(most_ahead)
-            .mul_f64(1.0 + fastrand::f64() * 0.5);
-        IamToken {
-            value,
-            refresh_at: asked_at + lifetime.saturating_sub(margin),
-        }
-    }
-
-    pub(super) fn header(&self) -> Result<HeaderValue, String> {
-        sensitive_header(self.value.expose_secret())
-    }
-}
-
-/// A project's cached token, behind an async lock: one fetch in flight per project.
-#[derive(Default)]
-pub(super) struct TokenSlot {
-    pub(super) token: Option<Arc<IamToken>>,
-    /// The last failed fetch, shared with the callers that waited for it.
-    pub(super) failure: Option<(Instant, DdmError)>,
-}
-
-impl TokenSlot {
-    /// The slot's token while it is fresh; else one fetch for everyone waiting, whose failure
-    /// is shared with those that waited for it (not with those that come after).
-    pub(super) async fn fresh_or_fetch<F, Fut>(
-        slot: &tokio::sync::Mutex<TokenSlot>,
-        fetch: F,
-    ) -> Result<Arc<IamToken>, DdmError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<IamToken, DdmError>>,
-    {
-        let waited_since = Instant::now();
-        let mut slot = slot.lock().await;
-        if let Some(token) = &slot.token
-            && Instant::now() < token.refresh_at
-        {
-            return Ok(Arc::clone(token));
-        }
-        if let Some((at, error)) = &slot.failure
-            && *at >= waited_since
-        {
-            return Err(error.clone());
-        }
-        match fetch().await {
-            Ok(token) => {
-                let token = Arc::new(token);
-                slot.token = Some(Arc::clone(&token));
-                slot.failure = None;
-                Ok(token)
-            }
-            Err(e) => {
-                slot.token = None;
-                slot.failure = Some((Instant::now(), e.clone()));
-                Err(e)
-            }
-        }
-    }
-}
-
-#[derive(Default)]
-struct TokenSlots(Mutex<HashMap<String, Arc<tokio::sync::Mutex<TokenSlot>>>>);
-
-impl TokenSlots {
-    fn slot(&self, scope: &str) -> Arc<tokio::sync::Mutex<TokenSlot>> {
-        let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(slots.entry(scope.to_owned()).or_default())
-    }
-}
-
-/// What a token is scoped to.
-enum Scope<'a> {
-    Project(&'a str),
-    /// For listing the user's projects.
-    Domain,
 }
 
 impl Credential {
@@ -375,98 +278,6 @@ impl Credential {
         true
     }
 
-    async fn iam_token(
-        &self,
-        http: &reqwest::Client,
-        iam: &IamPassword,
-        scope: Scope<'_>,
-    ) -> Result<Arc<IamToken>, DdmError> {
-        let key = match scope {
-            Scope::Project(p) => p,
-            Scope::Domain => "",
-        };
-        let slot = iam.tokens.slot(key);
-        TokenSlot::fresh_or_fetch(&slot, || self.fetch_iam_token(http, iam, scope)).await
-    }
-
-    async fn fetch_iam_token(
-        &self,
-        http: &reqwest::Client,
-        iam: &IamPassword,
-        scope: Scope<'_>,
-    ) -> Result<IamToken, DdmError> {
-        let scope_json = match scope {
-            Scope::Project(id) => serde_json::json!({"project": {"id": id}}),
-            Scope::Domain => serde_json::json!({"domain": {"name": iam.domain}}),
-        };
-        let body = serde_json::json!({"auth": {
-            "identity": {"methods": ["password"],
-                         "password": {"user": {"name": iam.user,
-                                               "password": iam.password.expose_secret(),
-                                               "domain": {"name": iam.domain}}}},
-            "scope": scope_json}});
-        let asked_at = Instant::now();
-        let TokenAnswer {
-            status,
-            request_id,
-            subject,
-            body: bytes,
-        } = post_tokens(http, &iam.iam_endpoint, &body, None)
-            .await
-            .map_err(|e| {
-                self.auth_error(
-                    format!("IAM at {} did not answer", iam.iam_endpoint),
-                    Some(e),
-                )
-            })?;
-        if status != 201 && status != 200 {
-            let e = upstream_error(status, &bytes, request_id, None);
-            let what = match status {
-                401 => format!(
-                    "IAM refused the password of user {:?} in domain {:?}",
-                    iam.user, iam.domain
-                ),
-                403 => format!(
-                    "IAM does not let user {:?} have a token for this scope",
-                    iam.user
-                ),
-                _ => "IAM could not issue a token".to_owned(),
-            };
-            return Err(self.auth_error(what, Some(e)));
-        }
-        let Some(value) = subject else {
-            return Err(self.auth_error("IAM answered without an X-Subject-Token header", None));
-        };
-        #[derive(Deserialize)]
-        struct Body {
-            token: TokenBody,
-        }
-        #[derive(Deserialize)]
-        struct TokenBody {
-            expires_at: String,
-            issued_at: Option<String>,
-        }
-        let parsed: Body = serde_json::from_slice(&bytes)
-            .map_err(|e| self.auth_error(format!("IAM's token answer is unreadable: {e}"), None))?;
-        let expires: prost_types::Timestamp = parsed
-            .token
-            .expires_at
-            .parse()
-            .map_err(|_| self.auth_error("IAM's expires_at is not a time", None))?;
-        let issued = parsed
-            .token
-            .issued_at
-            .and_then(|t| t.parse::<prost_types::Timestamp>().ok())
-            .map(|t| t.seconds);
-        Ok(IamToken::new(
-            value,
-            asked_at,
-            issued,
-            expires.seconds,
-            Duration::from_secs(15 * 60),
-        ))
-    }
-
     /// A GET of a global service (IAM, Organizations) as this credential's user: the status,
     /// `X-Request-Id` and the body.
     pub(super) async fn get_as_user(
@@ -533,54 +344,6 @@ pub struct IamProject {
 
 fn enabled() -> bool {
     true
-}
-
-/// IAM's answer to `POST /v3/auth/tokens`.
-pub(super) struct TokenAnswer {
-    pub status: u16,
-    pub request_id: Option<String>,
-    /// The token, from `X-Subject-Token`.
-    pub subject: Option<SecretString>,
-    pub body: bytes::Bytes,
-}
-
-/// `POST {iam_endpoint}/v3/auth/tokens?nocatalog=true` with `body`, sent as `user_token` when
-/// one is given (`assume_role`). `Err`: no whole answer.
-pub(super) async fn post_tokens(
-    http: &reqwest::Client,
-    iam_endpoint: &str,
-    body: &serde_json::Value,
-    user_token: Option<HeaderValue>,
-) -> Result<TokenAnswer, DdmError> {
-    let mut request = http
-        .post(format!("{iam_endpoint}/v3/auth/tokens?nocatalog=true"))
-        .timeout(IAM_REQUEST_TIMEOUT)
-        .header(CONTENT_TYPE, "application/json;charset=utf8")
-        .body(body.to_string());
-    if let Some(token) = user_token {
-        request = request.header(X_AUTH_TOKEN, token);
-    }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| DdmError::Transport(e.to_string()))?;
-    let status = response.status().as_u16();
-    let request_id = header_string(response.headers(), "x-request-id");
-    let subject = response
-        .headers()
-        .get(X_SUBJECT_TOKEN)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| SecretString::from(v.to_owned()));
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| DdmError::Transport(format!("the answer was cut off: {e}")))?;
-    Ok(TokenAnswer {
-        status,
-        request_id,
-        subject,
-        body,
-    })
 }
 
 pub(super) fn header_string(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
