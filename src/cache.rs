@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::ddm::{DdmError, InstanceList, Pushdown};
 use crate::metrics::Metrics;
-use crate::shared::Shared;
+use crate::shared::{Shared, Stored};
 use crate::wire::EncodedPage;
 
 /// What identifies a page upstream. Credentials are not part of it: a project has one.
@@ -128,27 +128,8 @@ impl PageCache {
         let got = match &self.shared {
             None => fresh_or_fetch(&self.pages, key, max_age, || fetched_now(fetch())).await,
             Some(shared) => {
-                // The second level: what another replica fetched, within the same freshness.
                 let name = crate::shared::page_key(&key);
-                let max_age = max_age.unwrap_or(self.ttl).min(self.ttl);
-                let ttl = self.ttl;
-                let second_level = || {
-                    let (name, fetch) = (&name, fetch());
-                    async move {
-                        let (page, age, origin) =
-                            shared.page_or_fetch(name, max_age, ttl, || fetch).await?;
-                        let fetched_at =
-                            Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-                        Ok((
-                            Fresh {
-                                value: page,
-                                fetched_at,
-                            },
-                            origin,
-                        ))
-                    }
-                };
-                fresh_or_fetch(&self.pages, key, Some(max_age), second_level).await
+                fresh_or_shared(&self.pages, shared, &name, key, max_age, self.ttl, fetch).await
             }
         };
         self.count(&got);
@@ -166,7 +147,17 @@ impl PageCache {
         F: Future<Output = Result<InstanceList, DdmError>>,
     {
         let mut fetch = fetch;
-        let got = fresh_or_fetch(&self.instances, key, max_age, || fetched_now(fetch())).await;
+        let got = match &self.shared {
+            None => fresh_or_fetch(&self.instances, key, max_age, || fetched_now(fetch())).await,
+            Some(shared) => {
+                let name = crate::shared::instances_key(&key);
+                let instances = &self.instances;
+                Box::pin(fresh_or_shared(
+                    instances, shared, &name, key, max_age, self.ttl, fetch,
+                ))
+                .await
+            }
+        };
         self.count(&got);
         got
     }
@@ -214,6 +205,34 @@ async fn fetched_now<V>(
         },
         Origin::Upstream,
     ))
+}
+
+/// `fresh_or_fetch` with the replicas' shared cache (Redis) as the second level: what another
+/// replica fetched, within the same freshness (at most the TTL), is taken as fetched then.
+async fn fresh_or_shared<K, V, F>(
+    cache: &Cache<K, Arc<Fresh<V>>>,
+    shared: &Shared,
+    name: &str,
+    key: K,
+    max_age: Option<Duration>,
+    ttl: Duration,
+    mut fetch: impl FnMut() -> F,
+) -> Result<(Arc<Fresh<V>>, Origin), Arc<DdmError>>
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    V: Stored + Send + Sync + 'static,
+    F: Future<Output = Result<V, DdmError>>,
+{
+    let max_age = max_age.unwrap_or(ttl).min(ttl);
+    let second_level = || {
+        let fetch = fetch();
+        async move {
+            let (value, age, origin) = shared.stored_or_fetch(name, max_age, ttl, || fetch).await?;
+            let fetched_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+            Ok((Fresh { value, fetched_at }, origin))
+        }
+    };
+    fresh_or_fetch(cache, key, Some(max_age), second_level).await
 }
 
 /// The value for `key`, from `cache` when it is younger than `max_age`, else from a future

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::auth::Credential;
@@ -23,7 +23,7 @@ pub const INSTANCE_PAGE: u64 = 128;
 const MAX_CALLS: u64 = 1000;
 
 /// One DDM instance, as far as the gateway needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
     pub id: String,
     pub name: String,
@@ -31,7 +31,7 @@ pub struct Instance {
 }
 
 /// A project's instances, and whether that is all of them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceList {
     pub instances: Vec<Instance>,
     /// False when fewer distinct instances could be read than the upstream says exist: an

@@ -165,7 +165,7 @@ impl Metrics {
         );
         registry.register(
             "backupgw_shared_cache_hits",
-            "Pages another replica fetched, read from the shared cache",
+            "Pages and instance lists another replica fetched, read from the shared cache",
             shared_hits.clone(),
         );
         Metrics(Arc::new(Inner {

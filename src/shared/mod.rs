@@ -1,6 +1,6 @@
-//! State shared by the replicas of one deployment, in Redis (`[shared]`): a second-level page
-//! cache with one fetch of a page across replicas (`pages.rs`), and each region's request rate
-//! for all replicas together (`pace.rs`).
+//! State shared by the replicas of one deployment, in Redis (`[shared]`): a second-level cache of
+//! pages and instance lists, with one fetch of each across replicas (`pages.rs`), and each
+//! region's request rate for all replicas together (`pace.rs`).
 //!
 //! Redis is never a single point of failure. Every Redis operation is bounded by a short
 //! timeout; when one fails, the replica serves from its own cache and the upstream under its own
@@ -20,7 +20,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use tokio::time::Instant;
 
 pub use pace::SharedPace;
-pub use pages::page_key;
+pub use pages::{Stored, instances_key, page_key};
 
 use crate::metrics::Metrics;
 

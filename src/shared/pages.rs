@@ -1,8 +1,8 @@
-//! The second-level page cache: a page one replica fetched is stored in Redis, encoded as the
-//! wire wants it, with its fetch time (wall clock, so that `max_age` holds across replicas) and
-//! the cache's TTL; another replica serves it without asking the upstream. While one replica
-//! fetches a page, the others asking for it wait for it (a lease, `SET NX PX`), at most as long
-//! as the lease lasts: a waiter whose holder died fetches itself.
+//! The second-level cache: a page (or a project's instance list) one replica fetched is stored
+//! in Redis, a page encoded as the wire wants it, with its fetch time (wall clock, so that
+//! `max_age` holds across replicas) and the cache's TTL; another replica serves it without asking
+//! the upstream. While one replica fetches it, the others asking for it wait for it (a lease,
+//! `SET NX PX`), at most as long as the lease lasts: a waiter whose holder died fetches itself.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,9 +11,38 @@ use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::cache::{Origin, PageKey};
-use crate::ddm::DdmError;
+use crate::cache::{InstancesKey, Origin, PageKey};
+use crate::ddm::{DdmError, InstanceList};
 use crate::wire::EncodedPage;
+
+/// What the shared cache keeps: a value that writes itself as bytes and reads itself back.
+pub trait Stored: Sized {
+    /// Its kind, in the names of its keys in Redis.
+    const KIND: &'static str;
+    fn to_stored(&self) -> Vec<u8>;
+    fn from_stored(stored: &[u8]) -> Result<Self, String>;
+}
+
+impl Stored for EncodedPage {
+    const KIND: &'static str = "page";
+    fn to_stored(&self) -> Vec<u8> {
+        EncodedPage::to_stored(self)
+    }
+    fn from_stored(stored: &[u8]) -> Result<Self, String> {
+        EncodedPage::from_stored(stored)
+    }
+}
+
+/// Instance lists are small and rare next to pages: JSON will do.
+impl Stored for InstanceList {
+    const KIND: &'static str = "instances";
+    fn to_stored(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+    fn from_stored(stored: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(stored).map_err(|e| e.to_string())
+    }
+}
 
 /// A page's name in Redis: a digest of what identifies it upstream.
 pub fn page_key(key: &PageKey) -> String {
@@ -33,6 +62,16 @@ pub fn page_key(key: &PageKey) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
+/// A project's instance list's name in Redis.
+pub fn instances_key(key: &InstancesKey) -> String {
+    let mut h = Sha256::new();
+    for part in [key.endpoint.as_bytes(), key.target.as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -47,7 +86,7 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 ";
 
-/// What `page_or_lease` found.
+/// What `stored_or_lease` found.
 enum Look {
     Stored(Vec<u8>),
     Leased,
@@ -59,32 +98,32 @@ const FIRST_LOOK: Duration = Duration::from_millis(5);
 const LOOK_AT_MOST_EVERY: Duration = Duration::from_millis(50);
 
 impl Shared {
-    /// The page for `name`: stored by a replica within `max_age`, else fetched by this one
-    /// (or waited for while another fetches it). Its age, and where it came from. `max_age`
-    /// zero reads past the shared cache and takes no lease.
-    pub async fn page_or_fetch<F>(
+    /// The page (or instance list) for `name`: stored by a replica within `max_age`, else
+    /// fetched by this one (or waited for while another fetches it). Its age, and where it came
+    /// from. `max_age` zero reads past the shared cache and takes no lease.
+    pub async fn stored_or_fetch<T: Stored, F>(
         &self,
         name: &str,
         max_age: Duration,
         ttl: Duration,
         fetch: impl FnOnce() -> F,
-    ) -> Result<(EncodedPage, Duration, Origin), DdmError>
+    ) -> Result<(T, Duration, Origin), DdmError>
     where
-        F: Future<Output = Result<EncodedPage, DdmError>>,
+        F: Future<Output = Result<T, DdmError>>,
     {
         if !max_age.is_zero() {
             // Another replica may be fetching it: wait for that, a few leases at most.
             for _ in 0..3 {
                 // A plain GET first: a stored page is the common case, and a script would copy
                 // it once more inside Redis.
-                if let Some((page, age)) = self.stored_page(name, max_age).await {
+                if let Some((page, age)) = self.stored::<T>(name, max_age).await {
                     return Ok((page, age, Origin::Cache));
                 }
-                let leased = match self.page_or_lease(name).await {
+                let leased = match self.stored_or_lease::<T>(name).await {
                     Some(Look::Stored(stored)) => match self.read_stored(stored, max_age) {
                         Some((page, age)) => return Ok((page, age, Origin::Cache)),
                         // Older than this caller may take: fetch it again, as the lease says.
-                        None => match self.lease(name).await {
+                        None => match self.lease::<T>(name).await {
                             Some(leased) => leased,
                             None => break,
                         },
@@ -96,24 +135,24 @@ impl Shared {
                 if leased {
                     let fetched = fetch().await;
                     if let Ok(page) = &fetched {
-                        self.store_page(name, page, ttl).await;
+                        self.store(name, page, ttl).await;
                     }
-                    self.release(name).await;
+                    self.release::<T>(name).await;
                     return fetched.map(|p| (p, Duration::ZERO, Origin::Upstream));
                 }
-                if let Some((page, age)) = self.wait_for(name, max_age).await {
+                if let Some((page, age)) = self.wait_for::<T>(name, max_age).await {
                     return Ok((page, age, Origin::Cache));
                 }
             }
         }
         let page = fetch().await?;
-        self.store_page(name, &page, ttl).await;
+        self.store(name, &page, ttl).await;
         Ok((page, Duration::ZERO, Origin::Upstream))
     }
 
     /// A stored page younger than `max_age`, and its age.
-    async fn stored_page(&self, name: &str, max_age: Duration) -> Option<(EncodedPage, Duration)> {
-        let key = self.key("page", name);
+    async fn stored<T: Stored>(&self, name: &str, max_age: Duration) -> Option<(T, Duration)> {
+        let key = self.key(T::KIND, name);
         let stored: Option<Vec<u8>> = self
             .run(|mut c| {
                 let key = key.clone();
@@ -125,8 +164,8 @@ impl Shared {
 
     /// In one round trip: the stored page (stored since the caller looked), or else the lease on fetching it (`Leased`) or the
     /// news that another replica holds it (`Held`). `None`: Redis is not answering.
-    async fn page_or_lease(&self, name: &str) -> Option<Look> {
-        let (page, lease) = (self.key("page", name), self.key("lease", name));
+    async fn stored_or_lease<T: Stored>(&self, name: &str) -> Option<Look> {
+        let (page, lease) = (self.key(T::KIND, name), self.lease_key::<T>(name));
         let holder = self.replica.clone();
         let lease_ms = self.options.lease.as_millis().max(1) as u64;
         let script = redis::Script::new(PAGE_OR_LEASE);
@@ -144,14 +183,14 @@ impl Shared {
         }
     }
 
-    fn read_stored(&self, stored: Vec<u8>, max_age: Duration) -> Option<(EncodedPage, Duration)> {
+    fn read_stored<T: Stored>(&self, stored: Vec<u8>, max_age: Duration) -> Option<(T, Duration)> {
         let (at, page) = stored.split_at_checked(8)?;
         let fetched_at = u64::from_le_bytes(at.try_into().ok()?);
         let age = Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(fetched_at));
         if age >= max_age {
             return None;
         }
-        match EncodedPage::from_stored(page) {
+        match T::from_stored(page) {
             Ok(page) => {
                 if let Some(m) = &self.metrics {
                     m.shared_hit();
@@ -159,14 +198,15 @@ impl Shared {
                 Some((page, age))
             }
             Err(e) => {
-                tracing::warn!(error = %e, "a page in the shared cache is unreadable; fetching it");
+                let kind = T::KIND;
+                tracing::warn!(error = %e, kind, "a value in the shared cache is unreadable; fetching it");
                 None
             }
         }
     }
 
-    async fn store_page(&self, name: &str, page: &EncodedPage, ttl: Duration) {
-        let key = self.key("page", name);
+    async fn store<T: Stored>(&self, name: &str, page: &T, ttl: Duration) {
+        let key = self.key(T::KIND, name);
         let mut value = unix_ms(SystemTime::now()).to_le_bytes().to_vec();
         value.extend_from_slice(&page.to_stored());
         let ttl_ms = ttl.as_millis().max(1) as u64;
@@ -178,10 +218,18 @@ impl Shared {
             .await;
     }
 
+    /// The lease on fetching `name`: `lease:` for pages, `instances-lease:` for instance lists.
+    fn lease_key<T: Stored>(&self, name: &str) -> String {
+        match T::KIND {
+            "page" => self.key("lease", name),
+            kind => self.key(&format!("{kind}-lease"), name),
+        }
+    }
+
     /// Whether this replica now holds the lease on fetching `name` (`None`: Redis is not
     /// answering).
-    async fn lease(&self, name: &str) -> Option<bool> {
-        let key = self.key("lease", name);
+    async fn lease<T: Stored>(&self, name: &str) -> Option<bool> {
+        let key = self.lease_key::<T>(name);
         let holder = self.replica.clone();
         let lease_ms = self.options.lease.as_millis().max(1) as u64;
         self.run(|mut c| {
@@ -202,8 +250,8 @@ impl Shared {
     }
 
     /// Gives the lease up, if this replica still holds it.
-    async fn release(&self, name: &str) {
-        let key = self.key("lease", name);
+    async fn release<T: Stored>(&self, name: &str) {
+        let key = self.lease_key::<T>(name);
         let holder = self.replica.clone();
         let script = redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
@@ -219,8 +267,8 @@ impl Shared {
 
     /// The page another replica is fetching, once it is stored; `None` when its lease ended
     /// without one (failed, or its holder died) or Redis stopped answering.
-    async fn wait_for(&self, name: &str, max_age: Duration) -> Option<(EncodedPage, Duration)> {
-        let (page_key, lease_key) = (self.key("page", name), self.key("lease", name));
+    async fn wait_for<T: Stored>(&self, name: &str, max_age: Duration) -> Option<(T, Duration)> {
+        let (page_key, lease_key) = (self.key(T::KIND, name), self.lease_key::<T>(name));
         let until = Instant::now() + self.options.lease;
         let mut look = FIRST_LOOK;
         while Instant::now() < until {

@@ -196,6 +196,66 @@ async fn a_replica_answers_what_another_just_read_without_asking_the_upstream() 
     assert_eq!(sim.stats().list_requests, 3 * PAGES);
 }
 
+/// The protection report's instance lists travel between replicas like pages.
+#[tokio::test]
+async fn a_replica_reports_from_the_instance_lists_another_just_read() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let sim = start_sim(&spec(), sim_options()).await;
+    let mut a = replica(&sim, Some(redis.options())).await;
+    let mut b = replica(&sim, Some(redis.options())).await;
+    let report = |gw: &mut Gateway| {
+        let mut client = gw.client.clone();
+        async move {
+            let mut stream = client
+                .summarize_backups(pb::SummarizeBackupsRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            let mut rows = Vec::new();
+            while let Some(m) = stream.message().await.unwrap() {
+                rows.extend(m.instances.into_iter().map(|i| {
+                    (
+                        i.instance_id,
+                        i.instance_status,
+                        i.protection,
+                        i.backup_count,
+                    )
+                }));
+            }
+            rows.sort();
+            rows
+        }
+    };
+    let from_a = report(&mut a).await;
+    let projects = 2 * 3;
+    assert_eq!(sim.stats().instance_requests, projects);
+    let from_b = report(&mut b).await;
+    assert_eq!(
+        (sim.stats().instance_requests, sim.stats().list_requests),
+        (projects, PAGES),
+        "B asked the upstream nothing"
+    );
+    assert_eq!(from_b, from_a);
+    // Only the instance lists know of an instance without backups, and of statuses.
+    assert!(
+        from_b
+            .iter()
+            .any(|(_, status, _, backups)| *backups == 0 && !status.is_empty()),
+        "{from_b:?}"
+    );
+    let client = redis::Client::open(redis.options().url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let lists: Vec<String> = redis::cmd("KEYS")
+        .arg("backupgw:instances:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(lists.len() as u64, projects);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cold_queries_on_two_replicas_read_each_page_once() {
     if !Redis::available() {
@@ -400,7 +460,7 @@ async fn a_redis_that_is_not_there_is_said_once_and_fails_nothing() {
     let shared = backupgw::shared::Shared::new(options, Some(metrics.clone())).unwrap();
     for _ in 0..3 {
         let (_, _, origin) = shared
-            .page_or_fetch(
+            .stored_or_fetch(
                 "p",
                 Duration::from_secs(60),
                 Duration::from_secs(60),
