@@ -18,102 +18,20 @@ impl Inventory {
         selection: &Selection<'_>,
         scope: &Scope,
     ) -> Result<Vec<Arc<Target>>, InventoryError> {
-        let Selection {
-            project_ids,
-            regions,
-            accounts,
-        } = *selection;
+        let selectors = Selectors::new(selection)?;
         let all = self.targets();
-        let projects = selectors("project_ids", project_ids)?;
-        let region_selectors = selectors("regions", regions)?;
-        let account_selectors = selectors("accounts", accounts)?;
-        for (i, selector) in projects.iter().enumerate() {
-            if let Selector::Exact(name) = selector {
-                let known = all.iter().filter(|t| selector.selects_project(t));
-                if !(scope.projects.matches(name) || known.into_iter().any(|t| scope.allows(t))) {
-                    return Err(InventoryError::PermissionDenied {
-                        field: format!("project_ids[{i}]"),
-                        message: format!(
-                            "project {} is outside what this caller may see",
-                            quote(name)
-                        ),
-                    });
-                }
-            }
-        }
-        for (i, selector) in region_selectors.iter().enumerate() {
-            if let Selector::Exact(region) = selector
-                && !scope.regions.matches(region)
-            {
-                return Err(InventoryError::PermissionDenied {
-                    field: format!("regions[{i}]"),
-                    message: format!(
-                        "region {} is outside what this caller may see",
-                        quote(region)
-                    ),
-                });
-            }
-        }
-        for (i, selector) in account_selectors.iter().enumerate() {
-            if let Selector::Exact(name) = selector
-                && let Some(allowed) = &scope.accounts
-                && !allowed.matches(name)
-                && !all
-                    .iter()
-                    .any(|t| selector.selects_account(t) && scope.allows(t))
-            {
-                return Err(InventoryError::PermissionDenied {
-                    field: format!("accounts[{i}]"),
-                    message: format!(
-                        "account {} is outside what this caller may see",
-                        quote(name)
-                    ),
-                });
-            }
-        }
+        selectors.within(scope, &all)?;
         let visible: Vec<&Arc<Target>> = all.iter().filter(|t| scope.allows(t)).collect();
-        let mut violations = Violations::default();
-        for (i, selector) in projects.iter().enumerate() {
-            if !visible.iter().any(|t| selector.selects_project(t)) {
-                violations.push(
-                    format!("project_ids[{i}]"),
-                    format!("no project this caller may see is {selector}"),
-                );
-            }
-        }
-        for (i, selector) in region_selectors.iter().enumerate() {
-            if !visible.iter().any(|t| selector.selects(&t.region)) {
-                violations.push(
-                    format!("regions[{i}]"),
-                    format!("no project this caller may see is in a region {selector}"),
-                );
-            }
-        }
-        for (i, selector) in account_selectors.iter().enumerate() {
-            if !visible.iter().any(|t| selector.selects_account(t)) {
-                violations.push(
-                    format!("accounts[{i}]"),
-                    format!("no account this caller may see is {selector}"),
-                );
-            }
-        }
-        violations.into_result()?;
+        selectors.each_selects_something(&visible).into_result()?;
         let selected: Vec<_> = visible
             .into_iter()
-            .filter(|t| projects.is_empty() || projects.iter().any(|s| s.selects_project(t)))
-            .filter(|t| {
-                region_selectors.is_empty() || region_selectors.iter().any(|s| s.selects(&t.region))
-            })
-            .filter(|t| {
-                account_selectors.is_empty()
-                    || account_selectors.iter().any(|s| s.selects_account(t))
-            })
+            .filter(|t| selectors.selects(t))
             .cloned()
             .collect();
-        let fields = [project_ids, regions, accounts];
+        let fields = [selection.project_ids, selection.regions, selection.accounts];
         if selected.is_empty() && fields.iter().filter(|f| !f.is_empty()).count() > 1 {
             let mut v = Violations::default();
-            if accounts.is_empty() {
+            if selection.accounts.is_empty() {
                 v.push(
                     "regions",
                     "none of the selected projects is in the selected regions",
@@ -127,6 +45,101 @@ impl Inventory {
             return Err(InventoryError::InvalidRequest(v));
         }
         Ok(selected)
+    }
+}
+
+/// A selection's entries, parsed.
+struct Selectors {
+    projects: Vec<Selector>,
+    regions: Vec<Selector>,
+    accounts: Vec<Selector>,
+}
+
+impl Selectors {
+    fn new(selection: &Selection<'_>) -> Result<Self, InventoryError> {
+        Ok(Selectors {
+            projects: selectors("project_ids", selection.project_ids)?,
+            regions: selectors("regions", selection.regions)?,
+            accounts: selectors("accounts", selection.accounts)?,
+        })
+    }
+
+    /// Naming a project, region or account outside the caller's scope is refused, whether or
+    /// not it exists (globs are not refused: they select within the scope).
+    fn within(&self, scope: &Scope, all: &[Arc<Target>]) -> Result<(), InventoryError> {
+        let denied = |field: String, what: &str, name: &str| InventoryError::PermissionDenied {
+            field,
+            message: format!("{what} {} is outside what this caller may see", quote(name)),
+        };
+        for (i, selector) in self.projects.iter().enumerate() {
+            if let Selector::Exact(name) = selector
+                && !scope.projects.matches(name)
+                && !all
+                    .iter()
+                    .any(|t| selector.selects_project(t) && scope.allows(t))
+            {
+                return Err(denied(format!("project_ids[{i}]"), "project", name));
+            }
+        }
+        for (i, selector) in self.regions.iter().enumerate() {
+            if let Selector::Exact(region) = selector
+                && !scope.regions.matches(region)
+            {
+                return Err(denied(format!("regions[{i}]"), "region", region));
+            }
+        }
+        for (i, selector) in self.accounts.iter().enumerate() {
+            if let Selector::Exact(name) = selector
+                && let Some(allowed) = &scope.accounts
+                && !allowed.matches(name)
+                && !all
+                    .iter()
+                    .any(|t| selector.selects_account(t) && scope.allows(t))
+            {
+                return Err(denied(format!("accounts[{i}]"), "account", name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every entry must select something the caller may see: one that does not is a mistake.
+    fn each_selects_something(&self, visible: &[&Arc<Target>]) -> Violations {
+        let mut violations = Violations::default();
+        for (i, selector) in self.projects.iter().enumerate() {
+            if !visible.iter().any(|t| selector.selects_project(t)) {
+                violations.push(
+                    format!("project_ids[{i}]"),
+                    format!("no project this caller may see is {selector}"),
+                );
+            }
+        }
+        for (i, selector) in self.regions.iter().enumerate() {
+            if !visible.iter().any(|t| selector.selects(&t.region)) {
+                violations.push(
+                    format!("regions[{i}]"),
+                    format!("no project this caller may see is in a region {selector}"),
+                );
+            }
+        }
+        for (i, selector) in self.accounts.iter().enumerate() {
+            if !visible.iter().any(|t| selector.selects_account(t)) {
+                violations.push(
+                    format!("accounts[{i}]"),
+                    format!("no account this caller may see is {selector}"),
+                );
+            }
+        }
+        violations
+    }
+
+    /// Whether a target is selected: by every field that names something.
+    fn selects(&self, t: &Target) -> bool {
+        let any = |selectors: &[Selector], hit: &dyn Fn(&Selector) -> bool| {
+            selectors.is_empty() || selectors.iter().any(hit)
+        };
+        any(&self.projects, &|s| s.selects_project(t))
+            && any(&self.regions, &|s| s.selects(&t.region))
+            && any(&self.accounts, &|s| s.selects_account(t))
     }
 }
 
