@@ -341,54 +341,10 @@ fn validate(raw: RawConfig, base: &Path, read_secrets: bool, p: &mut Problems) -
         p.push("cache.ttl_seconds", "must be at least 1");
     }
     let (limits, client) = targets::limits(&raw, p);
-    let region_default = limits.region.clone();
     let mut limits = limits;
-    let mut endpoints = BTreeMap::new();
-    for (region, r) in &raw.regions {
-        let key = format!("regions.{region}");
-        let endpoint = match &r.endpoint {
-            Some(e) => p.keep(validate_endpoint(&format!("{key}.endpoint"), e)),
-            None => p.take(
-                default_endpoint(region)
-                    .ok_or_else(|| "not a known DDM region: give its endpoint".to_owned()),
-                &key,
-            ),
-        };
-        if let Some(endpoint) = endpoint {
-            endpoints.insert(region.clone(), endpoint);
-        }
-        if let Some(own) = p.keep(targets::region_limits(
-            &format!("{key}."),
-            r.max_concurrent_requests,
-            r.requests_per_second,
-            r.burst,
-            &region_default,
-        )) && own != region_default
-        {
-            limits.regions.insert(region.clone(), own);
-        }
-    }
+    let endpoints = regions(&raw, &mut limits, p);
 
-    let cooldown = Duration::from_secs(raw.limits.auth_failure_cooldown_seconds);
-    let mut files = SecretFiles {
-        base,
-        read: read_secrets,
-        must_be_private: raw.secret_files_must_be_private,
-        warnings: &mut p.warnings,
-    };
-    let mut credentials = BTreeMap::new();
-    let mut broken = Vec::new();
-    for (name, c) in &raw.credentials {
-        match secrets::credential(name, c, &mut files) {
-            Ok(credential) => {
-                credentials.insert(name.clone(), Arc::new(credential.with_cooldown(cooldown)));
-            }
-            Err(e) => broken.push(e),
-        }
-    }
-    for e in broken {
-        p.add(e);
-    }
+    let credentials = credentials(&raw, base, read_secrets, p);
     let mut warnings = Vec::new();
     let mut files = SecretFiles {
         base,
@@ -440,6 +396,69 @@ fn validate(raw: RawConfig, base: &Path, read_secrets: bool, p: &mut Problems) -
         p.add(e);
     }
     Some(settings)
+}
+
+/// Each `[regions.NAME]`: its endpoint (given, or the known one), and its own limits where they
+/// differ from the default.
+fn regions(raw: &RawConfig, limits: &mut Limits, p: &mut Problems) -> BTreeMap<String, String> {
+    let region_default = limits.region.clone();
+    let mut endpoints = BTreeMap::new();
+    for (region, r) in &raw.regions {
+        let key = format!("regions.{region}");
+        let endpoint = match &r.endpoint {
+            Some(e) => p.keep(validate_endpoint(&format!("{key}.endpoint"), e)),
+            None => p.take(
+                default_endpoint(region)
+                    .ok_or_else(|| "not a known DDM region: give its endpoint".to_owned()),
+                &key,
+            ),
+        };
+        if let Some(endpoint) = endpoint {
+            endpoints.insert(region.clone(), endpoint);
+        }
+        if let Some(own) = p.keep(targets::region_limits(
+            &format!("{key}."),
+            r.max_concurrent_requests,
+            r.requests_per_second,
+            r.burst,
+            &region_default,
+        )) && own != region_default
+        {
+            limits.regions.insert(region.clone(), own);
+        }
+    }
+    endpoints
+}
+
+/// Each `[credentials.NAME]`, with its secrets read (unless only checking); every broken one is
+/// reported.
+fn credentials(
+    raw: &RawConfig,
+    base: &Path,
+    read_secrets: bool,
+    p: &mut Problems,
+) -> BTreeMap<String, Arc<crate::ddm::auth::Credential>> {
+    let cooldown = Duration::from_secs(raw.limits.auth_failure_cooldown_seconds);
+    let mut files = SecretFiles {
+        base,
+        read: read_secrets,
+        must_be_private: raw.secret_files_must_be_private,
+        warnings: &mut p.warnings,
+    };
+    let mut credentials = BTreeMap::new();
+    let mut broken = Vec::new();
+    for (name, c) in &raw.credentials {
+        match secrets::credential(name, c, &mut files) {
+            Ok(credential) => {
+                credentials.insert(name.clone(), Arc::new(credential.with_cooldown(cooldown)));
+            }
+            Err(e) => broken.push(e),
+        }
+    }
+    for e in broken {
+        p.add(e);
+    }
+    credentials
 }
 
 pub fn is_project_id(id: &str) -> bool {
