@@ -11,13 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use secrecy::SecretString;
-use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::Credential;
 use super::auth::{Authorized, CredentialKind};
 use super::error::{DdmError, upstream_error};
-use super::token::{IamToken, TokenAnswer, TokenSlot, post_tokens};
+use super::token::{IamToken, TokenAnswer, TokenBody, TokenSlot, post_tokens};
 
 /// Renew an agency token when less than this is left (iam-agency.md: our choice).
 const RENEW_AHEAD: Duration = Duration::from_secs(3600);
@@ -250,44 +249,17 @@ impl Credential {
         asked_at: Instant,
         bytes: &[u8],
     ) -> Result<(IamToken, Grant), DdmError> {
-        #[derive(Deserialize)]
-        struct Body {
-            token: TokenBody,
-        }
-        #[derive(Deserialize)]
-        struct TokenBody {
-            expires_at: String,
-            issued_at: Option<String>,
-            project: Option<Named>,
-            user: Option<Named>,
-        }
-        #[derive(Deserialize)]
-        struct Named {
-            id: Option<String>,
-            domain: Option<Domain>,
-        }
-        #[derive(Deserialize)]
-        struct Domain {
-            id: Option<String>,
-        }
         let unreadable = |what: String| {
             self.auth_error(
                 format!("{}: IAM's agency token answer {what}", agency.describe()),
                 None,
             )
         };
-        let parsed: Body =
-            serde_json::from_slice(bytes).map_err(|e| unreadable(format!("is unreadable: {e}")))?;
-        let token = parsed.token;
-        let expires: prost_types::Timestamp = token
-            .expires_at
-            .parse()
-            .map_err(|_| unreadable("has an expires_at that is not a time".into()))?;
-        let issued = token
-            .issued_at
-            .and_then(|t| t.parse::<prost_types::Timestamp>().ok())
-            .map(|t| t.seconds);
-        let project = token
+        let body = TokenBody::read(bytes).map_err(unreadable)?;
+        let token = body
+            .token(value, asked_at, RENEW_AHEAD)
+            .map_err(unreadable)?;
+        let project = body
             .project
             .ok_or_else(|| unreadable("has no project (token.project)".into()))?;
         let project_id = project
@@ -298,9 +270,8 @@ impl Credential {
         let account_id = project
             .domain
             .and_then(|d| d.id)
-            .or_else(|| token.user.and_then(|u| u.domain).and_then(|d| d.id))
+            .or_else(|| body.user.and_then(|u| u.domain).and_then(|d| d.id))
             .unwrap_or_default();
-        let token = IamToken::new(value, asked_at, issued, expires.seconds, RENEW_AHEAD);
         Ok((
             token,
             Grant {

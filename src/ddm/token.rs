@@ -176,25 +176,60 @@ impl Credential {
         let Some(value) = subject else {
             return Err(self.auth_error("IAM answered without an X-Subject-Token header", None));
         };
+        let unreadable = |what: String| self.auth_error(format!("IAM's token answer {what}"), None);
+        TokenBody::read(&bytes)
+            .and_then(|body| body.token(value, asked_at, Duration::from_secs(15 * 60)))
+            .map_err(unreadable)
+    }
+}
+
+/// The `token` of IAM's answer: when it expires and was issued, and (agency tokens) what it
+/// is scoped to.
+#[derive(Deserialize)]
+pub(super) struct TokenBody {
+    expires_at: String,
+    issued_at: Option<String>,
+    pub project: Option<Named>,
+    pub user: Option<Named>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Named {
+    pub id: Option<String>,
+    pub domain: Option<Domain>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Domain {
+    pub id: Option<String>,
+}
+
+impl TokenBody {
+    /// The `token` of an answer's body; `Err` says what is wrong with it.
+    pub(super) fn read(body: &[u8]) -> Result<TokenBody, String> {
         #[derive(Deserialize)]
         struct Body {
             token: TokenBody,
         }
-        #[derive(Deserialize)]
-        struct TokenBody {
-            expires_at: String,
-            issued_at: Option<String>,
-        }
-        let parsed: Body = serde_json::from_slice(&bytes)
-            .map_err(|e| self.auth_error(format!("IAM's token answer is unreadable: {e}"), None))?;
-        let expires: prost_types::Timestamp = parsed
-            .token
+        serde_json::from_slice::<Body>(body)
+            .map(|b| b.token)
+            .map_err(|e| format!("is unreadable: {e}"))
+    }
+
+    /// The token `value` it describes, renewed up to `most_ahead` before it expires.
+    pub(super) fn token(
+        &self,
+        value: SecretString,
+        asked_at: Instant,
+        most_ahead: Duration,
+    ) -> Result<IamToken, String> {
+        let expires: prost_types::Timestamp = self
             .expires_at
             .parse()
-            .map_err(|_| self.auth_error("IAM's expires_at is not a time", None))?;
-        let issued = parsed
-            .token
+            .map_err(|_| "has an expires_at that is not a time".to_owned())?;
+        let issued = self
             .issued_at
+            .as_deref()
             .and_then(|t| t.parse::<prost_types::Timestamp>().ok())
             .map(|t| t.seconds);
         Ok(IamToken::new(
@@ -202,7 +237,7 @@ impl Credential {
             asked_at,
             issued,
             expires.seconds,
-            Duration::from_secs(15 * 60),
+            most_ahead,
         ))
     }
 }
