@@ -316,6 +316,27 @@ async fn read_backups(
 }
 
 /// One target's rows, and its result for both lists.
+impl InstanceRow {
+    fn new(target: &Target, id: &str, status: &str, seen: Seen, protection: Protection) -> Self {
+        InstanceRow {
+            account: target.account.clone(),
+            project_id: Arc::clone(&target.project_id),
+            project_name: target.project_name.clone(),
+            region: target.region.to_string(),
+            instance_id: id.to_owned(),
+            instance_name: seen.name,
+            instance_status: status.to_owned(),
+            protection,
+            backup_count: seen.count,
+            // Sums of the upstream's sizes, at its precision (no float noise).
+            total_size_kb: (seen.size_kb * 1e6).round() / 1e6,
+            newest: seen.newest,
+            oldest: seen.oldest,
+            newest_auto: seen.newest_auto,
+        }
+    }
+}
+
 fn join(
     target: &Target,
     list: Option<&Result<Arc<crate::cache::Fresh<InstanceList>>, DdmError>>,
@@ -338,23 +359,7 @@ fn join(
     let backups_read = result.ok;
     let stale_before = Timestamp::from(now.checked_sub(query.stale_after).unwrap_or(now));
     let row = |id: &str, status: &str, seen: Option<Seen>, protection: Protection| {
-        let seen = seen.unwrap_or_default();
-        InstanceRow {
-            account: target.account.clone(),
-            project_id: Arc::clone(&target.project_id),
-            project_name: target.project_name.clone(),
-            region: target.region.to_string(),
-            instance_id: id.to_owned(),
-            instance_name: seen.name.clone(),
-            instance_status: status.to_owned(),
-            protection,
-            backup_count: seen.count,
-            // Sums of the upstream's sizes, at its precision (no float noise).
-            total_size_kb: (seen.size_kb * 1e6).round() / 1e6,
-            newest: seen.newest,
-            oldest: seen.oldest,
-            newest_auto: seen.newest_auto,
-        }
+        InstanceRow::new(target, id, status, seen.unwrap_or_default(), protection)
     };
     let mut rows = Vec::new();
     let complete = match list {
