@@ -983,7 +983,9 @@ async fn replicas(reps: usize, dir: &Path) -> Vec<Row> {
         fastrand::u32(..)
     );
     let (mut one, mut two, mut b_first) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut one_warm, mut two_warm) = (Vec::new(), Vec::new());
     let (mut one_asked, mut two_asked, mut b_asked) = (0, 0, 0);
+    let (mut one_warm_asked, mut two_warm_asked) = (0, 0);
     for rep in 0..reps {
         // One replica: cold.
         let gw = start_gateway(&sim, &inventory_limits()).await;
@@ -994,6 +996,14 @@ async fn replicas(reps: usize, dir: &Path) -> Vec<Row> {
                 .1,
         );
         one_asked = sim_list_requests(&sim).await - before;
+        // The same again: warm, from its own cache.
+        let before = sim_list_requests(&sim).await;
+        one_warm.push(
+            stream_counted(gw.channel.clone(), everything.clone())
+                .await
+                .1,
+        );
+        one_warm_asked = sim_list_requests(&sim).await - before;
         drop(gw);
         // Two replicas sharing Redis (a key prefix of their own each round: cold), asked at once.
         let shared = shared.replace("bench", &format!("bench{rep}-"));
@@ -1009,6 +1019,15 @@ async fn replicas(reps: usize, dir: &Path) -> Vec<Row> {
         );
         two.push(start.elapsed().as_secs_f64());
         two_asked = sim_list_requests(&sim).await - before;
+        // The same again on both: warm, each from its own cache.
+        let before = sim_list_requests(&sim).await;
+        let start = Instant::now();
+        tokio::join!(
+            stream_counted(a.channel.clone(), everything.clone()),
+            stream_counted(b.channel.clone(), everything.clone())
+        );
+        two_warm.push(start.elapsed().as_secs_f64());
+        two_warm_asked = sim_list_requests(&sim).await - before;
         // A third replica's first query: every page from Redis.
         let c = start_gateway(&sim, &shared).await;
         let before = sim_list_requests(&sim).await;
@@ -1026,9 +1045,19 @@ async fn replicas(reps: usize, dir: &Path) -> Vec<Row> {
             target: "(reference)".into(),
         },
         Row {
+            name: "  warm (the same again, from its cache)".into(),
+            value: format!("{:.0} ms, {one_warm_asked}", median(one_warm) * 1000.0),
+            target: "(reference)".into(),
+        },
+        Row {
             name: "2 replicas + Redis, the same query on both at once".into(),
             value: format!("{:.0} ms, {two_asked}", median(two) * 1000.0),
             target: "each page once".into(),
+        },
+        Row {
+            name: "  warm (the same again on both)".into(),
+            value: format!("{:.0} ms, {two_warm_asked}", median(two_warm) * 1000.0),
+            target: "0 upstream requests".into(),
         },
         Row {
             name: "  a new replica's first query (pages from Redis)".into(),
