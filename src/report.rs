@@ -30,7 +30,7 @@ use crate::inventory::{
     Account, Event, Inventory, InventoryError, Query, Selection, Tally, Target, result_key,
     target_error,
 };
-use crate::pb;
+
 use crate::wire::BackupFacts;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,7 +98,7 @@ impl Totals {
 #[derive(Debug)]
 pub enum ReportEvent {
     Rows(Vec<InstanceRow>),
-    TargetDone(Box<pb::TargetResult>),
+    TargetDone(Box<crate::inventory::TargetResult>),
     Totals(Vec<Totals>),
 }
 
@@ -285,7 +285,10 @@ async fn read_backups(
     inventory: &Arc<Inventory>,
     targets: &[Arc<Target>],
     query: &ReportQuery,
-) -> (BackupsByInstance, HashMap<Arc<str>, pb::TargetResult>) {
+) -> (
+    BackupsByInstance,
+    HashMap<Arc<str>, crate::inventory::TargetResult>,
+) {
     let mut seen: BackupsByInstance = HashMap::new();
     let mut results = HashMap::new();
     let backups = Query {
@@ -341,15 +344,15 @@ fn join(
     target: &Target,
     list: Option<&Result<Arc<crate::cache::Fresh<InstanceList>>, DdmError>>,
     mut instances: BTreeMap<String, Seen>,
-    backups: Option<pb::TargetResult>,
+    backups: Option<crate::inventory::TargetResult>,
     query: &ReportQuery,
     now: SystemTime,
-) -> (Vec<InstanceRow>, pb::TargetResult) {
-    let mut result = backups.unwrap_or_else(|| pb::TargetResult {
+) -> (Vec<InstanceRow>, crate::inventory::TargetResult) {
+    let mut result = backups.unwrap_or_else(|| crate::inventory::TargetResult {
         project_id: target.project_id.to_string(),
         project_name: target.project_name.clone(),
         region: target.region.to_string(),
-        error: Some(pb::TargetError {
+        error: Some(crate::inventory::TargetError {
             kind: "internal".into(),
             message: "the target's backups were not read".into(),
             ..Default::default()

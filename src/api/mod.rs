@@ -2,6 +2,7 @@
 //! (`server::identify_caller`), validates the request into a `Query`, hands it to the inventory,
 //! and maps domain errors to gRPC status codes in one table.
 
+mod outcome;
 mod summary;
 mod validate;
 
@@ -148,11 +149,11 @@ impl BackupGateway for Gateway {
                     ..Default::default()
                 }),
                 Ok(Event::TargetDone(target)) => Ok(pb::ListBackupsResponse {
-                    targets: vec![*target],
+                    targets: vec![(*target).into()],
                     ..Default::default()
                 }),
                 Ok(Event::Finished(summary)) => Ok(pb::ListBackupsResponse {
-                    summary: Some(summary),
+                    summary: Some(summary.into()),
                     ..Default::default()
                 }),
                 Err(e) => Err(status_of(&e)),
@@ -201,7 +202,7 @@ impl BackupGateway for Gateway {
                     source: t.source.as_str().to_owned(),
                     last_success: health.last_success().map(Into::into),
                     last_error_at: last_error.as_ref().map(|(at, _)| (*at).into()),
-                    last_error: last_error.map(|(_, e)| e),
+                    last_error: last_error.map(|(_, e)| e.into()),
                     backoff_until: health.backoff_until().map(Into::into),
                     credential_failing_until: t.credential.failing_until().map(Into::into),
                 }
@@ -218,7 +219,11 @@ impl BackupGateway for Gateway {
         );
         Ok(Response::new(pb::ListTargetsResponse {
             targets,
-            discoveries: inventory.discovery_states(),
+            discoveries: inventory
+                .discovery_states()
+                .into_iter()
+                .map(Into::into)
+                .collect(),
         }))
     }
 }

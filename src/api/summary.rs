@@ -56,7 +56,7 @@ pub fn response(event: ReportEvent) -> pb::SummarizeBackupsResponse {
             ..Default::default()
         },
         ReportEvent::TargetDone(t) => pb::SummarizeBackupsResponse {
-            targets: vec![*t],
+            targets: vec![(*t).into()],
             ..Default::default()
         },
         ReportEvent::Totals(all) => pb::SummarizeBackupsResponse {

@@ -5,6 +5,7 @@
 
 mod instances;
 mod order;
+mod outcome;
 mod query;
 mod read;
 mod select;
@@ -25,10 +26,10 @@ use tracing::Instrument as _;
 use crate::cache::PageCache;
 use crate::ddm::{Credential, DdmClient};
 use crate::metrics::Metrics;
-use crate::pb;
 use crate::rate::{Pace, TokenBucket};
 use crate::shared::SharedPace;
 pub use order::Order;
+pub use outcome::{DiscoveryState, Summary, TargetError, TargetResult};
 pub use query::{
     FieldViolation, Filter, InventoryError, NothingAnsweredCause, Query, Tally, Violations,
     loggable, quote,
@@ -88,8 +89,8 @@ pub(crate) struct RegionGate {
 pub enum Event {
     /// Backups, already encoded (see `wire`).
     Backups(EncodedBatch),
-    TargetDone(Box<pb::TargetResult>),
-    Finished(pb::Summary),
+    TargetDone(Box<TargetResult>),
+    Finished(Summary),
 }
 
 pub struct Inventory {
@@ -164,7 +165,7 @@ impl Inventory {
     }
 
     /// What each credential's discovery last did (for `ListTargets`).
-    pub fn discovery_states(&self) -> Vec<pb::DiscoveryState> {
+    pub fn discovery_states(&self) -> Vec<DiscoveryState> {
         self.discoveries.states()
     }
 
@@ -366,13 +367,13 @@ impl Inventory {
         tx: &mpsc::Sender<Result<Event, InventoryError>>,
     ) {
         let (ok, failed) = (tally.ok, tally.failed);
-        let summary = pb::Summary {
+        let summary = Summary {
             targets_ok: ok,
             targets_failed: failed,
             backups: stats.backups.load(Ordering::Relaxed),
             upstream_requests: stats.upstream_requests.load(Ordering::Relaxed),
             cache_hits: stats.cache_hits.load(Ordering::Relaxed),
-            elapsed: prost_types::Duration::try_from(started.elapsed()).ok(),
+            elapsed: started.elapsed(),
         };
         tracing::info!(
             caller = &*query.caller.name,
@@ -399,7 +400,7 @@ impl Inventory {
     async fn report(
         &self,
         target: &Target,
-        result: pb::TargetResult,
+        result: TargetResult,
         query: &Query,
         tally: &mut Tally,
         tx: &mpsc::Sender<Result<Event, InventoryError>>,
@@ -428,7 +429,7 @@ impl Inventory {
     }
 }
 
-type Joined = Result<(tokio::task::Id, pb::TargetResult), tokio::task::JoinError>;
+type Joined = Result<(tokio::task::Id, TargetResult), tokio::task::JoinError>;
 
 /// What a finished (or crashed) target read says about its target, and which target it was.
 fn outcome(
@@ -436,7 +437,7 @@ fn outcome(
     index_of: &mut HashMap<tokio::task::Id, usize>,
     targets: &[Arc<Target>],
     progress: &[Arc<TargetProgress>],
-) -> (usize, pb::TargetResult) {
+) -> (usize, TargetResult) {
     // Entries go as their tasks end: a call over 100,000 targets holds the running ones only.
     let mut index = |id| index_of.remove(&id).expect("every spawned read is indexed");
     match joined {
@@ -444,7 +445,7 @@ fn outcome(
         Err(e) => {
             let index = index(e.id());
             tracing::error!(project = &*targets[index].project_id, error = %e, "target read crashed");
-            let error = pb::TargetError {
+            let error = TargetError {
                 kind: "internal".into(),
                 message: "the gateway failed while reading this target".into(),
                 ..Default::default()
@@ -457,12 +458,12 @@ fn outcome(
 /// The deadline ran out: targets that finished just now count as finished; the others (their
 /// reads aborted here) ran out of time.
 fn ran_out_of_time(
-    running: &mut JoinSet<pb::TargetResult>,
+    running: &mut JoinSet<TargetResult>,
     finished: &mut [bool],
     index_of: &mut HashMap<tokio::task::Id, usize>,
     targets: &[Arc<Target>],
     progress: &[Arc<TargetProgress>],
-) -> Vec<(usize, pb::TargetResult)> {
+) -> Vec<(usize, TargetResult)> {
     let mut results = Vec::new();
     while let Some(joined) = running.try_join_next_with_id() {
         let (index, result) = outcome(joined, index_of, targets, progress);
@@ -486,8 +487,8 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-fn deadline_error() -> pb::TargetError {
-    pb::TargetError {
+fn deadline_error() -> TargetError {
+    TargetError {
         kind: "deadline_exceeded".into(),
         error_code: "DEADLINE_EXCEEDED".into(),
         message: "the caller's deadline ran out before this target was read completely".into(),

@@ -227,7 +227,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn count(&mut self, result: &crate::pb::TargetResult) {
+    pub fn count(&mut self, result: &crate::inventory::TargetResult) {
         match &result.error {
             None => self.ok += 1,
             Some(e) => {

@@ -23,7 +23,6 @@ use super::targets::{Target, TargetHealth};
 use super::{EncodedBatch, Event, Inventory, InventoryError, Query};
 use crate::cache::{CachedPage, Origin, PageKey};
 use crate::ddm::{DdmError, Gate, MAX_PAGE_SIZE, PageRequest, Pushdown};
-use crate::pb;
 
 /// Warnings kept per target; more are counted, not listed.
 const MAX_WARNINGS: usize = 10;
@@ -47,10 +46,10 @@ impl TargetProgress {
     pub(super) fn result(
         &self,
         target: &Target,
-        error: Option<pb::TargetError>,
-    ) -> pb::TargetResult {
+        error: Option<crate::inventory::TargetError>,
+    ) -> crate::inventory::TargetResult {
         let (account_id, account_name) = target.account_id_and_name();
-        pb::TargetResult {
+        crate::inventory::TargetResult {
             account_id: account_id.to_owned(),
             account_name: account_name.to_owned(),
             project_id: target.project_id.to_string(),
@@ -67,8 +66,8 @@ impl TargetProgress {
 }
 
 /// A target's failure as `TargetResult.error` says it: built here, in one place.
-pub fn target_error(e: &DdmError) -> pb::TargetError {
-    pb::TargetError {
+pub fn target_error(e: &DdmError) -> crate::inventory::TargetError {
+    crate::inventory::TargetError {
         kind: e.kind().into(),
         error_code: match e {
             DdmError::DeadlineExceeded => "DEADLINE_EXCEEDED".into(),
@@ -167,7 +166,7 @@ impl Hasher for PassThrough {
 }
 
 impl TargetRead {
-    pub(super) async fn run(self) -> pb::TargetResult {
+    pub(super) async fn run(self) -> crate::inventory::TargetResult {
         let mut merge = Merge::default();
         let outcome = match self.read_concurrently(&mut merge).await {
             Ok(true) => Ok(()),

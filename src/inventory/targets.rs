@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::ddm::Credential;
-use crate::pb;
 
 /// One project, called at the endpoint of the region it lives in.
 #[derive(Debug, Clone)]
@@ -51,7 +50,7 @@ impl Target {
 }
 
 /// The key (`Target::key`) of the target a result is for.
-pub fn result_key(r: &pb::TargetResult) -> Arc<str> {
+pub fn result_key(r: &crate::inventory::TargetResult) -> Arc<str> {
     if !r.project_id.is_empty() {
         return r.project_id.as_str().into();
     }
@@ -183,7 +182,7 @@ pub struct TargetHealth {
     /// In Unix milliseconds (0: never).
     last_success_ms: AtomicU64,
     /// Boxed: most targets never fail, and 100,000 targets each keep one of these.
-    last_error: Mutex<Option<Box<(SystemTime, pb::TargetError)>>>,
+    last_error: Mutex<Option<Box<(SystemTime, crate::inventory::TargetError)>>>,
     /// While a retry waits: when it ends, in Unix milliseconds (0: not backing off).
     pub(super) backoff_until_ms: AtomicU64,
 }
@@ -194,7 +193,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 impl TargetHealth {
-    pub(super) fn record(&self, result: &pb::TargetResult) {
+    pub(super) fn record(&self, result: &crate::inventory::TargetResult) {
         match &result.error {
             None => self
                 .last_success_ms
@@ -204,7 +203,7 @@ impl TargetHealth {
     }
 
     /// A failure, from a read or found outside one (an agency IAM refused).
-    pub fn record_failure(&self, error: pb::TargetError) {
+    pub fn record_failure(&self, error: crate::inventory::TargetError) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(Box::new((SystemTime::now(), error)));
     }
@@ -214,7 +213,7 @@ impl TargetHealth {
         (ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(ms))
     }
 
-    pub fn last_error(&self) -> Option<(SystemTime, pb::TargetError)> {
+    pub fn last_error(&self) -> Option<(SystemTime, crate::inventory::TargetError)> {
         self.last_error
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -249,19 +248,19 @@ pub struct Found {
 
 /// What each discovery (a credential's projects, an account source) last did, for `ListTargets`.
 #[derive(Default)]
-pub(super) struct DiscoveryBook(Mutex<BTreeMap<(String, String), pb::DiscoveryState>>);
+pub(super) struct DiscoveryBook(Mutex<BTreeMap<(String, String), super::DiscoveryState>>);
 
 impl DiscoveryBook {
     pub(super) fn record(&self, credential: &str, source: &str, outcome: Result<Found, String>) {
         let mut book = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let state = book
             .entry((source.to_owned(), credential.to_owned()))
-            .or_insert_with(|| pb::DiscoveryState {
+            .or_insert_with(|| super::DiscoveryState {
                 credential: credential.to_owned(),
                 source: source.to_owned(),
                 ..Default::default()
             });
-        let now = Some(SystemTime::now().into());
+        let now = Some(SystemTime::now());
         match outcome {
             Ok(found) => {
                 state.last_success = now;
@@ -276,7 +275,7 @@ impl DiscoveryBook {
         }
     }
 
-    pub(super) fn states(&self) -> Vec<pb::DiscoveryState> {
+    pub(super) fn states(&self) -> Vec<super::DiscoveryState> {
         let book = self.0.lock().unwrap_or_else(|e| e.into_inner());
         book.values().cloned().collect()
     }
