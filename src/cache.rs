@@ -150,12 +150,19 @@ impl PageCache {
         let got = match &self.shared {
             None => fresh_or_fetch(&self.instances, key, max_age, || fetched_now(fetch())).await,
             Some(shared) => {
+                // Boxed: instance lists are read far less often than pages, and the Redis
+                // round trips' futures are large.
                 let name = crate::shared::instances_key(&key);
-                let instances = &self.instances;
-                Box::pin(fresh_or_shared(
-                    instances, shared, &name, key, max_age, self.ttl, fetch,
-                ))
-                .await
+                let instances = fresh_or_shared(
+                    &self.instances,
+                    shared,
+                    &name,
+                    key,
+                    max_age,
+                    self.ttl,
+                    fetch,
+                );
+                Box::pin(instances).await
             }
         };
         self.count(&got);

@@ -46,29 +46,32 @@ impl Stored for InstanceList {
 
 /// A page's name in Redis: a digest of what identifies it upstream.
 pub fn page_key(key: &PageKey) -> String {
-    let mut h = Sha256::new();
-    for part in [
+    let mut at = key.offset.to_le_bytes().to_vec();
+    at.extend_from_slice(&key.limit.to_le_bytes());
+    let parts = [
         key.endpoint.as_bytes(),
         key.target.as_bytes(),
         key.pushdown.instance_id.as_bytes(),
         key.pushdown.instance_name.as_bytes(),
         key.pushdown.backup_name.as_bytes(),
-    ] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
-    h.update(key.offset.to_le_bytes());
-    h.update(key.limit.to_le_bytes());
-    hex::encode(&h.finalize()[..16])
+    ];
+    digest(&parts, &at)
 }
 
 /// A project's instance list's name in Redis.
 pub fn instances_key(key: &InstancesKey) -> String {
+    digest(&[key.endpoint.as_bytes(), key.target.as_bytes()], &[])
+}
+
+/// 128 bits of SHA-256 over the parts, each after its length (no two lists of parts collide by
+/// where one ends and the next begins), then `fixed` (bytes of a fixed length).
+fn digest(parts: &[&[u8]], fixed: &[u8]) -> String {
     let mut h = Sha256::new();
-    for part in [key.endpoint.as_bytes(), key.target.as_bytes()] {
+    for part in parts {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
+    h.update(fixed);
     hex::encode(&h.finalize()[..16])
 }
 
@@ -77,9 +80,9 @@ fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// KEYS: the page, its lease; ARGV: this replica, the lease's length (ms). The page if stored,
+/// KEYS: the value, its lease; ARGV: this replica, the lease's length (ms). The value if stored,
 /// else 1 when this replica now holds the lease, 0 when another does.
-const PAGE_OR_LEASE: &str = r"
+const STORED_OR_LEASE: &str = r"
 local page = redis.call('GET', KEYS[1])
 if page then return page end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
@@ -168,7 +171,7 @@ impl Shared {
         let (page, lease) = (self.key(T::KIND, name), self.lease_key::<T>(name));
         let holder = self.replica.clone();
         let lease_ms = self.options.lease.as_millis().max(1) as u64;
-        let script = redis::Script::new(PAGE_OR_LEASE);
+        let script = redis::Script::new(STORED_OR_LEASE);
         let answer: redis::Value = self
             .run(|mut c| {
                 let mut invocation = script.key(&page);
@@ -218,12 +221,9 @@ impl Shared {
             .await;
     }
 
-    /// The lease on fetching `name`: `lease:` for pages, `instances-lease:` for instance lists.
+    /// The lease on fetching `name`: `page-lease:`, `instances-lease:`.
     fn lease_key<T: Stored>(&self, name: &str) -> String {
-        match T::KIND {
-            "page" => self.key("lease", name),
-            kind => self.key(&format!("{kind}-lease"), name),
-        }
+        self.key(&format!("{}-lease", T::KIND), name)
     }
 
     /// Whether this replica now holds the lease on fetching `name` (`None`: Redis is not
