@@ -27,10 +27,9 @@ use tracing::Instrument as _;
 use crate::callers::Caller;
 use crate::ddm::{DdmError, InstanceList};
 use crate::inventory::{
-    Account, Event, Inventory, InventoryError, Query, Selection, Tally, Target, result_key,
-    target_error,
+    Account, Event, Inventory, InventoryError, Query, Selection, Tally, Target, TargetError,
+    TargetResult, result_key, target_error,
 };
-
 use crate::wire::BackupFacts;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,7 +97,7 @@ impl Totals {
 #[derive(Debug)]
 pub enum ReportEvent {
     Rows(Vec<InstanceRow>),
-    TargetDone(Box<crate::inventory::TargetResult>),
+    TargetDone(Box<TargetResult>),
     Totals(Vec<Totals>),
 }
 
@@ -285,10 +284,7 @@ async fn read_backups(
     inventory: &Arc<Inventory>,
     targets: &[Arc<Target>],
     query: &ReportQuery,
-) -> (
-    BackupsByInstance,
-    HashMap<Arc<str>, crate::inventory::TargetResult>,
-) {
+) -> (BackupsByInstance, HashMap<Arc<str>, TargetResult>) {
     let mut seen: BackupsByInstance = HashMap::new();
     let mut results = HashMap::new();
     let backups = Query {
@@ -318,7 +314,6 @@ async fn read_backups(
     (seen, results)
 }
 
-/// One target's rows, and its result for both lists.
 impl InstanceRow {
     fn new(target: &Target, id: &str, status: &str, seen: Seen, protection: Protection) -> Self {
         InstanceRow {
@@ -340,19 +335,20 @@ impl InstanceRow {
     }
 }
 
+/// One target's rows, and its result for both lists.
 fn join(
     target: &Target,
     list: Option<&Result<Arc<crate::cache::Fresh<InstanceList>>, DdmError>>,
     mut instances: BTreeMap<String, Seen>,
-    backups: Option<crate::inventory::TargetResult>,
+    backups: Option<TargetResult>,
     query: &ReportQuery,
     now: SystemTime,
-) -> (Vec<InstanceRow>, crate::inventory::TargetResult) {
-    let mut result = backups.unwrap_or_else(|| crate::inventory::TargetResult {
+) -> (Vec<InstanceRow>, TargetResult) {
+    let mut result = backups.unwrap_or_else(|| TargetResult {
         project_id: target.project_id.to_string(),
         project_name: target.project_name.clone(),
         region: target.region.to_string(),
-        error: Some(crate::inventory::TargetError {
+        error: Some(TargetError {
             kind: "internal".into(),
             message: "the target's backups were not read".into(),
             ..Default::default()

@@ -7,6 +7,7 @@ use std::time::Duration;
 use prost_types::Timestamp;
 use tokio::time::Instant;
 
+use super::TargetResult;
 use crate::callers::Caller;
 use crate::ddm::Pushdown;
 use crate::wire::BackupMeta;
@@ -227,7 +228,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn count(&mut self, result: &crate::inventory::TargetResult) {
+    pub fn count(&mut self, result: &TargetResult) {
         match &result.error {
             None => self.ok += 1,
             Some(e) => {

@@ -20,7 +20,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
 use super::targets::{Target, TargetHealth};
-use super::{EncodedBatch, Event, Inventory, InventoryError, Query};
+use super::{EncodedBatch, Event, Inventory, InventoryError, Query, TargetError, TargetResult};
 use crate::cache::{CachedPage, Origin, PageKey};
 use crate::ddm::{DdmError, Gate, MAX_PAGE_SIZE, PageRequest, Pushdown};
 
@@ -43,13 +43,9 @@ pub(super) struct TargetProgress {
 }
 
 impl TargetProgress {
-    pub(super) fn result(
-        &self,
-        target: &Target,
-        error: Option<crate::inventory::TargetError>,
-    ) -> crate::inventory::TargetResult {
+    pub(super) fn result(&self, target: &Target, error: Option<TargetError>) -> TargetResult {
         let (account_id, account_name) = target.account_id_and_name();
-        crate::inventory::TargetResult {
+        TargetResult {
             account_id: account_id.to_owned(),
             account_name: account_name.to_owned(),
             project_id: target.project_id.to_string(),
@@ -66,8 +62,8 @@ impl TargetProgress {
 }
 
 /// A target's failure as `TargetResult.error` says it: built here, in one place.
-pub fn target_error(e: &DdmError) -> crate::inventory::TargetError {
-    crate::inventory::TargetError {
+pub fn target_error(e: &DdmError) -> TargetError {
+    TargetError {
         kind: e.kind().into(),
         error_code: match e {
             DdmError::DeadlineExceeded => "DEADLINE_EXCEEDED".into(),
@@ -166,7 +162,7 @@ impl Hasher for PassThrough {
 }
 
 impl TargetRead {
-    pub(super) async fn run(self) -> crate::inventory::TargetResult {
+    pub(super) async fn run(self) -> TargetResult {
         let mut merge = Merge::default();
         let outcome = match self.read_concurrently(&mut merge).await {
             Ok(true) => Ok(()),

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::{DiscoveryState, TargetError, TargetResult};
 use crate::ddm::Credential;
 
 /// One project, called at the endpoint of the region it lives in.
@@ -50,7 +51,7 @@ impl Target {
 }
 
 /// The key (`Target::key`) of the target a result is for.
-pub fn result_key(r: &crate::inventory::TargetResult) -> Arc<str> {
+pub fn result_key(r: &TargetResult) -> Arc<str> {
     if !r.project_id.is_empty() {
         return r.project_id.as_str().into();
     }
@@ -182,7 +183,7 @@ pub struct TargetHealth {
     /// In Unix milliseconds (0: never).
     last_success_ms: AtomicU64,
     /// Boxed: most targets never fail, and 100,000 targets each keep one of these.
-    last_error: Mutex<Option<Box<(SystemTime, crate::inventory::TargetError)>>>,
+    last_error: Mutex<Option<Box<(SystemTime, TargetError)>>>,
     /// While a retry waits: when it ends, in Unix milliseconds (0: not backing off).
     pub(super) backoff_until_ms: AtomicU64,
 }
@@ -193,7 +194,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 impl TargetHealth {
-    pub(super) fn record(&self, result: &crate::inventory::TargetResult) {
+    pub(super) fn record(&self, result: &TargetResult) {
         match &result.error {
             None => self
                 .last_success_ms
@@ -203,7 +204,7 @@ impl TargetHealth {
     }
 
     /// A failure, from a read or found outside one (an agency IAM refused).
-    pub fn record_failure(&self, error: crate::inventory::TargetError) {
+    pub fn record_failure(&self, error: TargetError) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(Box::new((SystemTime::now(), error)));
     }
@@ -213,7 +214,7 @@ impl TargetHealth {
         (ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(ms))
     }
 
-    pub fn last_error(&self) -> Option<(SystemTime, crate::inventory::TargetError)> {
+    pub fn last_error(&self) -> Option<(SystemTime, TargetError)> {
         self.last_error
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -248,14 +249,14 @@ pub struct Found {
 
 /// What each discovery (a credential's projects, an account source) last did, for `ListTargets`.
 #[derive(Default)]
-pub(super) struct DiscoveryBook(Mutex<BTreeMap<(String, String), super::DiscoveryState>>);
+pub(super) struct DiscoveryBook(Mutex<BTreeMap<(String, String), DiscoveryState>>);
 
 impl DiscoveryBook {
     pub(super) fn record(&self, credential: &str, source: &str, outcome: Result<Found, String>) {
         let mut book = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let state = book
             .entry((source.to_owned(), credential.to_owned()))
-            .or_insert_with(|| super::DiscoveryState {
+            .or_insert_with(|| DiscoveryState {
                 credential: credential.to_owned(),
                 source: source.to_owned(),
                 ..Default::default()
@@ -275,7 +276,7 @@ impl DiscoveryBook {
         }
     }
 
-    pub(super) fn states(&self) -> Vec<super::DiscoveryState> {
+    pub(super) fn states(&self) -> Vec<DiscoveryState> {
         let book = self.0.lock().unwrap_or_else(|e| e.into_inner());
         book.values().cloned().collect()
     }
