@@ -3,6 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::Target;
+
 /// One target's part of an answer.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TargetResult {
@@ -23,6 +25,23 @@ pub struct TargetResult {
     pub warnings: Vec<String>,
     pub account_id: String,
     pub account_name: String,
+}
+
+impl TargetResult {
+    /// A result for `target`, failed with `error` if there is one, with nothing read yet.
+    pub fn of(target: &Target, error: Option<TargetError>) -> Self {
+        let (account_id, account_name) = target.account_id_and_name();
+        TargetResult {
+            account_id: account_id.to_owned(),
+            account_name: account_name.to_owned(),
+            project_id: target.project_id.to_string(),
+            project_name: target.project_name.clone(),
+            region: target.region.to_string(),
+            ok: error.is_none(),
+            error,
+            ..Default::default()
+        }
+    }
 }
 
 /// Why a target failed (built from a `DdmError` by `read::target_error`).

@@ -44,19 +44,11 @@ pub(super) struct TargetProgress {
 
 impl TargetProgress {
     pub(super) fn result(&self, target: &Target, error: Option<TargetError>) -> TargetResult {
-        let (account_id, account_name) = target.account_id_and_name();
         TargetResult {
-            account_id: account_id.to_owned(),
-            account_name: account_name.to_owned(),
-            project_id: target.project_id.to_string(),
-            project_name: target.project_name.clone(),
-            region: target.region.to_string(),
-            ok: error.is_none(),
             backups: self.backups.load(Ordering::Relaxed),
             upstream_total: self.total.load(Ordering::Relaxed),
             pages: self.pages.load(Ordering::Relaxed),
-            error,
-            ..Default::default()
+            ..TargetResult::of(target, error)
         }
     }
 }
