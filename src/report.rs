@@ -344,16 +344,13 @@ fn join(
     query: &ReportQuery,
     now: SystemTime,
 ) -> (Vec<InstanceRow>, TargetResult) {
-    let mut result = backups.unwrap_or_else(|| TargetResult {
-        project_id: target.project_id.to_string(),
-        project_name: target.project_name.clone(),
-        region: target.region.to_string(),
-        error: Some(TargetError {
+    let mut result = backups.unwrap_or_else(|| {
+        let not_read = TargetError {
             kind: "internal".into(),
             message: "the target's backups were not read".into(),
             ..Default::default()
-        }),
-        ..Default::default()
+        };
+        TargetResult::of(target, Some(not_read))
     });
     let backups_read = result.ok;
     let stale_before = Timestamp::from(now.checked_sub(query.stale_after).unwrap_or(now));
@@ -405,4 +402,56 @@ fn join(
             .cmp(&(b.instance_name.as_str(), b.instance_id.as_str()))
     });
     (rows, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ddm::Credential;
+    use crate::inventory::TargetSource;
+
+    /// A target whose backups never came back is failed, and keyed as its own (a member
+    /// account's project without an id yet is known by its account and name).
+    #[test]
+    fn a_target_without_backups_read_fails_as_itself() {
+        let target = Target {
+            project_id: "".into(),
+            project_name: "cn-north-4_payments".into(),
+            region: "cn-north-4".into(),
+            endpoint: "http://127.0.0.1:1".into(),
+            credential: Arc::new(Credential::token("t", "x".to_owned().into())),
+            source: TargetSource::Organization,
+            account: Some(Arc::new(Account {
+                id: "0a1b".into(),
+                name: "payments".into(),
+                status: "active".into(),
+            })),
+        };
+        let query = ReportQuery {
+            project_ids: Vec::new(),
+            regions: Vec::new(),
+            accounts: Vec::new(),
+            stale_after: Duration::from_secs(3600),
+            protections: Vec::new(),
+            max_age: None,
+            deadline: None,
+            caller: Arc::new(Caller::anonymous()),
+        };
+        let (rows, result) = join(
+            &target,
+            None,
+            BTreeMap::new(),
+            None,
+            &query,
+            SystemTime::now(),
+        );
+        assert!(rows.is_empty());
+        assert!(!result.ok);
+        assert_eq!(result.error.as_ref().map(|e| &*e.kind), Some("internal"));
+        assert_eq!(
+            (&*result.account_id, &*result.account_name),
+            ("0a1b", "payments")
+        );
+        assert_eq!(result_key(&result), target.key());
+    }
 }
