@@ -24,7 +24,6 @@ use super::token::{IamToken, Scope, TokenSlots};
 
 pub(super) const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
 const X_SDK_DATE: HeaderName = HeaderName::from_static("x-sdk-date");
-pub(super) const X_SUBJECT_TOKEN: &str = "x-subject-token";
 
 /// One IAM request, answer included: start-up and discovery never hang on IAM.
 pub(super) const IAM_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);

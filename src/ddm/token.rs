@@ -11,10 +11,16 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::auth::{
-    Credential, IAM_REQUEST_TIMEOUT, IamPassword, X_AUTH_TOKEN, X_SUBJECT_TOKEN, header_string,
-    sensitive_header, unix_now,
+    Credential, IAM_REQUEST_TIMEOUT, IamPassword, X_AUTH_TOKEN, header_string, sensitive_header,
+    unix_now,
 };
 use super::error::{DdmError, upstream_error};
+
+/// Where IAM puts the token it issued.
+const X_SUBJECT_TOKEN: &str = "x-subject-token";
+/// An IAM user's token is renewed at most this long before it expires (a tenth of its life if
+/// that is less; agencies have their own margin).
+const RENEW_AHEAD: Duration = Duration::from_secs(15 * 60);
 
 pub struct IamToken {
     pub(super) value: SecretString,
@@ -178,7 +184,7 @@ impl Credential {
         };
         let unreadable = |what: String| self.auth_error(format!("IAM's token answer {what}"), None);
         TokenBody::read(&bytes)
-            .and_then(|body| body.token(value, asked_at, Duration::from_secs(15 * 60)))
+            .and_then(|body| body.token(value, asked_at, RENEW_AHEAD))
             .map_err(unreadable)
     }
 }
