@@ -969,6 +969,17 @@ fn start_redis() -> Option<(Proc, u16)> {
     ready.then_some((Proc { child }, port))
 }
 
+/// How long `query` takes, and how many ListBackups requests the simulator answered meanwhile.
+async fn timed<T>(sim: &Sim, query: impl Future<Output = T>) -> (f64, u64) {
+    let before = sim_list_requests(sim).await;
+    let start = Instant::now();
+    query.await;
+    (
+        start.elapsed().as_secs_f64(),
+        sim_list_requests(sim).await - before,
+    )
+}
+
 /// The inventory of rows 1–4 through one replica, and through two sharing a Redis.
 async fn replicas(reps: usize, dir: &Path) -> Vec<Row> {
     let Some((_redis, port)) = start_redis() else {
@@ -982,88 +993,64 @@ async fn replicas(reps: usize, dir: &Path) -> Vec<Row> {
         inventory_limits(),
         fastrand::u32(..)
     );
-    let (mut one, mut two, mut b_first) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut one_warm, mut two_warm) = (Vec::new(), Vec::new());
-    let (mut one_asked, mut two_asked, mut b_asked) = (0, 0, 0);
-    let (mut one_warm_asked, mut two_warm_asked) = (0, 0);
+    // Per row: (seconds, upstream requests) of each repetition.
+    let (mut one, mut one_warm, mut two, mut two_warm, mut from_redis) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let all = |gw: &Gateway| stream_counted(gw.channel.clone(), everything.clone());
     for rep in 0..reps {
-        // One replica: cold.
+        // One replica: cold, then the same again from its own cache.
         let gw = start_gateway(&sim, &inventory_limits()).await;
-        let before = sim_list_requests(&sim).await;
-        one.push(
-            stream_counted(gw.channel.clone(), everything.clone())
-                .await
-                .1,
-        );
-        one_asked = sim_list_requests(&sim).await - before;
-        // The same again: warm, from its own cache.
-        let before = sim_list_requests(&sim).await;
-        one_warm.push(
-            stream_counted(gw.channel.clone(), everything.clone())
-                .await
-                .1,
-        );
-        one_warm_asked = sim_list_requests(&sim).await - before;
+        one.push(timed(&sim, all(&gw)).await);
+        one_warm.push(timed(&sim, all(&gw)).await);
         drop(gw);
-        // Two replicas sharing Redis (a key prefix of their own each round: cold), asked at once.
+        // Two replicas sharing Redis (a key prefix of their own each round: cold), asked at
+        // once; then the same again on both, each from its own cache.
         let shared = shared.replace("bench", &format!("bench{rep}-"));
         let (a, b) = (
             start_gateway(&sim, &shared).await,
             start_gateway(&sim, &shared).await,
         );
-        let before = sim_list_requests(&sim).await;
-        let start = Instant::now();
-        tokio::join!(
-            stream_counted(a.channel.clone(), everything.clone()),
-            stream_counted(b.channel.clone(), everything.clone())
-        );
-        two.push(start.elapsed().as_secs_f64());
-        two_asked = sim_list_requests(&sim).await - before;
-        // The same again on both: warm, each from its own cache.
-        let before = sim_list_requests(&sim).await;
-        let start = Instant::now();
-        tokio::join!(
-            stream_counted(a.channel.clone(), everything.clone()),
-            stream_counted(b.channel.clone(), everything.clone())
-        );
-        two_warm.push(start.elapsed().as_secs_f64());
-        two_warm_asked = sim_list_requests(&sim).await - before;
+        two.push(timed(&sim, async { tokio::join!(all(&a), all(&b)) }).await);
+        two_warm.push(timed(&sim, async { tokio::join!(all(&a), all(&b)) }).await);
         // A third replica's first query: every page from Redis.
         let c = start_gateway(&sim, &shared).await;
-        let before = sim_list_requests(&sim).await;
-        b_first.push(
-            stream_counted(c.channel.clone(), everything.clone())
-                .await
-                .1,
-        );
-        b_asked = sim_list_requests(&sim).await - before;
+        from_redis.push(timed(&sim, all(&c)).await);
     }
+    let row = |name: &str, samples: Vec<(f64, u64)>, target: &str| {
+        let asked = samples.last().map_or(0, |s| s.1);
+        let secs = median(samples.into_iter().map(|s| s.0).collect());
+        Row {
+            name: name.into(),
+            value: format!("{:.0} ms, {asked}", secs * 1000.0),
+            target: target.into(),
+        }
+    };
     vec![
-        Row {
-            name: "1 replica, cold inventory: time, upstream requests".into(),
-            value: format!("{:.0} ms, {one_asked}", median(one) * 1000.0),
-            target: "(reference)".into(),
-        },
-        Row {
-            name: "  warm (the same again, from its cache)".into(),
-            value: format!("{:.0} ms, {one_warm_asked}", median(one_warm) * 1000.0),
-            target: "(reference)".into(),
-        },
-        Row {
-            name: "2 replicas + Redis, the same query on both at once".into(),
-            value: format!("{:.0} ms, {two_asked}", median(two) * 1000.0),
-            target: "each page once".into(),
-        },
-        Row {
-            name: "  warm (the same again on both)".into(),
-            value: format!("{:.0} ms, {two_warm_asked}", median(two_warm) * 1000.0),
-            target: "0 upstream requests".into(),
-        },
-        Row {
-            name: "  a new replica's first query (pages from Redis)".into(),
-            value: format!("{:.0} ms, {b_asked}", median(b_first) * 1000.0),
-            target: "0 upstream requests".into(),
-        },
+        row(
+            "1 replica, cold inventory: time, upstream requests",
+            one,
+            "(reference)",
+        ),
+        row(
+            "  warm (the same again, from its cache)",
+            one_warm,
+            "(reference)",
+        ),
+        row(
+            "2 replicas + Redis, the same query on both at once",
+            two,
+            "each page once",
+        ),
+        row(
+            "  warm (the same again on both)",
+            two_warm,
+            "0 upstream requests",
+        ),
+        row(
+            "  a new replica's first query (pages from Redis)",
+            from_redis,
+            "0 upstream requests",
+        ),
     ]
 }
 
