@@ -250,7 +250,7 @@ fn callers_are_checked_key_by_key() {
 }
 
 #[test]
-fn shared_state_needs_a_plain_redis_url_and_keeps_its_password_out_of_sight() {
+fn shared_state_needs_a_redis_url_and_keeps_its_password_out_of_sight() {
     // SAFETY: these variables are read by this module's tests only.
     unsafe {
         std::env::set_var("BACKUPGW_TEST_CONFIG_TOKEN", "t0k3n");

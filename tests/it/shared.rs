@@ -101,6 +101,21 @@ impl Redis {
         }
     }
 
+    /// A connection of the test's own, to look at what the gateways stored.
+    pub async fn connect(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.options().url).unwrap();
+        client.get_multiplexed_async_connection().await.unwrap()
+    }
+
+    /// The keys that match `pattern`.
+    pub async fn keys(&self, pattern: &str) -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query_async(&mut self.connect().await)
+            .await
+            .unwrap()
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -173,17 +188,11 @@ async fn a_replica_answers_what_another_just_read_without_asking_the_upstream() 
     );
     assert!(metrics.contains("backupgw_shared_up 1"), "{metrics}");
     // Pages live in Redis with the cache's TTL (300 s in these gateways).
-    let client = redis::Client::open(redis.options().url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let pages: Vec<String> = redis::cmd("KEYS")
-        .arg("backupgw:page:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let pages = redis.keys("backupgw:page:*").await;
     assert_eq!(pages.len() as u64, PAGES);
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&pages[0])
-        .query_async(&mut conn)
+        .query_async(&mut redis.connect().await)
         .await
         .unwrap();
     assert!((1..=300_000).contains(&ttl), "{ttl}");
@@ -246,13 +255,7 @@ async fn a_replica_reports_from_the_instance_lists_another_just_read() {
             .any(|(_, status, _, backups)| *backups == 0 && !status.is_empty()),
         "{from_b:?}"
     );
-    let client = redis::Client::open(redis.options().url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let lists: Vec<String> = redis::cmd("KEYS")
-        .arg("backupgw:instances:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let lists = redis.keys("backupgw:instances:*").await;
     assert_eq!(lists.len() as u64, projects);
 }
 
