@@ -300,12 +300,12 @@ pub(super) fn shared(
         None
     };
     Some(SharedOptions {
-        url: url.to_owned(),
         ca_pem,
         password,
         key_prefix: raw.key_prefix.clone(),
         timeout: Duration::from_millis(raw.timeout_ms.max(1)),
         retry_after: Duration::from_millis(raw.retry_after_ms),
         lease: Duration::from_millis(raw.lease_ms.max(1)),
+        ..SharedOptions::new(url)
     })
 }

@@ -7,11 +7,12 @@
 //! limits, says so once in the log and in `backupgw_shared_up 0`, leaves Redis alone for
 //! `retry_after`, then tries again, and recovers by itself. No query fails because of Redis.
 
+mod news;
 mod pace;
 mod pages;
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -40,6 +41,9 @@ pub struct SharedOptions {
     pub retry_after: Duration,
     /// How long one replica's fetch of a page keeps the others waiting for it at most.
     pub lease: Duration,
+    /// How often a waiter looks for that page by itself while news of fetches reach this
+    /// replica (they wake it at once; this is for news that were lost).
+    pub look_while_told: Duration,
 }
 
 impl std::fmt::Debug for SharedOptions {
@@ -67,6 +71,7 @@ impl SharedOptions {
             timeout: Duration::from_millis(250),
             retry_after: Duration::from_secs(1),
             lease: Duration::from_secs(10),
+            look_while_told: Duration::from_millis(500),
         }
     }
 }
@@ -77,7 +82,10 @@ pub struct SharedError(String);
 
 /// The connection to Redis, and whether it is answering.
 pub struct Shared {
+    /// For the subscription to the news of fetches (a connection of its own).
+    client: redis::Client,
     conn: ConnectionManager,
+    news: Arc<news::News>,
     options: SharedOptions,
     /// While Redis is failing: since when, and when to try it again.
     down: Mutex<Option<Instant>>,
@@ -117,13 +125,15 @@ impl Shared {
             .set_response_timeout(Some(options.timeout))
             .set_number_of_retries(1)
             .set_max_delay(options.timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| SharedError(e.to_string()))?;
         if let Some(m) = &metrics {
             m.shared_up(true);
         }
         Ok(Shared {
+            client,
             conn,
+            news: Arc::new(news::News::new()),
             options,
             down: Mutex::default(),
             metrics,
@@ -133,6 +143,28 @@ impl Shared {
 
     pub fn options(&self) -> &SharedOptions {
         &self.options
+    }
+
+    /// Whether the news of other replicas' fetches reach this one; watch it change. Starts
+    /// listening for them if this replica has not yet.
+    pub fn subscribed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.listen();
+        self.news.subscribed()
+    }
+
+    /// Starts listening for the news of fetches (once; on first use, inside the runtime).
+    fn listen(&self) {
+        self.news.listen(|| news::Channel {
+            client: self.client.clone(),
+            name: self.news_channel(),
+            timeout: self.options.timeout,
+            retry_after: self.options.retry_after,
+        });
+    }
+
+    /// Where the end of a fetch is told.
+    fn news_channel(&self) -> String {
+        format!("{}fetched", self.options.key_prefix)
     }
 
     fn key(&self, kind: &str, name: &str) -> String {

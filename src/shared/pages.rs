@@ -89,6 +89,14 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 ";
 
+/// KEYS: the lease; ARGV: this replica, the news channel, the value's key. Deletes the lease if
+/// this replica holds it, and tells the others that the fetch ended.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 0
+";
+
 /// What `stored_or_lease` found.
 enum Look {
     Stored(Vec<u8>),
@@ -96,7 +104,8 @@ enum Look {
     Held,
 }
 
-/// How often a waiter looks for the page another replica fetches: soon, then less often.
+/// How often a waiter looks for the page another replica fetches while no news reach it: soon,
+/// then less often.
 const FIRST_LOOK: Duration = Duration::from_millis(5);
 const LOOK_AT_MOST_EVERY: Duration = Duration::from_millis(50);
 
@@ -114,6 +123,7 @@ impl Shared {
     where
         F: Future<Output = Result<T, DdmError>>,
     {
+        self.listen();
         if !max_age.is_zero() {
             // Another replica may be fetching it: wait for that, a few leases at most.
             for _ in 0..3 {
@@ -249,31 +259,35 @@ impl Shared {
         .await
     }
 
-    /// Gives the lease up, if this replica still holds it.
+    /// Gives the lease up, if this replica still holds it, and tells the replicas waiting for
+    /// `name` that its fetch ended (`news.rs`).
     async fn release<T: Stored>(&self, name: &str) {
         let key = self.lease_key::<T>(name);
+        let told = self.key(T::KIND, name);
         let holder = self.replica.clone();
-        let script = redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-        );
+        let script = redis::Script::new(RELEASE);
         let _: Option<i64> = self
             .run(|mut c| {
                 let mut invocation = script.key(&key);
-                invocation.arg(&holder);
+                invocation.arg(&holder).arg(self.news_channel()).arg(&told);
                 async move { invocation.invoke_async(&mut c).await }
             })
             .await;
     }
 
     /// The page another replica is fetching, once it is stored; `None` when its lease ended
-    /// without one (failed, or its holder died) or Redis stopped answering.
+    /// without one (failed, or its holder died) or Redis stopped answering. Woken by the news
+    /// of the fetch's end; looks by itself too, often while no news reach this replica.
     async fn wait_for<T: Stored>(&self, name: &str, max_age: Duration) -> Option<(T, Duration)> {
         let (page_key, lease_key) = (self.key(T::KIND, name), self.lease_key::<T>(name));
+        let watch = self.news.watch(&page_key);
         let until = Instant::now() + self.options.lease;
         let mut look = FIRST_LOOK;
         while Instant::now() < until {
-            tokio::time::sleep(look).await;
-            look = (look * 2).min(LOOK_AT_MOST_EVERY);
+            // Enabled before looking: news that come meanwhile are not missed.
+            let told = watch.notify().notified();
+            tokio::pin!(told);
+            told.as_mut().enable();
             let (p, l) = (page_key.clone(), lease_key.clone());
             let (stored, leased): (Option<Vec<u8>>, bool) = self
                 .run(|mut c| {
@@ -287,6 +301,17 @@ impl Shared {
             }
             if !leased {
                 return None;
+            }
+            let next = if self.news.is_subscribed() {
+                self.options.look_while_told
+            } else {
+                let now = look;
+                look = (look * 2).min(LOOK_AT_MOST_EVERY);
+                now
+            };
+            tokio::select! {
+                () = &mut told => {}
+                () = tokio::time::sleep_until(until.min(Instant::now() + next)) => {}
             }
         }
         None

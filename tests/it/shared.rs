@@ -283,6 +283,45 @@ async fn concurrent_cold_queries_on_two_replicas_read_each_page_once() {
     assert_eq!(upstream(&from_a) + upstream(&from_b), PAGES);
 }
 
+/// A replica waiting for a page that another fetches is told when the fetch ends (Redis
+/// pub/sub): here it never looks again by itself, and still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_waiting_for_anothers_fetch_is_told_when_it_ends() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let options = SimOptions {
+        latency: Duration::from_millis(40),
+        ..sim_options()
+    };
+    let sim = start_sim(&spec(), options).await;
+    let told_only = SharedOptions {
+        lease: Duration::from_secs(3600),
+        look_while_told: Duration::from_secs(3600),
+        ..redis.options()
+    };
+    let mut a = replica(&sim, Some(told_only.clone())).await;
+    let mut b = replica(&sim, Some(told_only)).await;
+    for gw in [&a, &b] {
+        let shared = gw.inventory.cache().shared().unwrap();
+        shared.subscribed().wait_for(|s| *s).await.unwrap();
+    }
+    let both = async {
+        tokio::join!(
+            list(&mut a.client, pb::ListBackupsRequest::default()),
+            list(&mut b.client, pb::ListBackupsRequest::default()),
+        )
+    };
+    // Untold, a waiter would wait for the hour-long lease.
+    let (from_a, from_b) = tokio::time::timeout(Duration::from_secs(60), both)
+        .await
+        .expect("the waiting replica was told");
+    assert_eq!(sim.stats().list_requests, PAGES, "every page read once");
+    assert_eq!(from_a.by_key(), from_b.by_key());
+    assert_eq!(from_b.by_key().len(), spec().total_backups());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_together_keep_to_a_regions_rate() {
     if !Redis::available() {
