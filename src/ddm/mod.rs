@@ -10,6 +10,7 @@ pub mod organizations;
 pub mod retry;
 pub mod sign;
 pub mod standing;
+pub mod time;
 pub mod token;
 
 pub use crate::wire::EncodedPage;

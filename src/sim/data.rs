@@ -16,7 +16,8 @@
 use std::collections::HashMap;
 
 use crate::config::DDM_REGIONS;
-use crate::ddm::model::{BackupInfo, format_upstream_time};
+use crate::ddm::model::BackupInfo;
+use crate::ddm::time::format_upstream_time;
 
 /// The regions the simulator hands out first; then the rest of DDM's, in the SDK's order.
 const FIRST_REGIONS: &[&str] = &[

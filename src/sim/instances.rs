@@ -12,7 +12,7 @@ use serde_json::json;
 use super::data::{SimInstance, SimProject};
 use super::faults::ddm_error;
 use super::http::{RegionState, SimRequest, admitted, parse_params};
-use crate::ddm::model::format_upstream_time;
+use crate::ddm::time::format_upstream_time;
 
 /// How `offset` is read: the contract leaves it open, so the simulator serves either.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]

@@ -5,7 +5,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{WireType, message};
 
 use super::page::{EncodedPage, Meta};
-use crate::ddm::model::{BackupInfo, backup_type_of};
+use crate::ddm::model::BackupInfo;
+use crate::pb;
 
 /// Whose backups a page holds: written into every one of them.
 #[derive(Debug, Clone, Copy, Default)]
@@ -278,6 +279,16 @@ impl BackupFields<'_> {
         ] {
             string(tag, v, buf);
         }
+    }
+}
+
+/// The contract's enum for the upstream's `backup_type` (its name is kept verbatim beside it).
+fn backup_type_of(name: &str) -> pb::BackupType {
+    match name {
+        "" => pb::BackupType::Unspecified,
+        "auto_metadata" => pb::BackupType::AutoMetadata,
+        "metadata" => pb::BackupType::Metadata,
+        _ => pb::BackupType::Other,
     }
 }
 

@@ -54,11 +54,7 @@ async fn list_backups_follows_the_contract() {
         .collect();
     let instants: Vec<i64> = created
         .iter()
-        .map(|c| {
-            backupgw::ddm::model::parse_upstream_time(c)
-                .unwrap()
-                .seconds
-        })
+        .map(|c| backupgw::ddm::time::parse_upstream_time(c).unwrap().seconds)
         .collect();
     assert!(
         instants.windows(2).all(|w| w[0] >= w[1]),
