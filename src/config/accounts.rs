@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::raw::RawConfig;
+use super::raw::{RawConfig, RawOrganization};
 use super::{DDM_REGIONS, Problems, default_endpoint, validate_endpoint};
 use crate::accounts::{AccountSource, ListedAccount, Members, Organization, ProjectScope};
 use crate::callers::Patterns;
@@ -20,6 +20,31 @@ pub(super) fn sources(
     p: &mut Problems,
 ) -> Vec<Arc<AccountSource>> {
     let mut sources = Vec::new();
+    let listed = listed_accounts(raw, endpoints, credentials, p);
+    if !listed.is_empty() {
+        sources.push(Arc::new(AccountSource::new(
+            Members::Listed(listed),
+            Duration::from_secs(raw.discovery.interval_seconds.max(1)),
+        )));
+    }
+    if let Some(org) = &raw.organization
+        && let Some(organization) = organization(org, raw, endpoints, credentials, p)
+    {
+        sources.push(Arc::new(AccountSource::new(
+            Members::Organization(organization),
+            Duration::from_secs(org.refresh_seconds.max(1)),
+        )));
+    }
+    sources
+}
+
+/// `[[accounts]]`: the member accounts named one by one.
+fn listed_accounts(
+    raw: &RawConfig,
+    endpoints: &BTreeMap<String, String>,
+    credentials: &BTreeMap<String, Arc<Credential>>,
+    p: &mut Problems,
+) -> Vec<ListedAccount> {
     let mut listed = Vec::new();
     let mut names = HashSet::new();
     for (i, a) in raw.accounts.iter().enumerate() {
@@ -61,61 +86,55 @@ pub(super) fn sources(
             });
         }
     }
-    if !listed.is_empty() {
-        sources.push(Arc::new(AccountSource::new(
-            Members::Listed(listed),
-            Duration::from_secs(raw.discovery.interval_seconds.max(1)),
-        )));
+    listed
+}
+
+/// `[organization]`: every member account Organizations lists.
+fn organization(
+    org: &RawOrganization,
+    raw: &RawConfig,
+    endpoints: &BTreeMap<String, String>,
+    credentials: &BTreeMap<String, Arc<Credential>>,
+    p: &mut Problems,
+) -> Option<Organization> {
+    let central = central(
+        &org.credential,
+        "organization.credential",
+        raw,
+        credentials,
+        p,
+    );
+    if org.agency.trim().is_empty() {
+        p.push("organization.agency", "must not be empty");
     }
-    if let Some(org) = &raw.organization {
-        let key = "organization";
-        let central = central(
-            &org.credential,
-            "organization.credential",
-            raw,
-            credentials,
-            p,
-        );
-        if org.agency.trim().is_empty() {
-            p.push("organization.agency", "must not be empty");
-        }
-        if org.refresh_seconds == 0 {
-            p.push("organization.refresh_seconds", "must be at least 1");
-        }
-        if !(1..=2000).contains(&org.page_size) {
-            p.push("organization.page_size", "must be 1 to 2000");
-        }
-        let exclude = if org.exclude_accounts.is_empty() {
-            Some(None)
-        } else {
-            p.take(
-                Patterns::new(&org.exclude_accounts),
-                "organization.exclude_accounts",
-            )
-            .map(Some)
-        };
-        let endpoint = match &org.endpoint {
-            Some(e) => p.keep(validate_endpoint("organization.endpoint", e)),
-            None => Some(DEFAULT_ORGANIZATIONS_ENDPOINT.to_owned()),
-        };
-        let scopes = scopes(key, org.regions.as_deref(), &[], endpoints, p);
-        if let (Some(central), Some(exclude), Some(endpoint), Some(scopes)) =
-            (central, exclude, endpoint, scopes)
-        {
-            sources.push(Arc::new(AccountSource::new(
-                Members::Organization(Organization {
-                    central,
-                    endpoint,
-                    page_size: org.page_size.clamp(1, 2000),
-                    agency: org.agency.clone(),
-                    scopes,
-                    exclude,
-                }),
-                Duration::from_secs(org.refresh_seconds.max(1)),
-            )));
-        }
+    if org.refresh_seconds == 0 {
+        p.push("organization.refresh_seconds", "must be at least 1");
     }
-    sources
+    if !(1..=2000).contains(&org.page_size) {
+        p.push("organization.page_size", "must be 1 to 2000");
+    }
+    let exclude = if org.exclude_accounts.is_empty() {
+        Some(None)
+    } else {
+        p.take(
+            Patterns::new(&org.exclude_accounts),
+            "organization.exclude_accounts",
+        )
+        .map(Some)
+    };
+    let endpoint = match &org.endpoint {
+        Some(e) => p.keep(validate_endpoint("organization.endpoint", e)),
+        None => Some(DEFAULT_ORGANIZATIONS_ENDPOINT.to_owned()),
+    };
+    let scopes = scopes("organization", org.regions.as_deref(), &[], endpoints, p);
+    Some(Organization {
+        central: central?,
+        endpoint: endpoint?,
+        page_size: org.page_size.clamp(1, 2000),
+        agency: org.agency.clone(),
+        scopes: scopes?,
+        exclude: exclude?,
+    })
 }
 
 /// The central credential that assumes the agencies: an IAM user.

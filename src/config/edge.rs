@@ -86,85 +86,90 @@ pub(super) fn callers(raw: &[RawCaller], mtls: bool, p: &mut Problems) -> Arc<Ca
                 format!("another caller is named {:?}", c.name),
             );
         }
-        let credential = match (&c.api_key_sha256, &c.client_cert_subject) {
-            (Some(hash), None) => {
-                let mut bytes = [0u8; 32];
-                match hex::decode_to_slice(hash.trim().to_ascii_lowercase(), &mut bytes) {
-                    Ok(()) => Some(Credential::ApiKeySha256(bytes)),
-                    Err(_) => {
-                        p.push(
-                            format!("{key}.api_key_sha256"),
-                            "must be 64 hex characters: the SHA-256 of the key (`printf %s KEY | sha256sum`)",
-                        );
-                        None
-                    }
-                }
-            }
-            (None, Some(subject)) => {
-                if !mtls {
-                    p.push(
-                        format!("{key}.client_cert_subject"),
-                        "client certificates are only verified with [tls] client_ca_file",
-                    );
-                }
-                Some(Credential::ClientCertSubject(subject.trim().to_owned()))
-            }
-            _ => {
-                p.push(
-                    &key,
-                    "give exactly one of api_key_sha256 or client_cert_subject",
-                );
-                None
-            }
-        };
-        let projects = p.take(
-            if c.projects.is_empty() {
-                Err("must name at least one project glob (\"*\": every project)".to_owned())
-            } else {
-                Patterns::new(&c.projects)
-            },
-            format!("{key}.projects"),
-        );
-        let regions = match &c.regions {
-            None => Some(Patterns::any()),
-            Some(r) => p.take(Patterns::new(r), format!("{key}.regions")),
-        };
-        // An allow-list of accounts: `None` (the key absent) leaves accounts unrestricted.
-        let accounts = match &c.accounts {
-            None => Some(None),
-            Some(a) if a.is_empty() => {
-                p.push(
-                    format!("{key}.accounts"),
-                    "must name at least one account glob, or be left out",
-                );
-                None
-            }
-            Some(a) => p
-                .take(Patterns::new(a), format!("{key}.accounts"))
-                .map(Some),
-        };
+        let credential = caller_credential(&key, c, mtls, p);
+        let scope = scope(&key, c, p);
         if c.max_concurrent_streams == Some(0) {
             p.push(
                 format!("{key}.max_concurrent_streams"),
                 "must be at least 1",
             );
         }
-        if let (Some(credential), Some(projects), Some(regions), Some(accounts)) =
-            (credential, projects, regions, accounts)
-        {
-            let caller = Caller::new(
-                &c.name,
-                Scope {
-                    projects,
-                    regions,
-                    accounts,
-                },
-                c.max_concurrent_streams,
-            );
+        if let (Some(credential), Some(scope)) = (credential, scope) {
+            let caller = Caller::new(&c.name, scope, c.max_concurrent_streams);
             callers.push((Arc::new(caller), credential));
         }
     }
     Arc::new(CallerBook::new(callers))
+}
+
+/// How a caller is recognized: the SHA-256 of its API key, or its client certificate.
+fn caller_credential(key: &str, c: &RawCaller, mtls: bool, p: &mut Problems) -> Option<Credential> {
+    match (&c.api_key_sha256, &c.client_cert_subject) {
+        (Some(hash), None) => {
+            let mut bytes = [0u8; 32];
+            match hex::decode_to_slice(hash.trim().to_ascii_lowercase(), &mut bytes) {
+                Ok(()) => Some(Credential::ApiKeySha256(bytes)),
+                Err(_) => {
+                    p.push(
+                        format!("{key}.api_key_sha256"),
+                        "must be 64 hex characters: the SHA-256 of the key (`printf %s KEY | sha256sum`)",
+                    );
+                    None
+                }
+            }
+        }
+        (None, Some(subject)) => {
+            if !mtls {
+                p.push(
+                    format!("{key}.client_cert_subject"),
+                    "client certificates are only verified with [tls] client_ca_file",
+                );
+            }
+            Some(Credential::ClientCertSubject(subject.trim().to_owned()))
+        }
+        _ => {
+            p.push(
+                key,
+                "give exactly one of api_key_sha256 or client_cert_subject",
+            );
+            None
+        }
+    }
+}
+
+/// What a caller may see: its projects, regions and accounts.
+fn scope(key: &str, c: &RawCaller, p: &mut Problems) -> Option<Scope> {
+    let projects = p.take(
+        if c.projects.is_empty() {
+            Err("must name at least one project glob (\"*\": every project)".to_owned())
+        } else {
+            Patterns::new(&c.projects)
+        },
+        format!("{key}.projects"),
+    );
+    let regions = match &c.regions {
+        None => Some(Patterns::any()),
+        Some(r) => p.take(Patterns::new(r), format!("{key}.regions")),
+    };
+    // An allow-list of accounts: `None` (the key absent) leaves accounts unrestricted.
+    let accounts = match &c.accounts {
+        None => Some(None),
+        Some(a) if a.is_empty() => {
+            p.push(
+                format!("{key}.accounts"),
+                "must name at least one account glob, or be left out",
+            );
+            None
+        }
+        Some(a) => p
+            .take(Patterns::new(a), format!("{key}.accounts"))
+            .map(Some),
+    };
+    Some(Scope {
+        projects: projects?,
+        regions: regions?,
+        accounts: accounts?,
+    })
 }
 
 pub(super) fn tls(

@@ -16,51 +16,7 @@ pub(super) fn credential(
     files: &mut SecretFiles<'_>,
 ) -> Result<Credential, ConfigError> {
     let key = format!("credentials.{name}");
-    let set = [
-        ("token_env", c.token_env.is_some()),
-        ("token_file", c.token_file.is_some()),
-        ("domain", c.domain.is_some()),
-        ("user", c.user.is_some()),
-        ("password_env", c.password_env.is_some()),
-        ("password_file", c.password_file.is_some()),
-        ("access_key", c.access_key.is_some()),
-        ("secret_key_env", c.secret_key_env.is_some()),
-        ("secret_key_file", c.secret_key_file.is_some()),
-        ("iam_endpoint", c.iam_endpoint.is_some()),
-    ];
-    let allowed: &[&str] = match c.kind.as_str() {
-        "token" => &["token_env", "token_file"],
-        "iam_password" => &[
-            "domain",
-            "user",
-            "password_env",
-            "password_file",
-            "iam_endpoint",
-        ],
-        "aksk" => &[
-            "access_key",
-            "secret_key_env",
-            "secret_key_file",
-            "iam_endpoint",
-        ],
-        other => {
-            return Err(ConfigError::new(
-                format!("{key}.kind"),
-                format!(
-                    "{other:?} is not a credential kind; use \"token\", \"iam_password\" or \"aksk\""
-                ),
-            ));
-        }
-    };
-    if let Some((field, _)) = set
-        .iter()
-        .find(|(f, present)| *present && !allowed.contains(f))
-    {
-        return Err(ConfigError::new(
-            format!("{key}.{field}"),
-            format!("not used by a credential of kind {:?}", c.kind),
-        ));
-    }
+    only_fields_of_its_kind(&key, c)?;
     let iam_endpoint = match &c.iam_endpoint {
         Some(e) => validate_endpoint(&format!("{key}.iam_endpoint"), e)?,
         None => DEFAULT_IAM_ENDPOINT.to_owned(),
@@ -104,6 +60,56 @@ pub(super) fn credential(
         }),
     };
     Ok(Credential::new(name, kind))
+}
+
+/// A known `kind`, and no field that this kind does not use.
+fn only_fields_of_its_kind(key: &str, c: &RawCredential) -> Result<(), ConfigError> {
+    let set = [
+        ("token_env", c.token_env.is_some()),
+        ("token_file", c.token_file.is_some()),
+        ("domain", c.domain.is_some()),
+        ("user", c.user.is_some()),
+        ("password_env", c.password_env.is_some()),
+        ("password_file", c.password_file.is_some()),
+        ("access_key", c.access_key.is_some()),
+        ("secret_key_env", c.secret_key_env.is_some()),
+        ("secret_key_file", c.secret_key_file.is_some()),
+        ("iam_endpoint", c.iam_endpoint.is_some()),
+    ];
+    let allowed: &[&str] = match c.kind.as_str() {
+        "token" => &["token_env", "token_file"],
+        "iam_password" => &[
+            "domain",
+            "user",
+            "password_env",
+            "password_file",
+            "iam_endpoint",
+        ],
+        "aksk" => &[
+            "access_key",
+            "secret_key_env",
+            "secret_key_file",
+            "iam_endpoint",
+        ],
+        other => {
+            return Err(ConfigError::new(
+                format!("{key}.kind"),
+                format!(
+                    "{other:?} is not a credential kind; use \"token\", \"iam_password\" or \"aksk\""
+                ),
+            ));
+        }
+    };
+    match set
+        .iter()
+        .find(|(f, present)| *present && !allowed.contains(f))
+    {
+        Some((field, _)) => Err(ConfigError::new(
+            format!("{key}.{field}"),
+            format!("not used by a credential of kind {:?}", c.kind),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// How secrets are read: from the environment or from files relative to the configuration.
