@@ -70,6 +70,73 @@ struct Inner {
     shared_hits: Counter,
 }
 
+impl Inner {
+    /// Every metric under its name, with its help text. Counters get their `_total` suffix
+    /// from the encoder.
+    fn register(&mut self) {
+        self.registry.register(
+            "backupgw_upstream_requests",
+            "Upstream HTTP attempts, by region and HTTP status (\"transport\": no answer)",
+            self.upstream_requests.clone(),
+        );
+        self.registry.register(
+            "backupgw_upstream_request_duration_seconds",
+            "Time of one upstream HTTP attempt, body included",
+            self.upstream_duration.clone(),
+        );
+        self.registry.register(
+            "backupgw_upstream_retries",
+            "Upstream attempts that are retried, by region and reason",
+            self.upstream_retries.clone(),
+        );
+        self.registry.register(
+            "backupgw_cache_hits",
+            "Pages served from the cache",
+            self.cache_hits.clone(),
+        );
+        self.registry.register(
+            "backupgw_cache_misses",
+            "Pages fetched from the upstream",
+            self.cache_misses.clone(),
+        );
+        self.registry.register(
+            "backupgw_cache_bytes",
+            "Bytes the page cache holds",
+            self.cache_bytes.clone(),
+        );
+        self.registry.register(
+            "backupgw_rpc_requests",
+            "gRPC calls of backupgw.v1.BackupGateway, by method, final code and caller",
+            self.rpc_requests.clone(),
+        );
+        self.registry.register(
+            "backupgw_streams_open",
+            "backupgw.v1.BackupGateway calls in progress",
+            self.streams_open.clone(),
+        );
+        self.registry.register(
+            "backupgw_target_last_success_timestamp_seconds",
+            "When every page of the target was last read (Unix seconds)",
+            self.target_last_success.clone(),
+        );
+        self.registry.register(
+            "backupgw_target_up",
+            "1 when the target's last read succeeded, else 0",
+            self.target_up.clone(),
+        );
+        self.registry.register(
+            "backupgw_shared_up",
+            "1 while the shared state (Redis) answers, 0 while replicas fall back to their own",
+            self.shared_up.clone(),
+        );
+        self.registry.register(
+            "backupgw_shared_cache_hits",
+            "Pages and instance lists another replica fetched, read from the shared cache",
+            self.shared_hits.clone(),
+        );
+    }
+}
+
 /// The gateway's metrics; cheap to clone (one registry behind it).
 #[derive(Clone)]
 pub struct Metrics(Arc<Inner>);
@@ -93,96 +160,23 @@ fn duration_histogram() -> Histogram {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::default();
-        let upstream_requests = Family::<RegionStatus, Counter>::default();
-        let upstream_duration =
-            Family::<RegionLabel, Histogram>::new_with_constructor(duration_histogram as fn() -> _);
-        let upstream_retries = Family::<RegionReason, Counter>::default();
-        let cache_hits = Counter::default();
-        let cache_misses = Counter::default();
-        let cache_bytes = Gauge::default();
-        let rpc_requests = Family::<Rpc, Counter>::default();
-        let streams_open = Family::<Method, Gauge>::default();
-        let target_last_success = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
-        let target_up = Family::<TargetLabels, Gauge>::default();
-        let shared_up = Gauge::default();
-        let shared_hits = Counter::default();
-        // Counters get their `_total` suffix from the encoder.
-        registry.register(
-            "backupgw_upstream_requests",
-            "Upstream HTTP attempts, by region and HTTP status (\"transport\": no answer)",
-            upstream_requests.clone(),
-        );
-        registry.register(
-            "backupgw_upstream_request_duration_seconds",
-            "Time of one upstream HTTP attempt, body included",
-            upstream_duration.clone(),
-        );
-        registry.register(
-            "backupgw_upstream_retries",
-            "Upstream attempts that are retried, by region and reason",
-            upstream_retries.clone(),
-        );
-        registry.register(
-            "backupgw_cache_hits",
-            "Pages served from the cache",
-            cache_hits.clone(),
-        );
-        registry.register(
-            "backupgw_cache_misses",
-            "Pages fetched from the upstream",
-            cache_misses.clone(),
-        );
-        registry.register(
-            "backupgw_cache_bytes",
-            "Bytes the page cache holds",
-            cache_bytes.clone(),
-        );
-        registry.register(
-            "backupgw_rpc_requests",
-            "gRPC calls of backupgw.v1.BackupGateway, by method, final code and caller",
-            rpc_requests.clone(),
-        );
-        registry.register(
-            "backupgw_streams_open",
-            "backupgw.v1.BackupGateway calls in progress",
-            streams_open.clone(),
-        );
-        registry.register(
-            "backupgw_target_last_success_timestamp_seconds",
-            "When every page of the target was last read (Unix seconds)",
-            target_last_success.clone(),
-        );
-        registry.register(
-            "backupgw_target_up",
-            "1 when the target's last read succeeded, else 0",
-            target_up.clone(),
-        );
-        registry.register(
-            "backupgw_shared_up",
-            "1 while the shared state (Redis) answers, 0 while replicas fall back to their own",
-            shared_up.clone(),
-        );
-        registry.register(
-            "backupgw_shared_cache_hits",
-            "Pages and instance lists another replica fetched, read from the shared cache",
-            shared_hits.clone(),
-        );
-        Metrics(Arc::new(Inner {
-            registry,
-            upstream_requests,
-            upstream_duration,
-            upstream_retries,
-            cache_hits,
-            cache_misses,
-            cache_bytes,
-            rpc_requests,
-            streams_open,
-            target_last_success,
-            target_up,
-            shared_up,
-            shared_hits,
-        }))
+        let mut inner = Inner {
+            registry: Registry::default(),
+            upstream_requests: Family::default(),
+            upstream_duration: Family::new_with_constructor(duration_histogram as fn() -> _),
+            upstream_retries: Family::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_bytes: Gauge::default(),
+            rpc_requests: Family::default(),
+            streams_open: Family::default(),
+            target_last_success: Family::default(),
+            target_up: Family::default(),
+            shared_up: Gauge::default(),
+            shared_hits: Counter::default(),
+        };
+        inner.register();
+        Metrics(Arc::new(inner))
     }
 
     /// One upstream HTTP attempt: its status (`None`: no answer) and how long it took.
