@@ -49,6 +49,23 @@ pub async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
         format!("cannot listen on {listen} (is another backupgw running? try --listen 127.0.0.1:0)")
     })?;
     let addr = listener.local_addr()?;
+    print_banner(&sim, &credentials, addr);
+    let live = Live::new(
+        Generation {
+            inventory,
+            callers: Arc::new(CallerBook::open()),
+            default_deadline: ServerOptions::default().default_deadline,
+        },
+        metrics,
+    );
+    let (_, stop) = signals();
+    backupgw::memory::start_trimming();
+    server::serve(listener, live, &ServerOptions::default(), stop).await?;
+    Ok(())
+}
+
+/// What the demo runs, the credentials the simulator accepts, and what to try.
+fn print_banner(sim: &Simulator, credentials: &backupgw::demo::DemoCredentials, addr: SocketAddr) {
     let set = sim.data();
     println!(
         "backupgw demo: the built-in DDM simulator with {} regions, {} accounts, {} projects, {} backups",
@@ -110,16 +127,4 @@ pub async fn run_demo(listen: SocketAddr, data: &DataArgs) -> Result<()> {
         "  backupgw ls{client} --region {} --newest-first",
         set.regions[0]
     );
-    let live = Live::new(
-        Generation {
-            inventory,
-            callers: Arc::new(CallerBook::open()),
-            default_deadline: ServerOptions::default().default_deadline,
-        },
-        metrics,
-    );
-    let (_, stop) = signals();
-    backupgw::memory::start_trimming();
-    server::serve(listener, live, &ServerOptions::default(), stop).await?;
-    Ok(())
 }
