@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
@@ -311,19 +311,7 @@ impl DdmClient {
         credential: &Credential,
         decode: Decoder<'_, T>,
     ) -> Result<T, (DdmError, Option<Authorized>)> {
-        let mut request = self.http.get(&call.url).build().map_err(|e| {
-            (
-                DdmError::Transport(format!("cannot build the request: {e}")),
-                None,
-            )
-        })?;
-        let project = HeaderValue::from_str(call.project_id).map_err(|_| {
-            (
-                DdmError::Transport("the project id is not a valid header".into()),
-                None,
-            )
-        })?;
-        request.headers_mut().insert(X_PROJECT_ID, project);
+        let mut request = self.request(call).map_err(|e| (e, None))?;
         let entered = async {
             let permits = call.gate.enter().await?;
             let authorized = credential
@@ -338,14 +326,7 @@ impl DdmClient {
             None => entered.await,
         };
         let (_permits, authorized) = entered.map_err(|e| (e, None))?;
-        let mut timeout = self.options.request_timeout;
-        if let Some(deadline) = call.deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err((DdmError::DeadlineExceeded, None));
-            }
-            timeout = timeout.min(left);
-        }
+        let timeout = self.timeout(call).map_err(|e| (e, None))?;
         call.sent.fetch_add(1, Ordering::Relaxed);
         let max_body = self.options.max_body_bytes;
         let mut answered: Option<u16> = None;
@@ -354,17 +335,7 @@ impl DdmClient {
             let response = self.http.execute(request).await.map_err(transport_error)?;
             let status = response.status().as_u16();
             answered = Some(status);
-            let request_id = response
-                .headers()
-                .get(X_REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let (request_id, retry_after) = request_id_and_retry_after(response.headers());
             let body = read_body(response, max_body).await.map_err(|e| match e {
                 BodyError::TooLarge(message) => DdmError::Decode {
                     status,
@@ -395,6 +366,48 @@ impl DdmClient {
         }
         result.map_err(|e| (e, Some(authorized)))
     }
+
+    /// The GET of `call`, with its project's header.
+    fn request(&self, call: &Call<'_>) -> Result<reqwest::Request, DdmError> {
+        let mut request = self
+            .http
+            .get(&call.url)
+            .build()
+            .map_err(|e| DdmError::Transport(format!("cannot build the request: {e}")))?;
+        let project = HeaderValue::from_str(call.project_id)
+            .map_err(|_| DdmError::Transport("the project id is not a valid header".into()))?;
+        request.headers_mut().insert(X_PROJECT_ID, project);
+        Ok(request)
+    }
+
+    /// How long the exchange may take: `request_timeout`, or less when the deadline is nearer.
+    fn timeout(&self, call: &Call<'_>) -> Result<Duration, DdmError> {
+        let timeout = self.options.request_timeout;
+        match call.deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(DdmError::DeadlineExceeded);
+                }
+                Ok(timeout.min(left))
+            }
+            None => Ok(timeout),
+        }
+    }
+}
+
+/// What an answer's headers say: its request id (for errors) and `Retry-After` (seconds).
+fn request_id_and_retry_after(headers: &HeaderMap) -> (Option<String>, Option<Duration>) {
+    let request_id = headers
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let retry_after = headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    (request_id, retry_after)
 }
 
 /// Installs the rustls crypto provider (ring) once per process: reqwest panics without one.
