@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::SimState;
 use super::auth::Caller;
-use super::data::SimAccount;
+use super::data::{SimAccount, SimAgency, SimProject};
 use super::http::{RegionState, SimRequest, iam_error, iam_time};
 
 /// IAM's other error shape (`error_msg`, `error_code`), as its agency pages show it.
@@ -22,6 +22,29 @@ fn iam_refusal(status: StatusCode, code: &str, message: &str) -> Response {
         axum::Json(json!({"error_msg": message, "error_code": code})),
     )
         .into_response()
+}
+
+/// Why IAM or Organizations refused, answered as `iam_refusal`.
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: &'static str, message: &str) -> Self {
+        Refusal {
+            status,
+            code,
+            message: message.to_owned(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        iam_refusal(self.status, self.code, &self.message)
+    }
 }
 
 /// The management account: the first IAM user's domain.
@@ -39,78 +62,16 @@ pub(super) fn assume_role(shared: &SimState, headers: &HeaderMap, auth: &Value) 
         Ok(d) => d,
         Err(r) => return iam_error(StatusCode::UNAUTHORIZED, &r.message),
     };
-    let role = &auth["identity"]["assume_role"];
-    let Some(agency_name) = role["agency_name"].as_str().or(role["xrole_name"].as_str()) else {
-        return iam_refusal(
-            StatusCode::BAD_REQUEST,
-            "IAM.0011",
-            "agency_name is missing.",
-        );
+    let assumed = match assumable(shared, &caller_domain, auth) {
+        Ok(assumed) => assumed,
+        Err(refused) => return refused.into_response(),
     };
-    let found = shared.data.accounts.iter().enumerate().find(|(_, a)| {
-        role["domain_id"].as_str() == Some(a.id.as_str())
-            || role["domain_name"].as_str() == Some(a.name.as_str())
-    });
-    let Some((index, account)) = found else {
-        return iam_refusal(
-            StatusCode::NOT_FOUND,
-            "IAM.0004",
-            "Could not find the domain.",
-        );
-    };
-    shared.auth.count_assume(&account.name);
-    if Some(caller_domain.as_str()) != central_domain(shared) {
-        return iam_refusal(
-            StatusCode::FORBIDDEN,
-            "IAM.0003",
-            "Policy doesn't allow iam:agencies:assume to be performed.",
-        );
-    }
-    if account.status != "active" {
-        return iam_refusal(
-            StatusCode::FORBIDDEN,
-            "IAM.0003",
-            "The account is suspended.",
-        );
-    }
-    let Some(agency) = account.agency.as_ref().filter(|a| a.name == agency_name) else {
-        return iam_refusal(
-            StatusCode::NOT_FOUND,
-            "IAM.0017",
-            &format!("Could not find agency {agency_name} in this account."),
-        );
-    };
-    let scope = &auth["scope"]["project"];
-    let project = shared
-        .data
-        .projects
-        .iter()
-        .filter(|p| p.account as usize == index + 1)
-        .find(|p| {
-            scope["id"].as_str() == Some(p.id.as_str())
-                || scope["name"].as_str() == Some(p.name.as_str())
-        });
-    let Some(project) = project else {
-        return iam_refusal(
-            StatusCode::NOT_FOUND,
-            "IAM.0005",
-            "Could not find the project.",
-        );
-    };
-    if agency
-        .regions
-        .as_ref()
-        .is_some_and(|r| !r.contains(&project.region))
-    {
-        return iam_refusal(
-            StatusCode::FORBIDDEN,
-            "IAM.0003",
-            &format!(
-                "Policy doesn't allow the agency to act in region {}.",
-                project.region
-            ),
-        );
-    }
+    let Assumed {
+        index,
+        account,
+        agency,
+        project,
+    } = assumed;
     let (token, issued_at, expires_at) =
         shared
             .auth
@@ -132,6 +93,112 @@ pub(super) fn assume_role(shared: &SimState, headers: &HeaderMap, auth: &Value) 
     response
 }
 
+/// What an `assume_role` reaches: a member account, its agency and one of its projects.
+struct Assumed<'a> {
+    /// The account's index in `DataSet::accounts`.
+    index: usize,
+    account: &'a SimAccount,
+    agency: &'a SimAgency,
+    project: &'a SimProject,
+}
+
+/// The account, agency and project `auth` asks for, if a user of `caller_domain` may assume
+/// the agency there; else IAM's refusal.
+fn assumable<'a>(
+    shared: &'a SimState,
+    caller_domain: &str,
+    auth: &Value,
+) -> Result<Assumed<'a>, Refusal> {
+    let role = &auth["identity"]["assume_role"];
+    let Some(agency_name) = role["agency_name"].as_str().or(role["xrole_name"].as_str()) else {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "IAM.0011",
+            "agency_name is missing.",
+        ));
+    };
+    let found = shared.data.accounts.iter().enumerate().find(|(_, a)| {
+        role["domain_id"].as_str() == Some(a.id.as_str())
+            || role["domain_name"].as_str() == Some(a.name.as_str())
+    });
+    let Some((index, account)) = found else {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            "IAM.0004",
+            "Could not find the domain.",
+        ));
+    };
+    shared.auth.count_assume(&account.name);
+    if Some(caller_domain) != central_domain(shared) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "IAM.0003",
+            "Policy doesn't allow iam:agencies:assume to be performed.",
+        ));
+    }
+    if account.status != "active" {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "IAM.0003",
+            "The account is suspended.",
+        ));
+    }
+    let Some(agency) = account.agency.as_ref().filter(|a| a.name == agency_name) else {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            "IAM.0017",
+            &format!("Could not find agency {agency_name} in this account."),
+        ));
+    };
+    let project = agency_project(shared, index, agency, &auth["scope"]["project"])?;
+    Ok(Assumed {
+        index,
+        account,
+        agency,
+        project,
+    })
+}
+
+/// The member's project that `scope` names, if the agency covers its region.
+fn agency_project<'a>(
+    shared: &'a SimState,
+    index: usize,
+    agency: &SimAgency,
+    scope: &Value,
+) -> Result<&'a SimProject, Refusal> {
+    let project = shared
+        .data
+        .projects
+        .iter()
+        .filter(|p| p.account as usize == index + 1)
+        .find(|p| {
+            scope["id"].as_str() == Some(p.id.as_str())
+                || scope["name"].as_str() == Some(p.name.as_str())
+        });
+    let Some(project) = project else {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            "IAM.0005",
+            "Could not find the project.",
+        ));
+    };
+    if agency
+        .regions
+        .as_ref()
+        .is_some_and(|r| !r.contains(&project.region))
+    {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "IAM.0003",
+            &format!(
+                "Policy doesn't allow the agency to act in region {}.",
+                project.region
+            ),
+        ));
+    }
+    Ok(project)
+}
+
 /// Markers name the index of the next account.
 fn marker(index: usize) -> String {
     format!("acct-{index:08}")
@@ -148,57 +215,13 @@ pub(super) async fn list_accounts(
         .stats
         .organizations_requests
         .fetch_add(1, Ordering::Relaxed);
-    let allowed = match request
-        .headers
-        .get("x-auth-token")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(token) => shared
-            .auth
-            .user_domain(token)
-            .map(|d| Some(d.as_str()) == central_domain(shared)),
-        None => shared
-            .auth
-            .authenticate(&shared.options.auth, &request.parts())
-            .map(|c| matches!(c, Caller::AccessKey)),
+    if let Err(refused) = may_list_accounts(shared, &request) {
+        return refused.into_response();
+    }
+    let (limit, start) = match paging(request.query().unwrap_or_default()) {
+        Ok(paging) => paging,
+        Err(refused) => return refused.into_response(),
     };
-    match allowed {
-        Err(r) => return iam_refusal(StatusCode::UNAUTHORIZED, r.code, &r.message),
-        Ok(false) => {
-            return iam_refusal(
-                StatusCode::FORBIDDEN,
-                "Organizations.1001",
-                "Only the management account or a delegated administrator may list accounts.",
-            );
-        }
-        Ok(true) => {}
-    }
-    let (mut limit, mut start) = (200usize, 0usize);
-    for (k, v) in form_urlencoded::parse(request.query().unwrap_or_default().as_bytes()) {
-        match &*k {
-            "limit" => match v.parse() {
-                Ok(n) if (1..=2000).contains(&n) => limit = n,
-                _ => {
-                    return iam_refusal(
-                        StatusCode::BAD_REQUEST,
-                        "Organizations.0001",
-                        "limit must be 1 to 2000.",
-                    );
-                }
-            },
-            "marker" => match v.strip_prefix("acct-").and_then(|n| n.parse().ok()) {
-                Some(n) => start = n,
-                None => {
-                    return iam_refusal(
-                        StatusCode::BAD_REQUEST,
-                        "Organizations.0002",
-                        "The marker is not valid.",
-                    );
-                }
-            },
-            _ => {}
-        }
-    }
     let page_size = match shared.options.org_page_size {
         0 => 200,
         n => n,
@@ -228,4 +251,63 @@ pub(super) async fn list_accounts(
     let next_marker = (next < members.len()).then(|| marker(next));
     axum::Json(json!({"accounts": page, "page_info": {"next_marker": next_marker, "current_count": page.len()}}))
         .into_response()
+}
+
+/// Only the management account may list its members: a user token of its domain, or its
+/// access key.
+fn may_list_accounts(shared: &SimState, request: &SimRequest) -> Result<(), Refusal> {
+    let allowed = match request
+        .headers
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(token) => shared
+            .auth
+            .user_domain(token)
+            .map(|d| Some(d.as_str()) == central_domain(shared)),
+        None => shared
+            .auth
+            .authenticate(&shared.options.auth, &request.parts())
+            .map(|c| matches!(c, Caller::AccessKey)),
+    };
+    match allowed {
+        Err(r) => Err(Refusal::new(StatusCode::UNAUTHORIZED, r.code, &r.message)),
+        Ok(false) => Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "Organizations.1001",
+            "Only the management account or a delegated administrator may list accounts.",
+        )),
+        Ok(true) => Ok(()),
+    }
+}
+
+/// `limit` and `marker`: how many accounts, from which one.
+fn paging(query: &str) -> Result<(usize, usize), Refusal> {
+    let (mut limit, mut start) = (200usize, 0usize);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "limit" => match v.parse() {
+                Ok(n) if (1..=2000).contains(&n) => limit = n,
+                _ => {
+                    return Err(Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        "Organizations.0001",
+                        "limit must be 1 to 2000.",
+                    ));
+                }
+            },
+            "marker" => match v.strip_prefix("acct-").and_then(|n| n.parse().ok()) {
+                Some(n) => start = n,
+                None => {
+                    return Err(Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        "Organizations.0002",
+                        "The marker is not valid.",
+                    ));
+                }
+            },
+            _ => {}
+        }
+    }
+    Ok((limit, start))
 }
