@@ -14,7 +14,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use super::SimState;
-use super::auth::{Caller, Rejection, RequestParts};
+use super::auth::{Caller, Rejection, RequestParts, SimUser};
 use super::data::SimProject;
 use super::faults::{self, ddm_error, gateway_error};
 
@@ -358,45 +358,15 @@ async fn iam_tokens(State(state): State<RegionState>, headers: HeaderMap, body: 
             "Only the password method is supported here.",
         );
     }
-    let user = &auth["identity"]["password"]["user"];
-    let (name, password, domain) = (
-        user["name"].as_str(),
-        user["password"].as_str(),
-        user["domain"]["name"].as_str(),
-    );
-    let known = shared.options.auth.users.iter().find(|u| {
-        use secrecy::ExposeSecret;
-        Some(u.name.as_str()) == name
-            && Some(u.domain.as_str()) == domain
-            && Some(u.password.expose_secret()) == password
-    });
-    let Some(known) = known else {
+    let Some(known) = known_user(shared, &auth["identity"]["password"]["user"]) else {
         return iam_error(
             StatusCode::UNAUTHORIZED,
             "The username or password is wrong.",
         );
     };
-    let scope = &auth["scope"];
-    let project = if scope["project"].is_object() {
-        let p = &scope["project"];
-        // Only our own account's projects: the members' are reached through agencies.
-        let found = match (p["id"].as_str(), p["name"].as_str()) {
-            (Some(id), _) => shared.data.project(id),
-            (None, Some(name)) => shared.data.projects.iter().find(|q| q.name == name),
-            _ => None,
-        }
-        .filter(|p| p.account == 0);
-        match found {
-            Some(p) => Some(p),
-            None => return iam_error(StatusCode::NOT_FOUND, "Could not find the project."),
-        }
-    } else if scope["domain"]["name"].as_str() == Some(known.domain.as_str()) {
-        None
-    } else {
-        return iam_error(
-            StatusCode::BAD_REQUEST,
-            "The scope must be a project or the user's domain.",
-        );
+    let project = match token_scope(shared, &auth["scope"], known) {
+        Ok(project) => project,
+        Err((status, message)) => return iam_error(status, message),
     };
     let (token, issued_at, expires_at) = shared.auth.issue_token(
         &shared.options.auth,
@@ -426,6 +396,51 @@ async fn iam_tokens(State(state): State<RegionState>, headers: HeaderMap, body: 
         response.headers_mut().insert("x-subject-token", v);
     }
     response
+}
+
+/// The IAM user whose name, domain and password `user` gives.
+fn known_user<'a>(shared: &'a SimState, user: &serde_json::Value) -> Option<&'a SimUser> {
+    let (name, password, domain) = (
+        user["name"].as_str(),
+        user["password"].as_str(),
+        user["domain"]["name"].as_str(),
+    );
+    shared.options.auth.users.iter().find(|u| {
+        use secrecy::ExposeSecret;
+        Some(u.name.as_str()) == name
+            && Some(u.domain.as_str()) == domain
+            && Some(u.password.expose_secret()) == password
+    })
+}
+
+/// What a password token is scoped to: one of our own projects (by id or name), or the user's
+/// domain (`None`).
+fn token_scope<'a>(
+    shared: &'a SimState,
+    scope: &serde_json::Value,
+    user: &SimUser,
+) -> Result<Option<&'a SimProject>, (StatusCode, &'static str)> {
+    if scope["project"].is_object() {
+        let p = &scope["project"];
+        // Only our own account's projects: the members' are reached through agencies.
+        let found = match (p["id"].as_str(), p["name"].as_str()) {
+            (Some(id), _) => shared.data.project(id),
+            (None, Some(name)) => shared.data.projects.iter().find(|q| q.name == name),
+            _ => None,
+        }
+        .filter(|p| p.account == 0);
+        match found {
+            Some(p) => Ok(Some(p)),
+            None => Err((StatusCode::NOT_FOUND, "Could not find the project.")),
+        }
+    } else if scope["domain"]["name"].as_str() == Some(user.domain.as_str()) {
+        Ok(None)
+    } else {
+        Err((
+            StatusCode::BAD_REQUEST,
+            "The scope must be a project or the user's domain.",
+        ))
+    }
 }
 
 /// `2020-01-04T09:05:22.701000Z`: UTC with microseconds.
