@@ -454,32 +454,24 @@ fn instance_backups(
 /// Statuses of the backups that are not `normal`.
 const ODD_BACKUP_STATUSES: &[&str] = &["creating", "failed", "restoring"];
 
-fn generate_project(
-    spec: &DataSpec,
-    account: Option<&str>,
-    region: &str,
-    name: String,
-) -> SimProject {
-    // Its own random stream, from the seed, its account and its name: a project's id does not
-    // move when the data set grows.
-    let mut hasher = std::hash::DefaultHasher::new();
-    match account {
-        None => std::hash::Hash::hash(&(spec.seed, &name), &mut hasher),
-        Some(a) => std::hash::Hash::hash(&(spec.seed, a, &name), &mut hasher),
+/// The latest daily backup window (02:00–03:00 GMT+08:00 is 18:00–19:00 UTC) that has passed
+/// at `now`.
+fn latest_window(now: i64) -> i64 {
+    let today = now - now.rem_euclid(86_400) + 18 * 3600;
+    if today + 3600 <= now {
+        today
+    } else {
+        today - 86_400
     }
-    let rng = &mut fastrand::Rng::with_seed(std::hash::Hasher::finish(&hasher));
-    let id = format!("{:032x}", rng.u128(..));
-    let utc_offset_minutes = if rng.u8(..3) == 0 { 480 } else { 0 };
-    let short = name.rsplit('_').next().unwrap_or(&name).to_owned();
-    // The latest daily window (02:00–03:00 GMT+08:00 is 18:00–19:00 UTC) that has passed.
-    let window = {
-        let today = spec.now - spec.now.rem_euclid(86_400) + 18 * 3600;
-        if today + 3600 <= spec.now {
-            today
-        } else {
-            today - 86_400
-        }
-    };
+}
+
+/// A project's instances, each of a class that decides its backups.
+fn generate_instances(
+    rng: &mut fastrand::Rng,
+    spec: &DataSpec,
+    short: &str,
+    window: i64,
+) -> Vec<SimInstance> {
     let mut instances = Vec::new();
     for i in 0..spec.instances_per_project {
         let id = rng.u128(..);
@@ -503,6 +495,28 @@ fn generate_project(
             class,
         });
     }
+    instances
+}
+
+fn generate_project(
+    spec: &DataSpec,
+    account: Option<&str>,
+    region: &str,
+    name: String,
+) -> SimProject {
+    // Its own random stream, from the seed, its account and its name: a project's id does not
+    // move when the data set grows.
+    let mut hasher = std::hash::DefaultHasher::new();
+    match account {
+        None => std::hash::Hash::hash(&(spec.seed, &name), &mut hasher),
+        Some(a) => std::hash::Hash::hash(&(spec.seed, a, &name), &mut hasher),
+    }
+    let rng = &mut fastrand::Rng::with_seed(std::hash::Hasher::finish(&hasher));
+    let id = format!("{:032x}", rng.u128(..));
+    let utc_offset_minutes = if rng.u8(..3) == 0 { 480 } else { 0 };
+    let short = name.rsplit('_').next().unwrap_or(&name).to_owned();
+    let window = latest_window(spec.now);
+    let mut instances = generate_instances(rng, spec, &short, window);
     let mut backups = Vec::with_capacity(spec.instances_per_project * spec.backups_per_instance);
     for (index, instance) in instances.iter().enumerate() {
         instance_backups(
