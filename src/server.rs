@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::api::Gateway;
 use crate::cache::PageCache;
@@ -254,15 +255,7 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<BackupGatewayServer<Gateway>>().await;
     if let Some(health_listener) = health_listener {
-        // Plaintext, health alone; it stops taking connections when the shutdown begins.
-        let live = Arc::clone(&live);
-        let health_only = tonic::transport::Server::builder()
-            .add_service(health_service.clone())
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(health_listener).with_nodelay(Some(true)),
-                async move { live.grace_over_begins().await },
-            );
-        tokio::spawn(health_only);
+        serve_health_only(health_listener, health_service.clone(), Arc::clone(&live));
     }
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -322,6 +315,18 @@ pub async fn serve(
         () = abandon => tracing::warn!("connections still open after the shutdown grace; closing them"),
     }
     Ok(())
+}
+
+/// Health alone, in plaintext, on a listener of its own; it stops taking connections when the
+/// shutdown begins.
+fn serve_health_only(listener: TcpListener, health: HealthServer<impl Health>, live: Arc<Live>) {
+    let health_only = tonic::transport::Server::builder()
+        .add_service(health)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move { live.grace_over_begins().await },
+        );
+    tokio::spawn(health_only);
 }
 
 /// The interceptor in front of `BackupGateway` (health and reflection stay open): establishes

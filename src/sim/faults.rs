@@ -271,23 +271,30 @@ pub async fn fail(
             v["padding"] = json!("x".repeat(faults.huge_body_bytes));
             json_body(v.to_string(), None)
         }
-        FailWith::SlowBody => {
-            let full = Bytes::from(page().to_string());
-            let pause = Duration::from_millis(faults.slow_body_ms);
-            let pieces = futures_util::stream::unfold(0usize, move |at| {
-                let full = full.clone();
-                async move {
-                    if at >= full.len() {
-                        return None;
-                    }
-                    tokio::time::sleep(pause).await;
-                    let end = (at + 64).min(full.len());
-                    Some((Ok::<_, std::io::Error>(full.slice(at..end)), end))
-                }
-            });
-            json_body(Body::from_stream(pieces), None)
-        }
+        FailWith::SlowBody => json_body(
+            slow_body(
+                Bytes::from(page().to_string()),
+                Duration::from_millis(faults.slow_body_ms),
+            ),
+            None,
+        ),
     }
+}
+
+/// `full`, 64 bytes at a time, `pause` before each piece.
+fn slow_body(full: Bytes, pause: Duration) -> Body {
+    let pieces = futures_util::stream::unfold(0usize, move |at| {
+        let full = full.clone();
+        async move {
+            if at >= full.len() {
+                return None;
+            }
+            tokio::time::sleep(pause).await;
+            let end = (at + 64).min(full.len());
+            Some((Ok::<_, std::io::Error>(full.slice(at..end)), end))
+        }
+    });
+    Body::from_stream(pieces)
 }
 
 #[cfg(test)]
