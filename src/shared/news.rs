@@ -120,6 +120,8 @@ impl Drop for Watch {
 }
 
 async fn listen(channel: Channel, news: Weak<News>) {
+    // Whether a refusal was logged since the last subscription.
+    let mut said = false;
     loop {
         let subscribed = tokio::time::timeout(channel.timeout, async {
             let mut pubsub = channel.client.get_async_pubsub().await?;
@@ -127,7 +129,19 @@ async fn listen(channel: Channel, news: Weak<News>) {
             Ok::<_, redis::RedisError>(pubsub)
         })
         .await;
+        if let Ok(Err(e)) = &subscribed
+            && !said
+            && !is_unreachable(e)
+        {
+            said = true;
+            tracing::warn!(
+                error = e.category(),
+                channel = channel.name,
+                "Redis refuses this replica the news of other replicas' fetches (its ACL?); waiting for another's fetch, it looks for it every few milliseconds instead"
+            );
+        }
         if let Ok(Ok(pubsub)) = subscribed {
+            said = false;
             let mut messages = pubsub.into_on_message();
             match news.upgrade() {
                 Some(news) => news.subscribed.send_replace(true),
@@ -148,4 +162,9 @@ async fn listen(channel: Channel, news: Weak<News>) {
         // Redis' own troubles are logged by the operations that meet them.
         tokio::time::sleep(channel.retry_after.max(RESUBSCRIBE_AFTER_AT_LEAST)).await;
     }
+}
+
+/// Redis away (logged by the operations that meet it), not Redis refusing.
+fn is_unreachable(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped()
 }

@@ -90,10 +90,11 @@ return 0
 ";
 
 /// KEYS: the lease; ARGV: this replica, the news channel, the value's key. Deletes the lease if
-/// this replica holds it, and tells the others that the fetch ended.
+/// this replica holds it, and tells the others that the fetch ended (a Redis whose ACL refuses
+/// the channel still gets the lease back: the waiters then look by themselves).
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+redis.pcall('PUBLISH', ARGV[2], ARGV[3])
 return 0
 ";
 

@@ -75,6 +75,21 @@ impl Redis {
         )
     }
 
+    /// With an ACL that gives its user every key and command but no pub/sub channel.
+    pub fn start_without_channels() -> Self {
+        let port = free_port();
+        let user = [
+            "--user",
+            "default",
+            "on",
+            "nopass",
+            "~*",
+            "+@all",
+            "resetchannels",
+        ];
+        Redis::start_with(port, &[&["--port", &port.to_string()], &user[..]].concat())
+    }
+
     fn start_with(port: u16, args: &[&str]) -> Self {
         let mut child = Command::new("redis-server")
             .args(args)
@@ -320,6 +335,39 @@ async fn a_replica_waiting_for_anothers_fetch_is_told_when_it_ends() {
     assert_eq!(sim.stats().list_requests, PAGES, "every page read once");
     assert_eq!(from_a.by_key(), from_b.by_key());
     assert_eq!(from_b.by_key().len(), spec().total_backups());
+}
+
+/// A Redis whose ACL refuses the channel of the news: replicas still share every page, each
+/// read once, and Redis is never taken for gone (waiters look for the pages by themselves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_refuses_the_news_still_shares_every_page_once() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start_without_channels();
+    let options = SimOptions {
+        latency: Duration::from_millis(40),
+        ..sim_options()
+    };
+    let sim = start_sim(&spec(), options).await;
+    // A Redis taken for gone would be left alone for the rest of the test.
+    let patient = SharedOptions {
+        retry_after: Duration::from_secs(3600),
+        ..redis.options()
+    };
+    let mut a = replica(&sim, Some(patient.clone())).await;
+    let mut b = replica(&sim, Some(patient)).await;
+    let (from_a, from_b) = tokio::join!(
+        list(&mut a.client, pb::ListBackupsRequest::default()),
+        list(&mut b.client, pb::ListBackupsRequest::default()),
+    );
+    assert_eq!(sim.stats().list_requests, PAGES, "every page read once");
+    assert_eq!(from_a.by_key(), from_b.by_key());
+    assert_eq!(from_b.by_key().len(), spec().total_backups());
+    for gw in [&a, &b] {
+        let metrics = gw.inventory.metrics().unwrap().render();
+        assert!(metrics.contains("backupgw_shared_up 1"), "{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
