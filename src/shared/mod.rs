@@ -20,6 +20,7 @@ use redis::{IntoConnectionInfo as _, RedisResult};
 use secrecy::{ExposeSecret as _, SecretString};
 use tokio::time::Instant;
 
+pub use news::Subscription;
 pub use pace::SharedPace;
 pub use pages::{Stored, instances_key, page_key};
 
@@ -147,9 +148,9 @@ impl Shared {
 
     /// Whether the news of other replicas' fetches reach this one; watch it change. Starts
     /// listening for them if this replica has not yet.
-    pub fn subscribed(&self) -> tokio::sync::watch::Receiver<bool> {
+    pub fn subscription(&self) -> tokio::sync::watch::Receiver<Subscription> {
         self.listen();
-        self.news.subscribed()
+        self.news.subscription()
     }
 
     /// Starts listening for the news of fetches (once; on first use, inside the runtime).

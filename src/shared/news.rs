@@ -17,8 +17,18 @@ use tokio::task::AbortHandle;
 /// Waiters by the key they wait for, and whether this replica is subscribed.
 pub(super) struct News {
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
-    subscribed: watch::Sender<bool>,
+    subscription: watch::Sender<Subscription>,
     listener: OnceLock<AbortHandle>,
+}
+
+/// Whether the news reach this replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription {
+    Subscribed,
+    /// Not yet, or Redis is away: tried again after `retry_after`.
+    Away,
+    /// Redis refuses the channel (an ACL without it); tried again after `retry_after`.
+    Refused,
 }
 
 /// How to listen: the connection's settings and the channel.
@@ -38,7 +48,7 @@ impl News {
     pub(super) fn new() -> Self {
         News {
             waiters: Mutex::default(),
-            subscribed: watch::Sender::new(false),
+            subscription: watch::Sender::new(Subscription::Away),
             listener: OnceLock::new(),
         }
     }
@@ -51,12 +61,12 @@ impl News {
     }
 
     /// Whether news reach this replica now; watch it change.
-    pub(super) fn subscribed(&self) -> watch::Receiver<bool> {
-        self.subscribed.subscribe()
+    pub(super) fn subscription(&self) -> watch::Receiver<Subscription> {
+        self.subscription.subscribe()
     }
 
     pub(super) fn is_subscribed(&self) -> bool {
-        *self.subscribed.borrow()
+        *self.subscription.borrow() == Subscription::Subscribed
     }
 
     /// Interest in `key`, until the watch is dropped.
@@ -129,38 +139,51 @@ async fn listen(channel: Channel, news: Weak<News>) {
             Ok::<_, redis::RedisError>(pubsub)
         })
         .await;
-        if let Ok(Err(e)) = &subscribed
-            && !said
-            && !is_unreachable(e)
-        {
-            said = true;
-            tracing::warn!(
-                error = e.category(),
-                channel = channel.name,
-                "Redis refuses this replica the news of other replicas' fetches (its ACL?); waiting for another's fetch, it looks for it every few milliseconds instead"
-            );
-        }
-        if let Ok(Ok(pubsub)) = subscribed {
-            said = false;
-            let mut messages = pubsub.into_on_message();
-            match news.upgrade() {
-                Some(news) => news.subscribed.send_replace(true),
-                None => return,
-            };
-            // Ends when the connection does (Redis went away).
-            while let Some(message) = messages.next().await {
-                let Some(news) = news.upgrade() else { return };
-                if let Ok(key) = message.get_payload::<String>() {
-                    news.tell(&key);
+        let state = match subscribed {
+            Ok(Ok(pubsub)) => {
+                said = false;
+                if !set(&news, Subscription::Subscribed) {
+                    return;
                 }
+                // Ends when the connection does (Redis went away).
+                let mut messages = pubsub.into_on_message();
+                while let Some(message) = messages.next().await {
+                    let Some(news) = news.upgrade() else { return };
+                    if let Ok(key) = message.get_payload::<String>() {
+                        news.tell(&key);
+                    }
+                }
+                Subscription::Away
             }
-            match news.upgrade() {
-                Some(news) => news.subscribed.send_replace(false),
-                None => return,
-            };
+            Ok(Err(e)) if !is_unreachable(&e) => {
+                if !said {
+                    said = true;
+                    tracing::warn!(
+                        error = e.code().unwrap_or(e.category()),
+                        channel = channel.name,
+                        "Redis refuses this replica the news of other replicas' fetches (its ACL?); waiting for another's fetch, it looks for it every few milliseconds instead"
+                    );
+                }
+                Subscription::Refused
+            }
+            // Redis away: logged by the operations that meet it.
+            Ok(Err(_)) | Err(_) => Subscription::Away,
+        };
+        if !set(&news, state) {
+            return;
         }
-        // Redis' own troubles are logged by the operations that meet them.
         tokio::time::sleep(channel.retry_after.max(RESUBSCRIBE_AFTER_AT_LEAST)).await;
+    }
+}
+
+/// Records the subscription's state; false once the news are gone.
+fn set(news: &Weak<News>, state: Subscription) -> bool {
+    match news.upgrade() {
+        Some(news) => {
+            news.subscription.send_replace(state);
+            true
+        }
+        None => false,
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use backupgw::inventory::{Limits, RegionLimits};
 use backupgw::pb;
-use backupgw::shared::SharedOptions;
+use backupgw::shared::{SharedOptions, Subscription};
 use backupgw::sim::{DataSpec, FaultPlan, Faults, SimOptions};
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -320,7 +320,11 @@ async fn a_replica_waiting_for_anothers_fetch_is_told_when_it_ends() {
     let mut b = replica(&sim, Some(told_only)).await;
     for gw in [&a, &b] {
         let shared = gw.inventory.cache().shared().unwrap();
-        shared.subscribed().wait_for(|s| *s).await.unwrap();
+        let mut subscription = shared.subscription();
+        subscription
+            .wait_for(|s| *s == Subscription::Subscribed)
+            .await
+            .unwrap();
     }
     let both = async {
         tokio::join!(
@@ -566,6 +570,31 @@ async fn a_redis_that_is_not_there_is_said_once_and_fails_nothing() {
     assert_eq!(
         logs.matches("shared state (Redis) unreachable").count(),
         1,
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_redis_that_refuses_the_news_is_said() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start_without_channels();
+    let _ = tracing_subscriber::registry().try_init();
+    let captured = crate::auth::Captured::default();
+    let writer = captured.clone();
+    let _guard = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .set_default();
+    let shared = backupgw::shared::Shared::new(redis.options(), None).unwrap();
+    shared
+        .subscription()
+        .wait_for(|s| *s == Subscription::Refused)
+        .await
+        .unwrap();
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("Redis refuses this replica the news") && logs.contains("NOPERM"),
         "{logs}"
     );
 }
