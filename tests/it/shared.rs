@@ -274,19 +274,25 @@ async fn a_replica_reports_from_the_instance_lists_another_just_read() {
     assert_eq!(lists.len() as u64, projects);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_cold_queries_on_two_replicas_read_each_page_once() {
-    if !Redis::available() {
-        return;
-    }
-    let redis = Redis::start();
-    let options = SimOptions {
+/// A simulator 40 ms away, and two replicas of it sharing Redis with `options`.
+async fn two_replicas(options: SharedOptions) -> (backupgw::sim::Simulator, Gateway, Gateway) {
+    let sim_options = SimOptions {
         latency: Duration::from_millis(40),
         ..sim_options()
     };
-    let sim = start_sim(&spec(), options).await;
-    let mut a = replica(&sim, Some(redis.options())).await;
-    let mut b = replica(&sim, Some(redis.options())).await;
+    let sim = start_sim(&spec(), sim_options).await;
+    let a = replica(&sim, Some(options.clone())).await;
+    let b = replica(&sim, Some(options)).await;
+    (sim, a, b)
+}
+
+/// The same cold inventory asked of both replicas at once: every page is read from the
+/// upstream once, and both answer it whole.
+async fn both_at_once(
+    sim: &backupgw::sim::Simulator,
+    a: &mut Gateway,
+    b: &mut Gateway,
+) -> (Collected, Collected) {
     let (from_a, from_b) = tokio::join!(
         list(&mut a.client, pb::ListBackupsRequest::default()),
         list(&mut b.client, pb::ListBackupsRequest::default()),
@@ -294,6 +300,17 @@ async fn concurrent_cold_queries_on_two_replicas_read_each_page_once() {
     assert_eq!(sim.stats().list_requests, PAGES, "every page read once");
     assert_eq!(from_a.by_key(), from_b.by_key());
     assert_eq!(from_a.by_key().len(), spec().total_backups());
+    (from_a, from_b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_queries_on_two_replicas_read_each_page_once() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let (sim, mut a, mut b) = two_replicas(redis.options()).await;
+    let (from_a, from_b) = both_at_once(&sim, &mut a, &mut b).await;
     let upstream = |c: &Collected| c.summary.as_ref().unwrap().upstream_requests;
     assert_eq!(upstream(&from_a) + upstream(&from_b), PAGES);
 }
@@ -306,18 +323,12 @@ async fn a_replica_waiting_for_anothers_fetch_is_told_when_it_ends() {
         return;
     }
     let redis = Redis::start();
-    let options = SimOptions {
-        latency: Duration::from_millis(40),
-        ..sim_options()
-    };
-    let sim = start_sim(&spec(), options).await;
     let told_only = SharedOptions {
         lease: Duration::from_secs(3600),
         look_while_told: Duration::from_secs(3600),
         ..redis.options()
     };
-    let mut a = replica(&sim, Some(told_only.clone())).await;
-    let mut b = replica(&sim, Some(told_only)).await;
+    let (sim, mut a, mut b) = two_replicas(told_only).await;
     for gw in [&a, &b] {
         let shared = gw.inventory.cache().shared().unwrap();
         let mut subscription = shared.subscription();
@@ -326,19 +337,10 @@ async fn a_replica_waiting_for_anothers_fetch_is_told_when_it_ends() {
             .await
             .unwrap();
     }
-    let both = async {
-        tokio::join!(
-            list(&mut a.client, pb::ListBackupsRequest::default()),
-            list(&mut b.client, pb::ListBackupsRequest::default()),
-        )
-    };
     // Untold, a waiter would wait for the hour-long lease.
-    let (from_a, from_b) = tokio::time::timeout(Duration::from_secs(60), both)
+    tokio::time::timeout(Duration::from_secs(60), both_at_once(&sim, &mut a, &mut b))
         .await
         .expect("the waiting replica was told");
-    assert_eq!(sim.stats().list_requests, PAGES, "every page read once");
-    assert_eq!(from_a.by_key(), from_b.by_key());
-    assert_eq!(from_b.by_key().len(), spec().total_backups());
 }
 
 /// A Redis whose ACL refuses the channel of the news: replicas still share every page, each
@@ -349,25 +351,13 @@ async fn a_redis_that_refuses_the_news_still_shares_every_page_once() {
         return;
     }
     let redis = Redis::start_without_channels();
-    let options = SimOptions {
-        latency: Duration::from_millis(40),
-        ..sim_options()
-    };
-    let sim = start_sim(&spec(), options).await;
     // A Redis taken for gone would be left alone for the rest of the test.
     let patient = SharedOptions {
         retry_after: Duration::from_secs(3600),
         ..redis.options()
     };
-    let mut a = replica(&sim, Some(patient.clone())).await;
-    let mut b = replica(&sim, Some(patient)).await;
-    let (from_a, from_b) = tokio::join!(
-        list(&mut a.client, pb::ListBackupsRequest::default()),
-        list(&mut b.client, pb::ListBackupsRequest::default()),
-    );
-    assert_eq!(sim.stats().list_requests, PAGES, "every page read once");
-    assert_eq!(from_a.by_key(), from_b.by_key());
-    assert_eq!(from_b.by_key().len(), spec().total_backups());
+    let (sim, mut a, mut b) = two_replicas(patient).await;
+    both_at_once(&sim, &mut a, &mut b).await;
     for gw in [&a, &b] {
         let metrics = gw.inventory.metrics().unwrap().render();
         assert!(metrics.contains("backupgw_shared_up 1"), "{metrics}");
