@@ -185,7 +185,10 @@ impl TargetRead {
     /// caller that does not read never holds an upstream slot or another caller's shared fetch;
     /// and no new page is asked for while a fetched one waits to be sent.
     async fn read_concurrently(&self, merge: &mut Merge) -> Result<bool, DdmError> {
-        let first = self.page(0, self.query.max_age).await?;
+        // Boxed, here and below: a page's read is a large future (the fetch, its retries, the
+        // cache), needed only while it runs; inline, it would make this task and every slot
+        // of `in_flight` as large for the whole read (and moving them costs copies).
+        let first = Box::pin(self.page(0, self.query.max_age)).await?;
         let total = first.total;
         self.progress.total.store(total, Ordering::Relaxed);
         let mut consistent = self.emit(&first, 0, 1, merge).await && fits(&first, 0, total);
@@ -198,8 +201,9 @@ impl TargetRead {
         loop {
             while ready.is_empty() && in_flight.len() < most {
                 let Some(offset) = offsets.next() else { break };
-                in_flight
-                    .push(async move { (offset, self.page(offset, self.query.max_age).await) });
+                in_flight.push(Box::pin(async move {
+                    (offset, self.page(offset, self.query.max_age).await)
+                }));
             }
             if in_flight.is_empty() && ready.is_empty() {
                 break;
@@ -237,7 +241,7 @@ impl TargetRead {
         let mut totals = Vec::new();
         let mut offset = 0;
         loop {
-            let page = self.page(offset, Some(Duration::ZERO)).await?;
+            let page = Box::pin(self.page(offset, Some(Duration::ZERO))).await?;
             self.progress.total.store(page.total, Ordering::Relaxed);
             totals.push(page.total);
             self.emit(&page, offset, 2, merge).await;
