@@ -128,8 +128,19 @@ impl PageCache {
         let got = match &self.shared {
             None => fresh_or_fetch(&self.pages, key, max_age, || fetched_now(fetch())).await,
             Some(shared) => {
+                // Boxed: the Redis round trips' futures would double the size of every page's
+                // read, with Redis or without.
                 let name = crate::shared::page_key(&key);
-                fresh_or_shared(&self.pages, shared, &name, key, max_age, self.ttl, fetch).await
+                Box::pin(fresh_or_shared(
+                    &self.pages,
+                    shared,
+                    &name,
+                    key,
+                    max_age,
+                    self.ttl,
+                    fetch,
+                ))
+                .await
             }
         };
         self.count(&got);
