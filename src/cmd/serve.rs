@@ -120,6 +120,8 @@ pub async fn run_serve(config: &Path, listen: Option<SocketAddr>) -> Result<()> 
     backupgw::memory::start_trimming();
     let options = settings.server.clone();
     let fixed = Fixed::of(&settings);
+    // The running generation has what it needs; a list of 100,000 targets is 10 MB.
+    drop(settings);
     let listeners = server::Listeners {
         api: listener,
         health: health_listener,

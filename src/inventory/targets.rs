@@ -110,6 +110,14 @@ impl TargetSource {
     }
 }
 
+/// Each target behind its own `Arc`, in a list of its exact size: collected in place, the list
+/// would keep the targets' allocation (≈ 100 bytes a target, for a pointer each).
+fn shared(targets: Vec<Target>) -> Vec<Arc<Target>> {
+    let mut shared: Vec<_> = targets.into_iter().map(Arc::new).collect();
+    shared.shrink_to_fit();
+    shared
+}
+
 /// Configured targets and discovered ones, as one list that queries take snapshots of.
 pub(super) struct TargetSet {
     configured: Vec<Arc<Target>>,
@@ -119,7 +127,7 @@ pub(super) struct TargetSet {
 
 impl TargetSet {
     pub(super) fn new(configured: Vec<Target>) -> Self {
-        let configured: Vec<_> = configured.into_iter().map(Arc::new).collect();
+        let configured = shared(configured);
         TargetSet {
             current: RwLock::new(Arc::new(interleave_regions(configured.clone()))),
             configured,
@@ -135,7 +143,7 @@ impl TargetSet {
     /// configured targets win over discovered ones.
     pub(super) fn set_discovered(&self, source: &str, found: Vec<Target>) {
         let mut discovered = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
-        discovered.insert(source.to_owned(), found.into_iter().map(Arc::new).collect());
+        discovered.insert(source.to_owned(), shared(found));
         let mut all = self.configured.clone();
         let mut seen: HashSet<Arc<str>> = all.iter().map(|t| t.key()).collect();
         for t in discovered.values().flatten() {
@@ -279,5 +287,30 @@ impl DiscoveryBook {
     pub(super) fn states(&self) -> Vec<DiscoveryState> {
         let book = self.0.lock().unwrap_or_else(|e| e.into_inner());
         book.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    #[test]
+    fn the_shared_list_is_its_exact_size() {
+        let credential = Arc::new(Credential::token("t", SecretString::from("x")));
+        let targets: Vec<Target> = (0..10)
+            .map(|i| Target {
+                project_id: format!("p{i}").into(),
+                project_name: format!("n{i}").into(),
+                region: "r".into(),
+                endpoint: "http://127.0.0.1:1".into(),
+                credential: Arc::clone(&credential),
+                source: TargetSource::Config,
+                account: None,
+            })
+            .collect();
+        let shared = shared(targets);
+        assert_eq!(shared.len(), 10);
+        assert_eq!(shared.capacity(), 10, "not the targets' own allocation");
     }
 }
