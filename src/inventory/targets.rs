@@ -301,7 +301,7 @@ mod tests {
         let targets: Vec<Target> = (0..10)
             .map(|i| Target {
                 project_id: format!("p{i}").into(),
-                project_name: format!("n{i}").into(),
+                project_name: format!("n{i}"),
                 region: "r".into(),
                 endpoint: "http://127.0.0.1:1".into(),
                 credential: Arc::clone(&credential),
