@@ -147,7 +147,7 @@ impl Shared {
     }
 
     /// Whether the news of other replicas' fetches reach this one; watch it change. Starts
-    /// listening for them if this replica has not yet.
+    /// listening for them if this replica has not yet (call it inside the runtime).
     pub fn subscription(&self) -> tokio::sync::watch::Receiver<Subscription> {
         self.listen();
         self.news.subscription()
