@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod data;
 pub mod faults;
+mod generate;
 mod http;
 pub mod instances;
 mod org;
