@@ -455,6 +455,9 @@ async fn main() {
     }
 }
 
+/// Backups in the inventory of rows 1, 2 and 4.
+const INVENTORY_BACKUPS: u64 = 4 * 50 * 300;
+
 /// The inventory of rows 1, 2 and 4: 4 regions × 50 projects × 300 backups (3 pages each).
 fn start_inventory_sim(dir: &Path, latency_ms: u64) -> Sim {
     start_sim(
@@ -490,98 +493,30 @@ async fn inventory(quick: bool, reps: usize, dir: &Path) -> Vec<Row> {
     let bound =
         ((t.div_ceil(CONCURRENCY) + r.div_ceil(CONCURRENCY)) as u64 * LATENCY_MS) as f64 / 1000.0;
     let limits = inventory_limits();
-    let everything = pb::ListBackupsRequest::default();
     if std::env::var_os("BACKUPGW_BENCH_PROFILE").is_some() {
-        // For `perf record -p PID`: warm queries for 30 s.
-        let gw = start_gateway(&sim, &limits).await;
-        eprintln!("gateway pid {} sim pid {}", gw.proc.pid(), sim.proc.pid());
-        let start = Instant::now();
-        // "cold": every page from the upstream again.
-        let cold = std::env::var("BACKUPGW_BENCH_PROFILE").is_ok_and(|v| v == "cold");
-        let request = pb::ListBackupsRequest {
-            max_age: cold.then(prost_types::Duration::default),
-            ..Default::default()
-        };
-        let mut queries = 0;
-        while start.elapsed() < Duration::from_secs(30) {
-            stream_counted(gw.channel.clone(), request.clone()).await;
-            queries += 1;
-        }
-        eprintln!(
-            "{queries} queries, gateway CPU {:.2} s",
-            cpu_seconds(gw.proc.pid())
-        );
+        profile(&sim, &limits).await;
         return rows;
     }
-    let (mut cold, mut cold_cpu, mut cold_running) = (Vec::new(), Vec::new(), Vec::new());
-    // Every page read from the upstream again.
-    let fresh = pb::ListBackupsRequest {
-        max_age: Some(prost_types::Duration::default()),
-        ..Default::default()
-    };
-    let (mut warm_rate, mut warm_decoded_rate, mut warm_cpu) = (Vec::new(), Vec::new(), Vec::new());
-    let mut backups = 0;
-    for _ in 0..reps {
-        let mut gw = start_gateway(&sim, &limits).await;
-        let (gw_cpu, sim_cpu) = (cpu_seconds(gw.proc.pid()), cpu_seconds(sim.proc.pid()));
-        // The client counts what it receives: the time is the gateway's, not a decoder's.
-        let (n, secs) = stream_counted(gw.channel.clone(), everything.clone()).await;
-        cold_cpu.push((
-            cpu_seconds(gw.proc.pid()) - gw_cpu,
-            cpu_seconds(sim.proc.pid()) - sim_cpu,
-        ));
-        backups = n;
-        cold.push(secs);
-        for _ in 0..reps {
-            let cpu = cpu_seconds(gw.proc.pid());
-            let (n, secs) = stream_counted(gw.channel.clone(), everything.clone()).await;
-            let used = cpu_seconds(gw.proc.pid()) - cpu;
-            warm_rate.push(n as f64 / secs);
-            warm_cpu.push(used / n as f64 * 1e6);
-            let (n, secs) = stream_all(&mut gw.client, everything.clone(), None, None).await;
-            warm_decoded_rate.push(n as f64 / secs);
-        }
-        // Cold again, on a gateway that has run before (its connections open, its heap grown).
-        let (n, secs) = stream_counted(gw.channel.clone(), fresh.clone()).await;
-        assert_eq!(n, 60_000);
-        cold_running.push(secs);
-    }
-    let cold_running = median(cold_running);
-    let (gw_cold_cpu, sim_cold_cpu) = (
-        median(cold_cpu.iter().map(|c| c.0).collect()),
-        median(cold_cpu.iter().map(|c| c.1).collect()),
-    );
-    assert_eq!(backups, 60_000);
-    let cold = median(cold);
-    // Baselines over the same inventory.
-    let sequential = if quick {
-        let (_, secs) = sequential_client(&sim, &sim.targets[..20]).await;
-        secs * (t as f64 / 20.0)
-    } else {
-        sequential_client(&sim, &sim.targets).await.1
-    };
-    let (mut in_order, mut ideal) = (Vec::new(), Vec::new());
-    for _ in 0..reps {
-        in_order.push(per_target_in_order_client(&sim).await.1);
-        ideal.push(ideal_schedule_client(&sim).await.1);
-    }
-    let (in_order, ideal) = (median(in_order), median(ideal));
+    let Measured {
+        cold,
+        cold_running,
+        gw_cold_cpu,
+        sim_cold_cpu,
+        warm_rate,
+        warm_decoded_rate,
+        warm_cpu,
+    } = measure(&sim, &limits, reps).await;
+    let (sequential, in_order, ideal) = baselines(&sim, quick, reps).await;
     let (far, far_bound) = cold_far_away(reps, dir).await;
     // The protection report over the same inventory, cold: every target's instance list too.
     let summary_bound = (((2 * t).div_ceil(CONCURRENCY) + r.div_ceil(CONCURRENCY)) as u64
         * LATENCY_MS) as f64
         / 1000.0;
-    let mut summary = Vec::new();
-    let mut instances = 0;
-    for _ in 0..reps {
-        let mut gw = start_gateway(&sim, &limits).await;
-        let start = Instant::now();
-        instances = summarize_all(&mut gw.client).await;
-        summary.push(start.elapsed().as_secs_f64());
-    }
-    let summary = median(summary);
+    let (summary, instances) = summarize_cold(&sim, &limits, reps).await;
     rows.push(Row {
-        name: format!("cold inventory, {t} targets × 300 = {backups} backups, C = {CONCURRENCY}"),
+        name: format!(
+            "cold inventory, {t} targets × 300 = {INVENTORY_BACKUPS} backups, C = {CONCURRENCY}"
+        ),
         value: format!(
             "{:.0} ms = {:.2} × the {:.0} ms round-trip bound",
             cold * 1e3,
@@ -658,20 +593,28 @@ async fn inventory(quick: bool, reps: usize, dir: &Path) -> Vec<Row> {
         name: "warm inventory (from cache), backups/s delivered to the client".into(),
         value: format!(
             "{:.2} M/s; gateway CPU {:.2} s per million backups",
-            median(warm_rate) / 1e6,
-            median(warm_cpu)
+            warm_rate / 1e6,
+            warm_cpu
         ),
         target: "≥ 1 M/s".into(),
     });
     rows.push(Row {
         name: "  the same, the client decoding every backup into objects".into(),
-        value: format!("{:.2} M/s", median(warm_decoded_rate) / 1e6),
+        value: format!("{:.2} M/s", warm_decoded_rate / 1e6),
         target: String::new(),
     });
 
-    // 4: many small queries: one cached target, 64 callers; then again while a caller that
-    // does not read holds a cold inventory of every target open.
-    let gw = start_gateway(&sim, &limits).await;
+    rows.extend(small_queries_rows(&sim, &limits, quick).await);
+    drop(sim);
+
+    rows
+}
+
+/// Row 4: many small queries: one cached target, 64 callers; then again while a caller that
+/// does not read holds a cold inventory of every target open.
+async fn small_queries_rows(sim: &Sim, limits: &str, quick: bool) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let gw = start_gateway(sim, limits).await;
     let one = pb::ListBackupsRequest {
         project_ids: vec![sim.targets[0].0.clone()],
         ..Default::default()
@@ -715,9 +658,122 @@ async fn inventory(quick: bool, reps: usize, dir: &Path) -> Vec<Row> {
     });
     drop(slow);
     drop(gw);
-    drop(sim);
-
     rows
+}
+
+/// Medians of the gateway's own rows: cold (fresh, then running) and warm.
+struct Measured {
+    cold: f64,
+    cold_running: f64,
+    gw_cold_cpu: f64,
+    sim_cold_cpu: f64,
+    warm_rate: f64,
+    warm_decoded_rate: f64,
+    warm_cpu: f64,
+}
+
+/// `reps` fresh gateways, each: a cold inventory, `reps` warm ones (counted, then decoded), and
+/// a cold one again on the running gateway.
+async fn measure(sim: &Sim, limits: &str, reps: usize) -> Measured {
+    let (mut cold, mut cold_cpu, mut cold_running) = (Vec::new(), Vec::new(), Vec::new());
+    // Every page read from the upstream again.
+    let fresh = pb::ListBackupsRequest {
+        max_age: Some(prost_types::Duration::default()),
+        ..Default::default()
+    };
+    let (mut warm_rate, mut warm_decoded_rate, mut warm_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let everything = pb::ListBackupsRequest::default();
+    let mut backups = 0;
+    for _ in 0..reps {
+        let mut gw = start_gateway(sim, limits).await;
+        let (gw_cpu, sim_cpu) = (cpu_seconds(gw.proc.pid()), cpu_seconds(sim.proc.pid()));
+        // The client counts what it receives: the time is the gateway's, not a decoder's.
+        let (n, secs) = stream_counted(gw.channel.clone(), everything.clone()).await;
+        cold_cpu.push((
+            cpu_seconds(gw.proc.pid()) - gw_cpu,
+            cpu_seconds(sim.proc.pid()) - sim_cpu,
+        ));
+        backups = n;
+        cold.push(secs);
+        for _ in 0..reps {
+            let cpu = cpu_seconds(gw.proc.pid());
+            let (n, secs) = stream_counted(gw.channel.clone(), everything.clone()).await;
+            let used = cpu_seconds(gw.proc.pid()) - cpu;
+            warm_rate.push(n as f64 / secs);
+            warm_cpu.push(used / n as f64 * 1e6);
+            let (n, secs) = stream_all(&mut gw.client, everything.clone(), None, None).await;
+            warm_decoded_rate.push(n as f64 / secs);
+        }
+        // Cold again, on a gateway that has run before (its connections open, its heap grown).
+        let (n, secs) = stream_counted(gw.channel.clone(), fresh.clone()).await;
+        assert_eq!(n, INVENTORY_BACKUPS);
+        cold_running.push(secs);
+    }
+    assert_eq!(backups, INVENTORY_BACKUPS);
+    Measured {
+        cold: median(cold),
+        cold_running: median(cold_running),
+        gw_cold_cpu: median(cold_cpu.iter().map(|c| c.0).collect()),
+        sim_cold_cpu: median(cold_cpu.iter().map(|c| c.1).collect()),
+        warm_rate: median(warm_rate),
+        warm_decoded_rate: median(warm_decoded_rate),
+        warm_cpu: median(warm_cpu),
+    }
+}
+
+/// For `perf record -p PID`: warm queries (or cold ones, `BACKUPGW_BENCH_PROFILE=cold`) for
+/// 30 s, then the gateway's CPU.
+async fn profile(sim: &Sim, limits: &str) {
+    // For `perf record -p PID`: warm queries for 30 s.
+    let gw = start_gateway(sim, limits).await;
+    eprintln!("gateway pid {} sim pid {}", gw.proc.pid(), sim.proc.pid());
+    let start = Instant::now();
+    // "cold": every page from the upstream again.
+    let cold = std::env::var("BACKUPGW_BENCH_PROFILE").is_ok_and(|v| v == "cold");
+    let request = pb::ListBackupsRequest {
+        max_age: cold.then(prost_types::Duration::default),
+        ..Default::default()
+    };
+    let mut queries = 0;
+    while start.elapsed() < Duration::from_secs(30) {
+        stream_counted(gw.channel.clone(), request.clone()).await;
+        queries += 1;
+    }
+    eprintln!(
+        "{queries} queries, gateway CPU {:.2} s",
+        cpu_seconds(gw.proc.pid())
+    );
+}
+
+/// Clients without the gateway over the same inventory: (sequential, targets concurrent with
+/// pages in order, the ideal schedule), in seconds.
+async fn baselines(sim: &Sim, quick: bool, reps: usize) -> (f64, f64, f64) {
+    let t = sim.targets.len();
+    let sequential = if quick {
+        let (_, secs) = sequential_client(sim, &sim.targets[..20]).await;
+        secs * (t as f64 / 20.0)
+    } else {
+        sequential_client(sim, &sim.targets).await.1
+    };
+    let (mut in_order, mut ideal) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        in_order.push(per_target_in_order_client(sim).await.1);
+        ideal.push(ideal_schedule_client(sim).await.1);
+    }
+    (sequential, median(in_order), median(ideal))
+}
+
+/// The whole protection report on fresh gateways: (median seconds, instances in it).
+async fn summarize_cold(sim: &Sim, limits: &str, reps: usize) -> (f64, usize) {
+    let mut summary = Vec::new();
+    let mut instances = 0;
+    for _ in 0..reps {
+        let mut gw = start_gateway(sim, limits).await;
+        let start = Instant::now();
+        instances = summarize_all(&mut gw.client).await;
+        summary.push(start.elapsed().as_secs_f64());
+    }
+    (median(summary), instances)
 }
 
 /// The whole protection report; the number of instances in it.
@@ -782,7 +838,7 @@ async fn cold_far_away(reps: usize, dir: &Path) -> (f64, f64) {
     for _ in 0..reps {
         let gw = start_gateway(&sim, &limits).await;
         let (n, secs) = stream_counted(gw.channel.clone(), pb::ListBackupsRequest::default()).await;
-        assert_eq!(n, 60_000);
+        assert_eq!(n, INVENTORY_BACKUPS);
         times.push(secs);
     }
     (median(times), 2.0 * FAR_LATENCY_MS as f64 / 1000.0)
@@ -862,10 +918,17 @@ async fn memory(quick: bool, dir: &Path) -> Vec<Row> {
     });
     drop(gw);
 
-    // Cancellation storms: 500 inventories, 50 at a time, each cancelled after its first
-    // message. Once freed memory is given back (src/memory.rs), what stays resident is the page
-    // cache, up to its bound: the same storm with a 1 MiB cache leaves the gateway near its
-    // starting size.
+    rows.extend(storms(&big).await);
+    drop(big);
+    rows
+}
+
+/// Cancellation storms: 500 inventories, 50 at a time, each cancelled after its first
+/// message. Once freed memory is given back (src/memory.rs), what stays resident is the page
+/// cache, up to its bound: the same storm with a 1 MiB cache leaves the gateway near its
+/// starting size.
+async fn storms(big: &Sim) -> Vec<Row> {
+    let mut rows = Vec::new();
     for (cache_mib, name) in [
         (
             64,
@@ -877,7 +940,7 @@ async fn memory(quick: bool, dir: &Path) -> Vec<Row> {
             "[limits]\nmax_pages_per_target = 2\n[cache]\nttl_seconds = 3600\nmax_bytes = {}",
             cache_mib << 20
         );
-        let gw = start_gateway(&big, &config).await;
+        let gw = start_gateway(big, &config).await;
         let before = rss_mib(gw.proc.pid());
         for _ in 0..10 {
             // A connection per round: hyper's client closes a connection on which it cancelled
@@ -910,7 +973,6 @@ async fn memory(quick: bool, dir: &Path) -> Vec<Row> {
             target: "≈ start + cache bound".into(),
         });
     }
-    drop(big);
     rows
 }
 
