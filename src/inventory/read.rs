@@ -7,9 +7,8 @@
 //! page. Under DDM's churn — new backups at the front, old ones expiring at the end — reading front
 //! to back can only show a backup twice (de-duplicated here), never skip one.
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,6 +16,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
+use hashbrown::{HashTable, hash_table};
 use tokio::sync::mpsc;
 
 use super::targets::{Target, TargetHealth};
@@ -95,62 +95,76 @@ impl Merge {
     }
 }
 
-/// The backup ids seen so far, each with the read it was first seen in. Ids are kept in one
-/// growing string, found by a 64-bit hash and compared in full: no allocation per backup, and
-/// a hash collision never hides a backup.
-#[derive(Default)]
-struct SeenIds {
+/// The backup ids seen so far, each with the read it was first seen in. Ids are kept one after
+/// the other in one growing string and found through a table of their indexes, compared in
+/// full (a hash collision never hides a backup): no allocation per backup, and ≈ 50 bytes for an
+/// id of 36 characters.
+struct SeenIds<S = foldhash::fast::RandomState> {
     /// Seeded per target: crafted ids cannot collide on purpose (and a collision only costs time).
-    hasher: foldhash::fast::RandomState,
+    hasher: S,
     ids: String,
-    by_hash: HashMap<u64, (u32, u32, u32), BuildHasherDefault<PassThrough>>,
-    collided: HashMap<Box<str>, u32>,
+    /// For each id in order: where it ends in `ids` (it starts where the one before ends), and
+    /// the read it was first seen in.
+    seen: Vec<(u32, u32)>,
+    /// Indexes into `seen`.
+    table: HashTable<u32>,
 }
 
-impl SeenIds {
+impl<S: Default> Default for SeenIds<S> {
+    fn default() -> Self {
+        SeenIds {
+            hasher: S::default(),
+            ids: String::new(),
+            seen: Vec::new(),
+            table: HashTable::new(),
+        }
+    }
+}
+
+impl<S: BuildHasher> SeenIds<S> {
     /// The read an id was first seen in; records it as seen in `read` if it is new.
     fn first_seen(&mut self, id: &str, read: u32) -> Option<u32> {
-        let hash = self.hasher.hash_one(id);
-        match self.by_hash.entry(hash) {
-            Entry::Vacant(slot) => {
-                let start = self.ids.len() as u32;
-                self.ids.push_str(id);
-                slot.insert((start, id.len() as u32, read));
+        let SeenIds {
+            hasher,
+            ids,
+            seen,
+            table,
+        } = self;
+        let hash = hasher.hash_one(id);
+        let entry = table.entry(
+            hash,
+            |&i| id_at(ids, seen, i) == id,
+            |&i| hasher.hash_one(id_at(ids, seen, i)),
+        );
+        match entry {
+            hash_table::Entry::Occupied(found) => Some(seen[*found.get() as usize].1),
+            hash_table::Entry::Vacant(slot) => {
+                ids.push_str(id);
+                seen.push((ids.len() as u32, read));
+                slot.insert((seen.len() - 1) as u32);
                 None
             }
-            Entry::Occupied(slot) => {
-                let (start, len, first) = *slot.get();
-                if &self.ids[start as usize..(start + len) as usize] == id {
-                    return Some(first);
-                }
-                match self.collided.entry(id.into()) {
-                    Entry::Occupied(c) => Some(*c.get()),
-                    Entry::Vacant(c) => {
-                        c.insert(read);
-                        None
-                    }
-                }
-            }
         }
+    }
+
+    /// Room for `more` ids at once (a page's), instead of growing id by id.
+    fn reserve(&mut self, more: usize) {
+        let SeenIds {
+            hasher,
+            ids,
+            seen,
+            table,
+        } = self;
+        seen.reserve(more);
+        table.reserve(more, |&i| hasher.hash_one(id_at(ids, seen, i)));
     }
 }
 
-/// For keys that are hashes already.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
+/// Id `i` of a `SeenIds`.
+fn id_at<'a>(ids: &'a str, seen: &[(u32, u32)], i: u32) -> &'a str {
+    let i = i as usize;
+    let start = if i == 0 { 0 } else { seen[i - 1].0 as usize };
+    &ids[start..seen[i].0 as usize]
 }
 
 impl TargetRead {
@@ -296,6 +310,7 @@ impl TargetRead {
                 "skipped an unreadable item at offset {offset}: {why}"
             ));
         }
+        merge.seen.reserve(page.len());
         let mut no_overlap = true;
         let unfiltered = self.query.filter.is_empty();
         // While every backup so far is chosen, the batch is a prefix of the page (no copy);
@@ -399,25 +414,34 @@ mod tests {
 
     #[test]
     fn seen_ids_are_exact() {
-        let mut seen = SeenIds::default();
+        let mut seen: SeenIds = SeenIds::default();
         assert_eq!(seen.first_seen("a", 1), None);
         assert_eq!(seen.first_seen("b", 1), None);
         assert_eq!(seen.first_seen("a", 2), Some(1));
         assert_eq!(seen.first_seen("b", 1), Some(1));
     }
 
+    /// Every id hashes the same.
+    #[derive(Default)]
+    struct Collide;
+
+    impl std::hash::Hasher for Collide {
+        fn finish(&self) -> u64 {
+            7
+        }
+        fn write(&mut self, _: &[u8]) {}
+    }
+
     #[test]
     fn a_hash_collision_never_hides_a_backup() {
-        let mut seen = SeenIds::default();
-        assert_eq!(seen.first_seen("a", 1), None);
-        // Make "zz" collide with "a": its hash now leads to "a"'s entry.
-        let entry = seen.by_hash[&seen.hasher.hash_one("a")];
-        seen.by_hash.insert(seen.hasher.hash_one("zz"), entry);
-        // Compared in full, "zz" is new (not "a" seen again)…
-        assert_eq!(seen.first_seen("zz", 2), None);
-        assert_eq!(seen.collided.len(), 1, "the collision path ran");
-        // …and is known from then on, as "a" still is.
-        assert_eq!(seen.first_seen("zz", 3), Some(2));
-        assert_eq!(seen.first_seen("a", 3), Some(1));
+        let mut seen = SeenIds::<std::hash::BuildHasherDefault<Collide>>::default();
+        let ids: Vec<String> = (0..300).map(|i| format!("backup-{i}")).collect();
+        for id in &ids {
+            assert_eq!(seen.first_seen(id, 1), None, "{id} is new");
+        }
+        for id in &ids {
+            assert_eq!(seen.first_seen(id, 2), Some(1), "{id} was seen");
+        }
+        assert_eq!(seen.first_seen("backup-300", 2), None);
     }
 }
