@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::ddm::{DdmError, InstanceList, Pushdown};
 use crate::metrics::Metrics;
-use crate::shared::{Shared, Stored};
+use crate::shared::{Shared, Stored, instances_key, page_key};
 use crate::wire::EncodedPage;
 
 /// What identifies a page upstream. Credentials are not part of it: a project has one.
@@ -120,29 +120,13 @@ impl PageCache {
         &self,
         key: PageKey,
         max_age: Option<Duration>,
-        mut fetch: impl FnMut() -> F,
+        fetch: impl FnMut() -> F,
     ) -> Result<(Arc<CachedPage>, Origin), Arc<DdmError>>
     where
         F: Future<Output = Result<EncodedPage, DdmError>>,
     {
-        let got = match &self.shared {
-            None => fresh_or_fetch(&self.pages, key, max_age, || fetched_now(fetch())).await,
-            Some(shared) => {
-                // Boxed: the Redis round trips' futures would double the size of every page's
-                // read, with Redis or without.
-                let name = crate::shared::page_key(&key);
-                Box::pin(fresh_or_shared(
-                    &self.pages,
-                    shared,
-                    &name,
-                    key,
-                    max_age,
-                    self.ttl,
-                    fetch,
-                ))
-                .await
-            }
-        };
+        let shared = self.shared.as_deref();
+        let got = levels(&self.pages, shared, page_key, key, max_age, self.ttl, fetch).await;
         self.count(&got);
         got
     }
@@ -157,25 +141,17 @@ impl PageCache {
     where
         F: Future<Output = Result<InstanceList, DdmError>>,
     {
-        let mut fetch = fetch;
-        let got = match &self.shared {
-            None => fresh_or_fetch(&self.instances, key, max_age, || fetched_now(fetch())).await,
-            Some(shared) => {
-                // Boxed: instance lists are read far less often than pages, and the Redis
-                // round trips' futures are large.
-                let name = crate::shared::instances_key(&key);
-                let instances = fresh_or_shared(
-                    &self.instances,
-                    shared,
-                    &name,
-                    key,
-                    max_age,
-                    self.ttl,
-                    fetch,
-                );
-                Box::pin(instances).await
-            }
-        };
+        let shared = self.shared.as_deref();
+        let got = levels(
+            &self.instances,
+            shared,
+            instances_key,
+            key,
+            max_age,
+            self.ttl,
+            fetch,
+        )
+        .await;
         self.count(&got);
         got
     }
@@ -209,9 +185,10 @@ impl PageCache {
 /// A value fetched now, from the upstream.
 ///
 /// The peak memory of many targets depends on these futures' sizes through glibc's heap
-/// (measured, 100,000 targets: 196 MiB as it is; 340–450 MiB with this wrapper made a combinator
-/// or left out, whose futures are 40 % smaller, while those lowered the peak of a storm of
-/// cancelled inventories from ≈ 200 to ≈ 110 MiB). Change it only with the benchmark at hand.
+/// (measured while page reads were inline in target reads, 100,000 targets: 196 MiB as it is;
+/// 340–450 MiB with this wrapper made a combinator or left out, whose futures are 40 % smaller).
+/// Page reads are boxed where awaited now (`inventory/read.rs`); change it only with the
+/// benchmark at hand.
 async fn fetched_now<V>(
     fetch: impl Future<Output = Result<V, DdmError>>,
 ) -> Result<(Fresh<V>, Origin), DdmError> {
@@ -223,6 +200,36 @@ async fn fetched_now<V>(
         },
         Origin::Upstream,
     ))
+}
+
+/// From this replica's cache; else, with `[shared]`, from Redis (`name` of the key there); else
+/// fetched.
+async fn levels<K, V, F>(
+    cache: &Cache<K, Arc<Fresh<V>>>,
+    shared: Option<&Shared>,
+    name: fn(&K) -> String,
+    key: K,
+    max_age: Option<Duration>,
+    ttl: Duration,
+    mut fetch: impl FnMut() -> F,
+) -> Result<(Arc<Fresh<V>>, Origin), Arc<DdmError>>
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    V: Stored + Send + Sync + 'static,
+    F: Future<Output = Result<V, DdmError>>,
+{
+    match shared {
+        None => fresh_or_fetch(cache, key, max_age, || fetched_now(fetch())).await,
+        // Boxed: the Redis round trips' futures would double the size of every read, with
+        // Redis or without.
+        Some(shared) => {
+            let name = name(&key);
+            Box::pin(fresh_or_shared(
+                cache, shared, &name, key, max_age, ttl, fetch,
+            ))
+            .await
+        }
+    }
 }
 
 /// `fresh_or_fetch` with the replicas' shared cache (Redis) as the second level: what another
