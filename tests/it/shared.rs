@@ -483,6 +483,13 @@ async fn redis_going_away_fails_no_query_and_sharing_resumes_when_it_is_back() {
     assert_eq!(shared.by_key().len(), spec().total_backups());
     let metrics = a.inventory.metrics().unwrap().render();
     assert!(metrics.contains("backupgw_shared_up 1"), "{metrics}");
+    // And the news of other replicas' fetches reach A again.
+    let mut subscription = a.inventory.cache().shared().unwrap().subscription();
+    let subscribed = subscription.wait_for(|s| *s == Subscription::Subscribed);
+    tokio::time::timeout(Duration::from_secs(30), subscribed)
+        .await
+        .expect("subscribed again once Redis is back")
+        .unwrap();
 }
 
 #[tokio::test]
