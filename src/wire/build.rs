@@ -36,7 +36,6 @@ struct Scratch {
     encoded: BytesMut,
     ends: Vec<u32>,
     metas: Vec<Meta>,
-    text: String,
 }
 
 /// Scratch space larger than this is not kept for the next page.
@@ -66,13 +65,6 @@ impl<'p> PageBuilder<'p> {
         self.scratch.as_mut().expect("present until dropped")
     }
 
-    fn text(&mut self, s: &str) -> (u32, u32) {
-        let text = &mut self.scratch().text;
-        let start = text.len() as u32;
-        text.push_str(s);
-        (start, text.len() as u32)
-    }
-
     /// Adds a readable item, or says why it is not.
     pub fn push(&mut self, info: &BackupInfo<'_>) -> Result<(), String> {
         let checked = info.check()?;
@@ -97,16 +89,15 @@ impl<'p> PageBuilder<'p> {
             account_name: self.owner.account_name,
         };
         let scratch = self.scratch();
-        fields.encode_framed(&mut scratch.encoded);
+        let spans = fields.encode_framed(&mut scratch.encoded);
         let end = scratch.encoded.len() as u32;
         scratch.ends.push(end);
-        let meta = Meta {
-            id: self.text(fields.id),
-            backup_type_name: self.text(backup_type_name),
-            status: self.text(fields.status),
+        scratch.metas.push(Meta {
+            id: spans.id,
+            backup_type_name: spans.backup_type_name,
+            status: spans.status,
             created: checked.created,
-        };
-        self.scratch().metas.push(meta);
+        });
         Ok(())
     }
 
@@ -122,7 +113,6 @@ impl<'p> PageBuilder<'p> {
             encoded: Bytes::copy_from_slice(&s.encoded),
             ends: s.ends.clone(),
             metas: s.metas.clone(),
-            text: s.text.clone(),
             total,
             items,
             skipped,
@@ -137,13 +127,11 @@ impl Drop for PageBuilder<'_> {
         };
         let kept = s.encoded.capacity()
             + s.ends.capacity() * 4
-            + s.metas.capacity() * std::mem::size_of::<Meta>()
-            + s.text.capacity();
+            + s.metas.capacity() * std::mem::size_of::<Meta>();
         if kept <= MAX_KEPT_SCRATCH {
             s.encoded.clear();
             s.ends.clear();
             s.metas.clear();
-            s.text.clear();
             // Not while the thread is being torn down.
             let _ = SCRATCH.try_with(|slot| slot.set(Some(s)));
         }
@@ -219,14 +207,24 @@ impl BackupFields<'_> {
             }
     }
 
-    /// Writes the backup as field 1 of `ListBackupsResponse`, fields in tag order.
-    fn encode_framed(&self, buf: &mut BytesMut) {
+    /// Writes the backup as field 1 of `ListBackupsResponse`, fields in tag order. Returns
+    /// where its id, status and type name lie in `buf`.
+    fn encode_framed(&self, buf: &mut BytesMut) -> Spans {
         use prost::encoding::{encode_key, encode_varint};
-        let string = |tag: u32, v: &str, buf: &mut BytesMut| {
+        let mut spans = Spans::default();
+        let mut string = |tag: u32, v: &str, buf: &mut BytesMut| {
             if !v.is_empty() {
                 encode_key(tag, WireType::LengthDelimited, buf);
                 encode_varint(v.len() as u64, buf);
+                let start = buf.len() as u32;
                 buf.put_slice(v.as_bytes());
+                let span = (start, buf.len() as u32);
+                match tag {
+                    ID => spans.id = span,
+                    STATUS => spans.status = span,
+                    TYPE_NAME => spans.backup_type_name = span,
+                    _ => {}
+                }
             }
         };
         encode_key(1, WireType::LengthDelimited, buf);
@@ -279,7 +277,21 @@ impl BackupFields<'_> {
         ] {
             string(tag, v, buf);
         }
+        spans
     }
+}
+
+/// `backupgw.v1.Backup`'s fields that the gateway itself reads back (`Meta`).
+pub(super) const ID: u32 = 1;
+pub(super) const STATUS: u32 = 4;
+pub(super) const TYPE_NAME: u32 = 14;
+
+/// Where a backup's id, status and type name lie in its page's encoded bytes (empty: `(0, 0)`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Spans {
+    pub id: (u32, u32),
+    pub status: (u32, u32),
+    pub backup_type_name: (u32, u32),
 }
 
 /// The contract's enum for the upstream's `backup_type` (its name is kept verbatim beside it).

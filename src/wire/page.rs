@@ -6,6 +6,7 @@ use prost::Message as _;
 use prost::encoding::WireType;
 
 use super::ListBackupsResponse;
+use super::build::{ID, STATUS, Spans, TYPE_NAME};
 use crate::pb;
 
 /// A page of readable backups, encoded for the wire, with what the gateway itself looks at in
@@ -15,9 +16,8 @@ pub struct EncodedPage {
     /// The backups as `ListBackupsResponse` field 1 entries; backup i ends at `ends[i]`.
     pub encoded: Bytes,
     pub ends: Vec<u32>,
+    /// What the gateway looks at in each backup; its strings are read in `encoded`.
     pub(super) metas: Vec<Meta>,
-    /// The metas' strings, one after the other.
-    pub(super) text: String,
     /// The upstream's `total`.
     pub total: u64,
     /// Items the upstream sent, readable or not (tells a short page).
@@ -55,7 +55,10 @@ impl EncodedPage {
 
     pub fn meta(&self, i: usize) -> BackupMeta<'_> {
         let m = &self.metas[i];
-        let text = |(start, end): (u32, u32)| &self.text[start as usize..end as usize];
+        // Written from strings, or checked when read back (`from_stored`): valid UTF-8.
+        let text = |(start, end): (u32, u32)| {
+            std::str::from_utf8(&self.encoded[start as usize..end as usize]).unwrap_or_default()
+        };
         BackupMeta {
             id: text(m.id),
             backup_type_name: text(m.backup_type_name),
@@ -90,7 +93,6 @@ impl EncodedPage {
         self.encoded.len()
             + self.ends.capacity() * 4
             + self.metas.capacity() * std::mem::size_of::<Meta>()
-            + self.text.capacity()
             + self.skipped.iter().map(String::len).sum::<usize>()
     }
 }
@@ -162,17 +164,15 @@ impl EncodedPage {
             if rest.len() < len {
                 return Err("a backup is cut short".into());
             }
+            let base = encoded.len() - rest.len();
+            // Decoded whole to check it (its strings' UTF-8 too); its spans found in place.
             let backup = pb::Backup::decode(&rest[..len]).map_err(|e| e.to_string())?;
+            let spans = spans_of(&rest[..len], base)?;
             rest = &rest[len..];
-            let mut text = |s: &str| {
-                let start = page.text.len() as u32;
-                page.text.push_str(s);
-                (start, page.text.len() as u32)
-            };
             let meta = Meta {
-                id: text(&backup.id),
-                backup_type_name: text(&backup.backup_type_name),
-                status: text(&backup.status),
+                id: spans.id,
+                backup_type_name: spans.backup_type_name,
+                status: spans.status,
                 created: backup.created,
             };
             page.metas.push(meta);
@@ -181,6 +181,36 @@ impl EncodedPage {
         page.encoded = encoded;
         Ok(page)
     }
+}
+
+/// Where an encoded backup's id, status and type name lie, `base` being where it starts in its
+/// page (the last of a repeated field, as a decoder takes it).
+fn spans_of(backup: &[u8], base: usize) -> Result<Spans, String> {
+    let mut spans = Spans::default();
+    let mut rest = backup;
+    while !rest.is_empty() {
+        let (tag, wire_type) = prost::encoding::decode_key(&mut rest).map_err(|e| e.to_string())?;
+        if wire_type != WireType::LengthDelimited {
+            prost::encoding::skip_field(wire_type, tag, &mut rest, Default::default())
+                .map_err(|e| e.to_string())?;
+            continue;
+        }
+        let len = prost::encoding::decode_varint(&mut rest).map_err(|e| e.to_string())?;
+        let len = usize::try_from(len).map_err(|e| e.to_string())?;
+        if rest.len() < len {
+            return Err("a field is cut short".into());
+        }
+        let start = (base + backup.len() - rest.len()) as u32;
+        let span = (start, start + len as u32);
+        match tag {
+            ID => spans.id = span,
+            STATUS => spans.status = span,
+            TYPE_NAME => spans.backup_type_name = span,
+            _ => {}
+        }
+        rest = &rest[len..];
+    }
+    Ok(spans)
 }
 
 /// What the protection report needs of one backup, read back from an encoded batch.
@@ -231,6 +261,33 @@ mod tests {
     use super::*;
     use crate::ddm::model::BackupInfo;
     use crate::wire::{Owner, PageBuilder};
+
+    #[test]
+    fn a_cached_backup_costs_its_encoding_and_a_few_positions() {
+        let spec = crate::sim::data::DataSpec {
+            regions: 1,
+            projects_per_region: 1,
+            ..Default::default()
+        };
+        let set = crate::sim::data::DataSet::generate(&spec).unwrap();
+        let p = &set.projects[0];
+        let owner = Owner {
+            project_id: &p.id,
+            project_name: &p.name,
+            region: &p.region,
+            ..Owner::default()
+        };
+        let mut builder = PageBuilder::new(owner, p.backups.len());
+        for b in &p.backups {
+            builder.push(&p.render(b)).unwrap();
+        }
+        let page = builder.finish(p.backups.len() as u64, p.backups.len());
+        let beside = (page.heap_size() - page.encoded.len()) / page.len();
+        // Where its id, type and status lie in `encoded`, its creation time, where it ends.
+        assert!(beside <= 56, "{beside} bytes a backup beside its encoding");
+        let id = page.meta(0).id;
+        assert_eq!(id, page.backups()[0].id, "read in place");
+    }
 
     #[test]
     fn a_stored_page_reads_back_as_it_was() {
