@@ -162,16 +162,16 @@ struct BackupFields<'a> {
 impl BackupFields<'_> {
     fn strings(&self) -> [(u32, &str); 13] {
         [
-            (1, self.id),
+            (ID, self.id),
             (2, self.name),
             (3, self.description),
-            (4, self.status),
+            (STATUS, self.status),
             (5, self.instance_id),
             (6, self.instance_name),
             (7, self.instance_status),
             (12, self.project_id),
             (13, self.region),
-            (14, self.backup_type_name),
+            (TYPE_NAME, self.backup_type_name),
             (15, self.project_name),
             (16, self.account_id),
             (17, self.account_name),
