@@ -202,8 +202,9 @@ async fn fetched_now<V>(
     ))
 }
 
-/// From this replica's cache; else, with `[shared]`, from Redis (`name` of the key there); else
-/// fetched.
+/// From this replica's cache; else, with `[shared]`, from Redis (`name` of the key there): what
+/// another replica fetched, within the same freshness (at most the TTL), is taken as fetched
+/// then; else fetched.
 async fn levels<K, V, F>(
     cache: &Cache<K, Arc<Fresh<V>>>,
     shared: Option<&Shared>,
@@ -218,46 +219,22 @@ where
     V: Stored + Send + Sync + 'static,
     F: Future<Output = Result<V, DdmError>>,
 {
-    match shared {
-        None => fresh_or_fetch(cache, key, max_age, || fetched_now(fetch())).await,
-        // Boxed: the Redis round trips' futures would double the size of every read, with
-        // Redis or without.
-        Some(shared) => {
-            let name = name(&key);
-            Box::pin(fresh_or_shared(
-                cache, shared, &name, key, max_age, ttl, fetch,
-            ))
-            .await
-        }
-    }
-}
-
-/// `fresh_or_fetch` with the replicas' shared cache (Redis) as the second level: what another
-/// replica fetched, within the same freshness (at most the TTL), is taken as fetched then.
-async fn fresh_or_shared<K, V, F>(
-    cache: &Cache<K, Arc<Fresh<V>>>,
-    shared: &Shared,
-    name: &str,
-    key: K,
-    max_age: Option<Duration>,
-    ttl: Duration,
-    mut fetch: impl FnMut() -> F,
-) -> Result<(Arc<Fresh<V>>, Origin), Arc<DdmError>>
-where
-    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
-    V: Stored + Send + Sync + 'static,
-    F: Future<Output = Result<V, DdmError>>,
-{
+    let Some(shared) = shared else {
+        return fresh_or_fetch(cache, key, max_age, || fetched_now(fetch())).await;
+    };
+    let name = name(&key);
     let max_age = max_age.unwrap_or(ttl).min(ttl);
     let second_level = || {
-        let fetch = fetch();
+        let (name, fetch) = (&name, fetch());
         async move {
             let (value, age, origin) = shared.stored_or_fetch(name, max_age, ttl, || fetch).await?;
             let fetched_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
             Ok((Fresh { value, fetched_at }, origin))
         }
     };
-    fresh_or_fetch(cache, key, Some(max_age), second_level).await
+    // Boxed: the Redis round trips' futures would double the size of every read, with Redis
+    // or without.
+    Box::pin(fresh_or_fetch(cache, key, Some(max_age), second_level)).await
 }
 
 /// The value for `key`, from `cache` when it is younger than `max_age`, else from a future
