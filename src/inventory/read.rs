@@ -124,24 +124,18 @@ impl<S: Default> Default for SeenIds<S> {
 impl<S: BuildHasher> SeenIds<S> {
     /// The read an id was first seen in; records it as seen in `read` if it is new.
     fn first_seen(&mut self, id: &str, read: u32) -> Option<u32> {
-        let SeenIds {
-            hasher,
-            ids,
-            seen,
-            table,
-        } = self;
-        let hash = hasher.hash_one(id);
-        let entry = table.entry(
+        let hash = self.hasher.hash_one(id);
+        let entry = self.table.entry(
             hash,
-            |&i| id_at(ids, seen, i) == id,
-            |&i| hasher.hash_one(id_at(ids, seen, i)),
+            |&i| id_at(&self.ids, &self.seen, i) == id,
+            |&i| self.hasher.hash_one(id_at(&self.ids, &self.seen, i)),
         );
         match entry {
-            hash_table::Entry::Occupied(found) => Some(seen[*found.get() as usize].1),
+            hash_table::Entry::Occupied(found) => Some(self.seen[*found.get() as usize].1),
             hash_table::Entry::Vacant(slot) => {
-                ids.push_str(id);
-                seen.push((ids.len() as u32, read));
-                slot.insert((seen.len() - 1) as u32);
+                self.ids.push_str(id);
+                self.seen.push((self.ids.len() as u32, read));
+                slot.insert((self.seen.len() - 1) as u32);
                 None
             }
         }
@@ -149,14 +143,10 @@ impl<S: BuildHasher> SeenIds<S> {
 
     /// Room for `more` ids at once (a page's), instead of growing id by id.
     fn reserve(&mut self, more: usize) {
-        let SeenIds {
-            hasher,
-            ids,
-            seen,
-            table,
-        } = self;
-        seen.reserve(more);
-        table.reserve(more, |&i| hasher.hash_one(id_at(ids, seen, i)));
+        self.seen.reserve(more);
+        self.table.reserve(more, |&i| {
+            self.hasher.hash_one(id_at(&self.ids, &self.seen, i))
+        });
     }
 }
 
@@ -317,13 +307,12 @@ impl TargetRead {
         // at the first one left out, the chosen ones are copied from then on.
         let (mut chosen, mut copied) = (0, None::<BytesMut>);
         for i in 0..page.len() {
-            let meta = page.meta(i);
-            let keep = match merge.seen.first_seen(meta.id, read) {
+            let keep = match merge.seen.first_seen(page.id(i), read) {
                 Some(first_read) => {
                     no_overlap &= first_read != read;
                     false
                 }
-                None => unfiltered || self.query.filter.matches(&meta),
+                None => unfiltered || self.query.filter.matches(&page.meta(i)),
             };
             match (&mut copied, keep) {
                 (None, true) => chosen += 1,

@@ -55,16 +55,23 @@ impl EncodedPage {
 
     pub fn meta(&self, i: usize) -> BackupMeta<'_> {
         let m = &self.metas[i];
-        // Written from strings, or checked when read back (`from_stored`): valid UTF-8.
-        let text = |(start, end): (u32, u32)| {
-            std::str::from_utf8(&self.encoded[start as usize..end as usize]).unwrap_or_default()
-        };
         BackupMeta {
-            id: text(m.id),
-            backup_type_name: text(m.backup_type_name),
-            status: text(m.status),
+            id: self.text(m.id),
+            backup_type_name: self.text(m.backup_type_name),
+            status: self.text(m.status),
             created: m.created,
         }
+    }
+
+    /// Backup `i`'s id (all that de-duplication needs of it).
+    pub fn id(&self, i: usize) -> &str {
+        self.text(self.metas[i].id)
+    }
+
+    /// A string field in `encoded`: written from a string, or checked when read back
+    /// (`from_stored`), so valid UTF-8.
+    fn text(&self, (start, end): (u32, u32)) -> &str {
+        std::str::from_utf8(&self.encoded[start as usize..end as usize]).unwrap_or_default()
     }
 
     /// Backup `i`, encoded.
