@@ -229,30 +229,10 @@ impl BackupFields<'_> {
         };
         encode_key(1, WireType::LengthDelimited, buf);
         encode_varint(self.encoded_len() as u64, buf);
-        let [
-            id,
-            name,
-            description,
-            status,
-            instance_id,
-            instance_name,
-            instance_status,
-            project_id,
-            region,
-            type_name,
-            project_name,
-            account_id,
-            account_name,
-        ] = self.strings();
-        for (tag, v) in [
-            id,
-            name,
-            description,
-            status,
-            instance_id,
-            instance_name,
-            instance_status,
-        ] {
+        // Tags 1–7, then 8–11 (not strings), then 12–17: in tag order, as prost writes them.
+        let strings = self.strings();
+        let (before, after) = strings.split_at(7);
+        for &(tag, v) in before {
             string(tag, v, buf);
         }
         if self.file_size_kb != 0.0 {
@@ -267,14 +247,7 @@ impl BackupFields<'_> {
         if self.backup_type != 0 {
             prost::encoding::int32::encode(11, &self.backup_type, buf);
         }
-        for (tag, v) in [
-            project_id,
-            region,
-            type_name,
-            project_name,
-            account_id,
-            account_name,
-        ] {
+        for &(tag, v) in after {
             string(tag, v, buf);
         }
         spans
