@@ -141,14 +141,37 @@ impl<S: BuildHasher> SeenIds<S> {
         }
     }
 
-    /// Room for `more` ids at once (a page's), instead of growing id by id.
-    fn reserve(&mut self, more: usize) {
+    /// Room for a page's ids; on a target's first page, for as many as the list's `total`
+    /// announces (up to `MAX_IDS_RESERVED`), so that the set is allocated once rather than grown
+    /// (and rehashed) page after page.
+    fn reserve_for(&mut self, page: &CachedPage) {
+        let len = page.len();
+        if len == 0 {
+            return;
+        }
+        let bytes: usize = (0..len).map(|i| page.id(i).len()).sum();
+        let more = if self.seen.is_empty() {
+            let announced = usize::try_from(page.total).unwrap_or(usize::MAX);
+            announced.clamp(len, MAX_IDS_RESERVED.max(len))
+        } else {
+            len
+        };
+        // Ids yet unseen are taken to be as long as this page's.
+        self.reserve(more, bytes.div_ceil(len) * more);
+    }
+
+    /// Room for `more` ids of `bytes` in all at once, instead of growing id by id.
+    fn reserve(&mut self, more: usize, bytes: usize) {
+        self.ids.reserve(bytes);
         self.seen.reserve(more);
         self.table.reserve(more, |&i| {
             self.hasher.hash_one(id_at(&self.ids, &self.seen, i))
         });
     }
 }
+
+/// Ids reserved at once from what an upstream announces: its `total` is not trusted with memory.
+const MAX_IDS_RESERVED: usize = 1024;
 
 /// Id `i` of a `SeenIds`.
 fn id_at<'a>(ids: &'a str, seen: &[(u32, u32)], i: u32) -> &'a str {
@@ -300,7 +323,7 @@ impl TargetRead {
                 "skipped an unreadable item at offset {offset}: {why}"
             ));
         }
-        merge.seen.reserve(page.len());
+        merge.seen.reserve_for(page);
         let mut no_overlap = true;
         let unfiltered = self.query.filter.is_empty();
         // While every backup so far is chosen, the batch is a prefix of the page (no copy);
@@ -432,5 +455,38 @@ mod tests {
             assert_eq!(seen.first_seen(id, 2), Some(1), "{id} was seen");
         }
         assert_eq!(seen.first_seen("backup-300", 2), None);
+    }
+
+    fn page_announcing(total: u64) -> CachedPage {
+        let mut builder = crate::wire::PageBuilder::new(crate::wire::Owner::default(), 128);
+        for i in 0..128 {
+            let info = crate::ddm::model::BackupInfo {
+                id: Some(format!("backup-{i:04}").into()),
+                ..Default::default()
+            };
+            builder.push(&info).unwrap();
+        }
+        CachedPage {
+            value: builder.finish(total, 128),
+            fetched_at: tokio::time::Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_first_page_makes_room_for_the_list_it_announces() {
+        let mut seen: SeenIds = SeenIds::default();
+        seen.reserve_for(&page_announcing(300));
+        assert!(seen.seen.capacity() >= 300, "{}", seen.seen.capacity());
+        assert!(seen.table.capacity() >= 300, "{}", seen.table.capacity());
+        assert!(seen.ids.capacity() >= 300 * "backup-0000".len());
+    }
+
+    #[test]
+    fn an_announced_total_is_not_trusted_with_memory() {
+        let mut seen: SeenIds = SeenIds::default();
+        seen.reserve_for(&page_announcing(1 << 40));
+        assert!(seen.seen.capacity() <= 2 * MAX_IDS_RESERVED);
+        assert!(seen.table.capacity() <= 2 * MAX_IDS_RESERVED);
+        assert!(seen.ids.capacity() <= 2 * MAX_IDS_RESERVED * "backup-0000".len());
     }
 }
