@@ -55,13 +55,9 @@ pub struct Pushdown {
 pub struct PageRequest<'a> {
     /// `scheme://host[:port]`, no trailing slash.
     pub endpoint: &'a str,
-    pub project_id: &'a str,
-    /// Written into every backup of the page, beside the id.
-    pub project_name: &'a str,
-    pub region: &'a str,
-    /// Written into every backup too: the member account, empty for our own projects.
-    pub account_id: &'a str,
-    pub account_name: &'a str,
+    /// Whose backups these are: its project id is in the URL, and all of it is written into
+    /// every backup of the page.
+    pub owner: Owner<'a>,
     pub pushdown: &'a Pushdown,
     pub offset: u64,
     pub limit: u32,
@@ -79,8 +75,8 @@ impl<'a> PageRequest<'a> {
     fn call(&self) -> Call<'a> {
         Call {
             url: page_url(self),
-            project_id: self.project_id,
-            region: self.region,
+            project_id: self.owner.project_id,
+            region: self.owner.region,
             offset: self.offset,
             deadline: self.deadline,
             sent: self.sent,
@@ -186,13 +182,7 @@ impl DdmClient {
         page: &PageRequest<'_>,
         credential: &Credential,
     ) -> Result<EncodedPage, DdmError> {
-        let owner = Owner {
-            project_id: page.project_id,
-            project_name: page.project_name,
-            region: page.region,
-            account_id: page.account_id,
-            account_name: page.account_name,
-        };
+        let owner = page.owner;
         let decode = |body: &[u8]| decode_page(body, owner).map_err(|e| e.to_string());
         self.get(&page.call(), credential, &decode).await
     }
@@ -433,7 +423,7 @@ fn page_url(page: &PageRequest<'_>) -> String {
     format!(
         "{}/v3/{}/backups?{}",
         page.endpoint,
-        page.project_id,
+        page.owner.project_id,
         canonical_query(pairs)
     )
 }
@@ -516,11 +506,11 @@ mod tests {
         };
         let page = PageRequest {
             endpoint: "http://127.0.0.1:1",
-            project_id: "0123456789abcdef0123456789abcdef",
-            project_name: "",
-            region: "r",
-            account_id: "",
-            account_name: "",
+            owner: Owner {
+                project_id: "0123456789abcdef0123456789abcdef",
+                region: "r",
+                ..Owner::default()
+            },
             pushdown: &pushdown,
             offset: 256,
             limit: 128,

@@ -23,6 +23,7 @@ use super::targets::{Target, TargetHealth};
 use super::{EncodedBatch, Event, Inventory, InventoryError, Query, TargetError, TargetResult};
 use crate::cache::{CachedPage, Origin, PageKey};
 use crate::ddm::{DdmError, Gate, MAX_PAGE_SIZE, PageRequest, Pushdown};
+use crate::wire::Owner;
 
 /// Warnings kept per target; more are counted, not listed.
 const MAX_WARNINGS: usize = 10;
@@ -380,11 +381,13 @@ impl TargetRead {
         let fetch = || async {
             let request = PageRequest {
                 endpoint: &self.target.endpoint,
-                project_id: &self.target.project_id,
-                project_name: &self.target.project_name,
-                region: &self.target.region,
-                account_id,
-                account_name,
+                owner: Owner {
+                    project_id: &self.target.project_id,
+                    project_name: &self.target.project_name,
+                    region: &self.target.region,
+                    account_id,
+                    account_name,
+                },
                 pushdown: &self.pushdown,
                 offset,
                 limit: MAX_PAGE_SIZE,
