@@ -154,6 +154,10 @@ impl DdmClient {
         let http = reqwest::Client::builder()
             .user_agent(concat!("backupgw/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60))
+            // The APIs never redirect. Following one would send the credential (an
+            // `X-Auth-Token`, which no redirect policy strips, or the IAM password in a re-sent
+            // POST body) wherever the answer pointed: a redirect is an error instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| DdmError::Transport(format!("cannot build the HTTP client: {e}")))?;
         Ok(DdmClient {

@@ -220,6 +220,13 @@ pub fn upstream_error(
             iam.message.unwrap_or_default(),
             None,
         ),
+        _ if (300..400).contains(&status) => (
+            status.to_string(),
+            format!(
+                "a redirect (HTTP {status}), not followed: the API does not redirect, so the endpoint is likely wrong"
+            ),
+            None,
+        ),
         _ => (status.to_string(), readable(body), None),
     };
     DdmError::Upstream {

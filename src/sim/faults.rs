@@ -60,6 +60,8 @@ pub struct Faults {
     pub slow_body_ms: u64,
     /// For `huge_body`: the body's size.
     pub huge_body_bytes: usize,
+    /// For `redirect`: where to.
+    pub redirect_to: String,
     /// Churn, at each ListBackups request: new backups appear at the front…
     pub churn_add: u32,
     /// …and the oldest expire.
@@ -82,6 +84,7 @@ impl Default for Faults {
             stall_ms: 3_600_000,
             slow_body_ms: 1_000,
             huge_body_bytes: 16 << 20,
+            redirect_to: "http://127.0.0.1:9/".into(),
             churn_add: 0,
             churn_expire: 0,
             fail_instances: false,
@@ -122,6 +125,8 @@ pub enum FailWith {
     HugeBody,
     /// 200 with the body trickling in (slow-loris).
     SlowBody,
+    /// 302 to `redirect_to` (a moved host, a login page): what a client must not follow.
+    Redirect,
 }
 
 impl Faults {
@@ -271,6 +276,11 @@ pub async fn fail(
             v["padding"] = json!("x".repeat(faults.huge_body_bytes));
             json_body(v.to_string(), None)
         }
+        FailWith::Redirect => (
+            StatusCode::FOUND,
+            [(header::LOCATION, faults.redirect_to.clone())],
+        )
+            .into_response(),
         FailWith::SlowBody => json_body(
             slow_body(
                 Bytes::from(page().to_string()),

@@ -76,3 +76,28 @@ fn the_readmes_many_accounts_example_is_valid() {
     assert!(toml.contains("[[accounts]]") && toml.contains("[organization]"));
     check_toml("accounts.toml", &toml);
 }
+
+#[test]
+fn the_readmes_faults_example_is_valid() {
+    let text = readme_toml("Faults are injected from a TOML file");
+    let plan: backupgw::sim::FaultPlan = toml::from_str(&text).unwrap();
+    assert_eq!(
+        plan.regions["cn-south-1"].fail_with,
+        Some(backupgw::sim::FailWith::Unavailable)
+    );
+    // Every kind the example lists by name is one the simulator knows.
+    let (_, listed) = text.split_once("fail_with = ").unwrap();
+    let names: Vec<&str> = listed
+        .lines()
+        .take_while(|l| !l.starts_with('#'))
+        .flat_map(|l| l.split_once('#').map_or("", |(_, c)| c).split('|'))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    assert!(names.len() >= 16, "{names:?}");
+    for name in names {
+        let one: Result<backupgw::sim::Faults, _> =
+            toml::from_str(&format!("fail_with = {name:?}"));
+        assert!(one.is_ok(), "{name}: {one:?}");
+    }
+}

@@ -458,3 +458,29 @@ async fn list_targets_shows_last_success_last_error_and_backoff() {
     }
     drop(stream);
 }
+
+#[tokio::test]
+async fn a_redirect_is_an_error_and_the_token_goes_nowhere_else() {
+    // Where the redirect points: a listener that would receive the request, and its token.
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let faults = Faults {
+        redirect_to: format!("http://{}/v3/stolen", elsewhere.local_addr().unwrap()),
+        ..failing(FailWith::Redirect, None)
+    };
+    let run = run_one_faulty_project(faults, test_client_options()).await;
+    run.healthy_targets_are_complete();
+    let e = run.faulty_error();
+    assert_eq!(
+        (e.kind.as_str(), e.error_code.as_str(), e.http_status),
+        ("upstream", "302", 302),
+        "{e:?}"
+    );
+    assert!(e.message.contains("not followed"), "{e:?}");
+    assert!(!e.retryable, "{e:?}");
+    assert_eq!(run.faulty_requests(), 1);
+    // The answer is complete: a redirect followed would have connected by now.
+    assert!(
+        futures_util::FutureExt::now_or_never(elsewhere.accept()).is_none(),
+        "the redirect was followed"
+    );
+}
