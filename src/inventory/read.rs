@@ -142,23 +142,13 @@ impl<S: BuildHasher> SeenIds<S> {
         }
     }
 
-    /// Room for a page's ids; on a target's first page, for as many as the list's `total`
-    /// announces (up to `MAX_IDS_RESERVED`), so that the set is allocated once rather than grown
-    /// (and rehashed) page after page.
+    /// Room for a page's ids, their text included, at once: instead of growing id by id (the
+    /// text from nothing by doubling). Only for the page at hand, not for the `total` it
+    /// announces: a target read that is cancelled after its first page (a storm of them) then
+    /// holds one page's ids, not a whole list's.
     fn reserve_for(&mut self, page: &CachedPage) {
-        let len = page.len();
-        if len == 0 {
-            return;
-        }
-        let bytes: usize = (0..len).map(|i| page.id(i).len()).sum();
-        let more = if self.seen.is_empty() {
-            let announced = usize::try_from(page.total).unwrap_or(usize::MAX);
-            announced.clamp(len, MAX_IDS_RESERVED.max(len))
-        } else {
-            len
-        };
-        // Ids yet unseen are taken to be as long as this page's.
-        self.reserve(more, bytes.div_ceil(len) * more);
+        let bytes: usize = (0..page.len()).map(|i| page.id(i).len()).sum();
+        self.reserve(page.len(), bytes);
     }
 
     /// Room for `more` ids of `bytes` in all at once, instead of growing id by id.
@@ -170,9 +160,6 @@ impl<S: BuildHasher> SeenIds<S> {
         });
     }
 }
-
-/// Ids reserved at once from what an upstream announces: its `total` is not trusted with memory.
-const MAX_IDS_RESERVED: usize = 1024;
 
 /// Id `i` of a `SeenIds`.
 fn id_at<'a>(ids: &'a str, seen: &[(u32, u32)], i: u32) -> &'a str {
@@ -476,20 +463,19 @@ mod tests {
     }
 
     #[test]
-    fn a_first_page_makes_room_for_the_list_it_announces() {
+    fn a_page_makes_room_for_its_ids_at_once_and_only_for_its_own() {
         let mut seen: SeenIds = SeenIds::default();
-        seen.reserve_for(&page_announcing(300));
-        assert!(seen.seen.capacity() >= 300, "{}", seen.seen.capacity());
-        assert!(seen.table.capacity() >= 300, "{}", seen.table.capacity());
-        assert!(seen.ids.capacity() >= 300 * "backup-0000".len());
-    }
-
-    #[test]
-    fn an_announced_total_is_not_trusted_with_memory() {
-        let mut seen: SeenIds = SeenIds::default();
-        seen.reserve_for(&page_announcing(1 << 40));
-        assert!(seen.seen.capacity() <= 2 * MAX_IDS_RESERVED);
-        assert!(seen.table.capacity() <= 2 * MAX_IDS_RESERVED);
-        assert!(seen.ids.capacity() <= 2 * MAX_IDS_RESERVED * "backup-0000".len());
+        // A first page announcing a list of 10,000.
+        seen.reserve_for(&page_announcing(10_000));
+        let text = 128 * "backup-0000".len();
+        assert!(seen.ids.capacity() >= text, "{}", seen.ids.capacity());
+        assert!(seen.ids.capacity() < 2 * text, "{}", seen.ids.capacity());
+        assert!((128..256).contains(&seen.seen.capacity()));
+        assert!((128..256).contains(&seen.table.capacity()));
+        let reserved = (seen.ids.capacity(), seen.table.capacity());
+        for i in 0..128 {
+            seen.first_seen(&format!("backup-{i:04}"), 1);
+        }
+        assert_eq!((seen.ids.capacity(), seen.table.capacity()), reserved);
     }
 }
