@@ -151,7 +151,7 @@ impl<S: BuildHasher> SeenIds<S> {
         self.reserve(page.len(), bytes);
     }
 
-    /// Room for `more` ids of `bytes` in all at once, instead of growing id by id.
+    /// Room for `more` ids of `bytes` in all.
     fn reserve(&mut self, more: usize, bytes: usize) {
         self.ids.reserve(bytes);
         self.seen.reserve(more);
@@ -448,7 +448,7 @@ mod tests {
     }
 
     fn page_announcing(total: u64) -> CachedPage {
-        let mut builder = crate::wire::PageBuilder::new(crate::wire::Owner::default(), 128);
+        let mut builder = crate::wire::PageBuilder::new(Owner::default(), 128);
         for i in 0..128 {
             let info = crate::ddm::model::BackupInfo {
                 id: Some(format!("backup-{i:04}").into()),
