@@ -253,6 +253,14 @@ where
     V: Send + Sync + 'static,
     F: Future<Output = Result<(Fresh<V>, Origin), DdmError>>,
 {
+    if max_age == Some(Duration::ZERO) {
+        // Past the cache (no lookup, no shared miss to wait on): fetched for this caller, then
+        // kept for the others.
+        let (value, origin) = fetch().await.map_err(Arc::new)?;
+        let value = Arc::new(value);
+        cache.insert(key, Arc::clone(&value)).await;
+        return Ok((value, origin));
+    }
     if let Some(max_age) = max_age
         && let Some(cached) = cache.get(&key).await
         && cached.fetched_at.elapsed() > max_age
@@ -398,5 +406,50 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(p.encoded_at(1).len(), p.encoded.len() - p.ends[0] as usize);
+    }
+
+    #[tokio::test]
+    async fn a_read_at_max_age_zero_leaves_the_cached_page_to_others_until_its_own_is_in() {
+        let cache = PageCache::new(Duration::from_secs(60), 1 << 20);
+        cache
+            .get_or_fetch(key(0), None, || async { Ok(page(1)) })
+            .await
+            .unwrap();
+        let (started, fetching) = tokio::sync::oneshot::channel::<()>();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let mut once = Some((started, released));
+        let fresh = tokio::spawn({
+            let cache = cache.clone();
+            async move {
+                cache
+                    .get_or_fetch(key(0), Some(Duration::ZERO), move || {
+                        let (started, released) = once.take().unwrap();
+                        async move {
+                            started.send(()).unwrap();
+                            released.await.unwrap();
+                            Ok(page(2))
+                        }
+                    })
+                    .await
+            }
+        });
+        fetching.await.unwrap();
+        // A guard against a hang (waiting on the fresh read), not a timing assertion.
+        let (p, origin) = tokio::time::timeout(
+            Duration::from_secs(30),
+            cache.get_or_fetch(key(0), None, || async { Ok(page(3)) }),
+        )
+        .await
+        .expect("a cached page is served while a fresh read runs")
+        .unwrap();
+        assert_eq!((origin, p.len()), (Origin::Cache, 1));
+        release.send(()).unwrap();
+        let (p, origin) = fresh.await.unwrap().unwrap();
+        assert_eq!((origin, p.len()), (Origin::Upstream, 2));
+        let (p, origin) = cache
+            .get_or_fetch(key(0), None, || async { Ok(page(3)) })
+            .await
+            .unwrap();
+        assert_eq!((origin, p.len()), (Origin::Cache, 2));
     }
 }
