@@ -486,128 +486,155 @@ fn inventory_limits() -> String {
 
 /// Rows 1, 2 and 4: 4 regions × 50 projects × 300 backups (3 pages each), 50 ms a request.
 async fn inventory(quick: bool, reps: usize, dir: &Path) -> Vec<Row> {
-    let mut rows = Vec::new();
     let sim = start_inventory_sim(dir, LATENCY_MS);
-    let t = sim.targets.len();
-    let r = t * 2;
-    let bound =
-        ((t.div_ceil(CONCURRENCY) + r.div_ceil(CONCURRENCY)) as u64 * LATENCY_MS) as f64 / 1000.0;
     let limits = inventory_limits();
     if std::env::var_os("BACKUPGW_BENCH_PROFILE").is_some() {
         profile(&sim, &limits).await;
-        return rows;
+        return Vec::new();
     }
-    let Measured {
-        cold,
-        cold_running,
-        gw_cold_cpu,
-        sim_cold_cpu,
-        warm_rate,
-        warm_decoded_rate,
-        warm_cpu,
-    } = measure(&sim, &limits, reps).await;
-    let (sequential, in_order, ideal) = baselines(&sim, quick, reps).await;
-    let (far, far_bound) = cold_far_away(reps, dir).await;
-    // The protection report over the same inventory, cold: every target's instance list too.
-    let summary_bound = (((2 * t).div_ceil(CONCURRENCY) + r.div_ceil(CONCURRENCY)) as u64
-        * LATENCY_MS) as f64
-        / 1000.0;
-    let (summary, instances) = summarize_cold(&sim, &limits, reps).await;
-    rows.push(Row {
-        name: format!(
-            "cold inventory, {t} targets × 300 = {INVENTORY_BACKUPS} backups, C = {CONCURRENCY}"
-        ),
-        value: format!(
-            "{:.0} ms = {:.2} × the {:.0} ms round-trip bound",
-            cold * 1e3,
-            cold / bound,
-            bound * 1e3
-        ),
-        target: "≤ 1.5 × bound".into(),
-    });
-    rows.push(Row {
-        name: "  the same on a running gateway (max_age = 0: every page read again)".into(),
-        value: format!(
-            "{:.0} ms = {:.2} × the bound",
-            cold_running * 1e3,
-            cold_running / bound
-        ),
-        target: String::new(),
-    });
-    rows.push(Row {
-        name: "  floor: a bare HTTP client, ideal schedule, bodies not even parsed".into(),
-        value: format!("{:.0} ms = {:.2} × the bound", ideal * 1e3, ideal / bound),
-        target: String::new(),
-    });
-    rows.push(Row {
-        name: format!("  the same at {FAR_LATENCY_MS} ms a request (a far region)"),
-        value: format!(
-            "{:.0} ms = {:.2} × the {:.0} ms bound",
-            far * 1e3,
-            far / far_bound,
-            far_bound * 1e3
-        ),
-        target: String::new(),
-    });
-    rows.push(Row {
-        name: "  CPU used meanwhile: gateway, simulator (of 2 cores)".into(),
-        value: format!("{:.0} ms, {:.0} ms", gw_cold_cpu * 1e3, sim_cold_cpu * 1e3),
-        target: String::new(),
-    });
-    rows.push(Row {
-        name: format!("  SummarizeBackups over it and {t} instance lists ({instances} instances)"),
-        value: format!(
-            "{:.0} ms = {:.2} × the {:.0} ms round-trip bound",
-            summary * 1e3,
-            summary / summary_bound,
-            summary_bound * 1e3
-        ),
-        target: "≈ the cold inventory".into(),
-    });
-    rows.push(Row {
-        name: format!(
-            "  vs sequential client (one request at a time){}",
-            if quick {
-                ", extrapolated from 20 targets"
-            } else {
-                ""
-            }
-        ),
-        value: format!(
-            "{:.1} s: backupgw is {:.0} × faster",
-            sequential,
-            sequential / cold
-        ),
-        target: "≥ 100 ×".into(),
-    });
-    rows.push(Row {
-        name: "  vs targets concurrent, pages in order".into(),
-        value: format!(
-            "{:.0} ms: backupgw is {:.1} × faster",
-            in_order * 1e3,
-            in_order / cold
-        ),
-        target: String::new(),
-    });
-    rows.push(Row {
-        name: "warm inventory (from cache), backups/s delivered to the client".into(),
-        value: format!(
-            "{:.2} M/s; gateway CPU {:.2} s per million backups",
-            warm_rate / 1e6,
-            warm_cpu
-        ),
-        target: "≥ 1 M/s".into(),
-    });
-    rows.push(Row {
-        name: "  the same, the client decoding every backup into objects".into(),
-        value: format!("{:.2} M/s", warm_decoded_rate / 1e6),
-        target: String::new(),
-    });
-
+    let measured = measure(&sim, &limits, reps).await;
+    let clients = baselines(&sim, quick, reps).await;
+    let far = cold_far_away(reps, dir).await;
+    let summary = summarize_cold(&sim, &limits, reps).await;
+    let targets = sim.targets.len();
+    let mut rows = cold_rows(targets, &measured, clients.2, far);
+    rows.extend(beside_cold_rows(
+        targets, &measured, clients, summary, quick,
+    ));
+    rows.extend(warm_rows(&measured));
     rows.extend(small_queries_rows(&sim, &limits, quick).await);
-    drop(sim);
-
     rows
+}
+
+fn row(name: impl Into<String>, value: String, target: &str) -> Row {
+    Row {
+        name: name.into(),
+        value,
+        target: target.into(),
+    }
+}
+
+/// The fewest round trips `t` targets' first pages and `requests` other requests take at
+/// C = CONCURRENCY, in seconds.
+fn round_trips(t: usize, requests: usize) -> f64 {
+    ((t.div_ceil(CONCURRENCY) + requests.div_ceil(CONCURRENCY)) as u64 * LATENCY_MS) as f64 / 1000.0
+}
+
+/// "N ms = X × the"
+fn times(secs: f64, bound: f64) -> String {
+    format!("{:.0} ms = {:.2} × the", secs * 1e3, secs / bound)
+}
+
+/// Row 1: the cold inventory against its round-trip bound, on a fresh and on a running
+/// gateway, beside the floor (`ideal`) and a far region (`far`: time and bound).
+fn cold_rows(t: usize, measured: &Measured, ideal: f64, (far, far_bound): (f64, f64)) -> Vec<Row> {
+    let bound = round_trips(t, 2 * t);
+    vec![
+        row(
+            format!(
+                "cold inventory, {t} targets × 300 = {INVENTORY_BACKUPS} backups, C = {CONCURRENCY}"
+            ),
+            format!(
+                "{} {:.0} ms round-trip bound",
+                times(measured.cold, bound),
+                bound * 1e3
+            ),
+            "≤ 1.5 × bound",
+        ),
+        row(
+            "  the same on a running gateway (max_age = 0: every page read again)",
+            format!("{} bound", times(measured.cold_running, bound)),
+            "",
+        ),
+        row(
+            "  floor: a bare HTTP client, ideal schedule, bodies not even parsed",
+            format!("{} bound", times(ideal, bound)),
+            "",
+        ),
+        row(
+            format!("  the same at {FAR_LATENCY_MS} ms a request (a far region)"),
+            format!("{} {:.0} ms bound", times(far, far_bound), far_bound * 1e3),
+            "",
+        ),
+        row(
+            "  CPU used meanwhile: gateway, simulator (of 2 cores)",
+            format!(
+                "{:.0} ms, {:.0} ms",
+                measured.gw_cold_cpu * 1e3,
+                measured.sim_cold_cpu * 1e3
+            ),
+            "",
+        ),
+    ]
+}
+
+/// Row 1, continued: the protection report over the same inventory (`summary`: time and
+/// instances), and the clients users write themselves (`clients`: sequential, pages in order).
+fn beside_cold_rows(
+    t: usize,
+    measured: &Measured,
+    (sequential, in_order, _): (f64, f64, f64),
+    (summary, instances): (f64, usize),
+    quick: bool,
+) -> Vec<Row> {
+    // Every target's instance list is asked for beside its first page.
+    let summary_bound = round_trips(2 * t, 2 * t);
+    let cold = measured.cold;
+    vec![
+        row(
+            format!("  SummarizeBackups over it and {t} instance lists ({instances} instances)"),
+            format!(
+                "{} {:.0} ms round-trip bound",
+                times(summary, summary_bound),
+                summary_bound * 1e3
+            ),
+            "≈ the cold inventory",
+        ),
+        row(
+            format!(
+                "  vs sequential client (one request at a time){}",
+                if quick {
+                    ", extrapolated from 20 targets"
+                } else {
+                    ""
+                }
+            ),
+            format!(
+                "{sequential:.1} s: backupgw is {:.0} × faster",
+                sequential / cold
+            ),
+            "≥ 100 ×",
+        ),
+        row(
+            "  vs targets concurrent, pages in order",
+            format!(
+                "{:.0} ms: backupgw is {:.1} × faster",
+                in_order * 1e3,
+                in_order / cold
+            ),
+            "",
+        ),
+    ]
+}
+
+/// Row 2: the warm inventory, from the cache.
+fn warm_rows(measured: &Measured) -> Vec<Row> {
+    vec![
+        row(
+            "warm inventory (from cache), backups/s delivered to the client",
+            format!(
+                "{:.2} M/s; gateway CPU {:.2} s per million backups",
+                measured.warm_rate / 1e6,
+                measured.warm_cpu
+            ),
+            "≥ 1 M/s",
+        ),
+        row(
+            "  the same, the client decoding every backup into objects",
+            format!("{:.2} M/s", measured.warm_decoded_rate / 1e6),
+            "",
+        ),
+    ]
 }
 
 /// Row 4: many small queries: one cached target, 64 callers; then again while a caller that
