@@ -238,7 +238,8 @@ where
 }
 
 /// The value for `key`, from `cache` when it is younger than `max_age`, else from a future
-/// that `fetch` makes (with where the value came from); concurrent misses share one fetch.
+/// that `fetch` makes (with where the value came from); concurrent misses share one fetch. A
+/// `max_age` of zero neither looks nor shares: its fetch replaces the cached value when done.
 ///
 /// A caller that waited on another caller's fetch (a shared miss) and got that caller's
 /// `DeadlineExceeded` fetches for itself: that deadline was not its own.
