@@ -295,7 +295,7 @@ impl Credential {
             .await
             .map_err(|e| DdmError::Transport(format!("{url} did not answer: {e}")))?;
         let status = response.status().as_u16();
-        let request_id = header_string(response.headers(), "x-request-id");
+        let request_id = header_string(response.headers(), X_REQUEST_ID);
         let bytes = response
             .bytes()
             .await
@@ -344,6 +344,9 @@ pub struct IamProject {
 fn enabled() -> bool {
     true
 }
+
+/// The request id every Huawei Cloud answer carries (quoted in errors).
+pub(super) const X_REQUEST_ID: &str = "x-request-id";
 
 pub(super) fn header_string(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
     headers

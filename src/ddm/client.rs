@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::metrics::Metrics;
 use crate::rate::Pace;
 
-use super::auth::{Authorized, Credential};
+use super::auth::{Authorized, Credential, X_REQUEST_ID, header_string};
 use super::error::{DdmError, shorten, upstream_error};
 use super::model::decode_page;
 pub use super::retry::RetryPolicy;
@@ -145,7 +145,6 @@ pub struct DdmClient {
 }
 
 const X_PROJECT_ID: HeaderName = HeaderName::from_static("x-project-id");
-const X_REQUEST_ID: &str = "x-request-id";
 
 impl DdmClient {
     /// One client (one connection pool) serves every target.
@@ -392,10 +391,7 @@ impl DdmClient {
 
 /// What an answer's headers say: its request id (for errors) and `Retry-After` (seconds).
 fn request_id_and_retry_after(headers: &HeaderMap) -> (Option<String>, Option<Duration>) {
-    let request_id = headers
-        .get(X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let request_id = header_string(headers, X_REQUEST_ID);
     let retry_after = headers
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::auth::{
-    Credential, IAM_REQUEST_TIMEOUT, IamPassword, X_AUTH_TOKEN, header_string, sensitive_header,
-    unix_now,
+    Credential, IAM_REQUEST_TIMEOUT, IamPassword, X_AUTH_TOKEN, X_REQUEST_ID, header_string,
+    sensitive_header, unix_now,
 };
 use super::error::{DdmError, upstream_error};
 
@@ -278,7 +278,7 @@ pub(super) async fn post_tokens(
         .await
         .map_err(|e| DdmError::Transport(e.to_string()))?;
     let status = response.status().as_u16();
-    let request_id = header_string(response.headers(), "x-request-id");
+    let request_id = header_string(response.headers(), X_REQUEST_ID);
     let subject = response
         .headers()
         .get(X_SUBJECT_TOKEN)
