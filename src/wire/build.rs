@@ -218,13 +218,7 @@ impl BackupFields<'_> {
                 encode_varint(v.len() as u64, buf);
                 let start = buf.len() as u32;
                 buf.put_slice(v.as_bytes());
-                let span = (start, buf.len() as u32);
-                match tag {
-                    ID => spans.id = span,
-                    STATUS => spans.status = span,
-                    TYPE_NAME => spans.backup_type_name = span,
-                    _ => {}
-                }
+                spans.note(tag, (start, buf.len() as u32));
             }
         };
         encode_key(1, WireType::LengthDelimited, buf);
@@ -255,9 +249,9 @@ impl BackupFields<'_> {
 }
 
 /// `backupgw.v1.Backup`'s fields that the gateway itself reads back (`Meta`).
-pub(super) const ID: u32 = 1;
-pub(super) const STATUS: u32 = 4;
-pub(super) const TYPE_NAME: u32 = 14;
+const ID: u32 = 1;
+const STATUS: u32 = 4;
+const TYPE_NAME: u32 = 14;
 
 /// Where a backup's id, status and type name lie in its page's encoded bytes (empty: `(0, 0)`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -265,6 +259,18 @@ pub(super) struct Spans {
     pub id: (u32, u32),
     pub status: (u32, u32),
     pub backup_type_name: (u32, u32),
+}
+
+impl Spans {
+    /// Where field `tag` lies, if it is one of the three.
+    pub(super) fn note(&mut self, tag: u32, span: (u32, u32)) {
+        match tag {
+            ID => self.id = span,
+            STATUS => self.status = span,
+            TYPE_NAME => self.backup_type_name = span,
+            _ => {}
+        }
+    }
 }
 
 /// The contract's enum for the upstream's `backup_type` (its name is kept verbatim beside it).

@@ -6,7 +6,7 @@ use prost::Message as _;
 use prost::encoding::WireType;
 
 use super::ListBackupsResponse;
-use super::build::{ID, STATUS, Spans, TYPE_NAME};
+use super::build::Spans;
 use crate::pb;
 
 /// A page of readable backups, encoded for the wire, with what the gateway itself looks at in
@@ -208,13 +208,7 @@ fn spans_of(backup: &[u8], base: usize) -> Result<Spans, String> {
             return Err("a field is cut short".into());
         }
         let start = (base + backup.len() - rest.len()) as u32;
-        let span = (start, start + len as u32);
-        match tag {
-            ID => spans.id = span,
-            STATUS => spans.status = span,
-            TYPE_NAME => spans.backup_type_name = span,
-            _ => {}
-        }
+        spans.note(tag, (start, start + len as u32));
         rest = &rest[len..];
     }
     Ok(spans)
