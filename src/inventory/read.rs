@@ -148,14 +148,9 @@ impl<S: BuildHasher> SeenIds<S> {
     /// holds one page's ids, not a whole list's.
     fn reserve_for(&mut self, page: &CachedPage) {
         let bytes: usize = (0..page.len()).map(|i| page.id(i).len()).sum();
-        self.reserve(page.len(), bytes);
-    }
-
-    /// Room for `more` ids of `bytes` in all.
-    fn reserve(&mut self, more: usize, bytes: usize) {
         self.ids.reserve(bytes);
-        self.seen.reserve(more);
-        self.table.reserve(more, |&i| {
+        self.seen.reserve(page.len());
+        self.table.reserve(page.len(), |&i| {
             self.hasher.hash_one(id_at(&self.ids, &self.seen, i))
         });
     }
