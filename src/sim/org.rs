@@ -15,16 +15,8 @@ use super::auth::Caller;
 use super::data::{SimAccount, SimAgency, SimProject};
 use super::http::{RegionState, SimRequest, iam_error, iam_time};
 
-/// IAM's other error shape (`error_msg`, `error_code`), as its agency pages show it.
-fn iam_refusal(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        axum::Json(json!({"error_msg": message, "error_code": code})),
-    )
-        .into_response()
-}
-
-/// Why IAM or Organizations refused, answered as `iam_refusal`.
+/// Why IAM or Organizations refused, answered in IAM's other error shape (`error_msg`,
+/// `error_code`), as its agency pages show it.
 struct Refusal {
     status: StatusCode,
     code: &'static str,
@@ -43,7 +35,8 @@ impl Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        iam_refusal(self.status, self.code, &self.message)
+        let body = json!({"error_msg": self.message, "error_code": self.code});
+        (self.status, axum::Json(body)).into_response()
     }
 }
 
