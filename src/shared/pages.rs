@@ -4,6 +4,7 @@
 //! the upstream. While one replica fetches it, the others asking for it wait for it (a lease,
 //! `SET NX PX`), at most as long as the lease lasts: a waiter whose holder died fetches itself.
 
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncCommands as _;
@@ -81,22 +82,31 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// KEYS: the value, its lease; ARGV: this replica, the lease's length (ms). The value if stored,
-/// else 1 when this replica now holds the lease, 0 when another does.
-const STORED_OR_LEASE: &str = r"
+/// else 1 when this replica now holds the lease, 0 when another does. (Scripts are hashed once,
+/// not at every page.)
+static STORED_OR_LEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local page = redis.call('GET', KEYS[1])
 if page then return page end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
-";
+",
+    )
+});
 
 /// KEYS: the lease; ARGV: this replica, the news channel, the value's key. Deletes the lease if
 /// this replica holds it, and tells the others that the fetch ended (a Redis whose ACL refuses
 /// the channel still gets the lease back: the waiters then look by themselves).
-const RELEASE: &str = r"
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.pcall('PUBLISH', ARGV[2], ARGV[3])
 return 0
-";
+",
+    )
+});
 
 /// What `stored_or_lease` found.
 enum Look {
@@ -182,10 +192,9 @@ impl Shared {
         let (page, lease) = (self.key(T::KIND, name), self.lease_key::<T>(name));
         let holder = self.replica.clone();
         let lease_ms = self.options.lease.as_millis().max(1) as u64;
-        let script = redis::Script::new(STORED_OR_LEASE);
         let answer: redis::Value = self
             .run(|mut c| {
-                let mut invocation = script.key(&page);
+                let mut invocation = STORED_OR_LEASE.key(&page);
                 invocation.key(&lease).arg(&holder).arg(lease_ms);
                 async move { invocation.invoke_async(&mut c).await }
             })
@@ -266,10 +275,9 @@ impl Shared {
         let key = self.lease_key::<T>(name);
         let told = self.key(T::KIND, name);
         let holder = self.replica.clone();
-        let script = redis::Script::new(RELEASE);
         let _: Option<i64> = self
             .run(|mut c| {
-                let mut invocation = script.key(&key);
+                let mut invocation = RELEASE.key(&key);
                 invocation.arg(&holder).arg(self.news_channel()).arg(&told);
                 async move { invocation.invoke_async(&mut c).await }
             })
