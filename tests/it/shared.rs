@@ -286,6 +286,16 @@ async fn two_replicas(options: SharedOptions) -> (backupgw::sim::Simulator, Gate
     (sim, a, b)
 }
 
+/// Once the news of other replicas' fetches reach `gw`.
+async fn subscribed(gw: &Gateway) {
+    let shared = gw.inventory.cache().shared().unwrap();
+    let mut subscription = shared.subscription();
+    subscription
+        .wait_for(|s| *s == Subscription::Subscribed)
+        .await
+        .unwrap();
+}
+
 /// The same cold inventory asked of both replicas at once: every page is read from the
 /// upstream once, and both answer it whole.
 async fn both_at_once(
@@ -330,12 +340,7 @@ async fn a_replica_waiting_for_anothers_fetch_is_told_when_it_ends() {
     };
     let (sim, mut a, mut b) = two_replicas(told_only).await;
     for gw in [&a, &b] {
-        let shared = gw.inventory.cache().shared().unwrap();
-        let mut subscription = shared.subscription();
-        subscription
-            .wait_for(|s| *s == Subscription::Subscribed)
-            .await
-            .unwrap();
+        subscribed(gw).await;
     }
     // Untold, a waiter would wait for the hour-long lease.
     tokio::time::timeout(Duration::from_secs(60), both_at_once(&sim, &mut a, &mut b))
@@ -484,12 +489,9 @@ async fn redis_going_away_fails_no_query_and_sharing_resumes_when_it_is_back() {
     let metrics = a.inventory.metrics().unwrap().render();
     assert!(metrics.contains("backupgw_shared_up 1"), "{metrics}");
     // And the news of other replicas' fetches reach A again.
-    let mut subscription = a.inventory.cache().shared().unwrap().subscription();
-    let subscribed = subscription.wait_for(|s| *s == Subscription::Subscribed);
-    tokio::time::timeout(Duration::from_secs(30), subscribed)
+    tokio::time::timeout(Duration::from_secs(30), subscribed(&a))
         .await
-        .expect("subscribed again once Redis is back")
-        .unwrap();
+        .expect("subscribed again once Redis is back");
 }
 
 #[tokio::test]
