@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -77,7 +77,7 @@ impl Inventory {
         let target_slots = Arc::new(Semaphore::new(self.limits.max_concurrent_targets.max(1)));
         let progress: Vec<Arc<TargetProgress>> = targets.iter().map(|_| Arc::default()).collect();
         let mut running = JoinSet::new();
-        let mut index_of = HashMap::new();
+        let mut reading = HashMap::new();
         // Targets are spawned only once a slot is free: a waiting target costs nothing.
         let mut waiting = targets.iter().enumerate();
         let mut next = waiting.next();
@@ -88,41 +88,39 @@ impl Inventory {
         loop {
             let busy = next.is_some() || !running.is_empty();
             let joined = tokio::select! {
-                slot = Arc::clone(&target_slots).acquire_owned(), if next.is_some() => {
-                    let (Some((index, target)), Ok(slot)) = (next, slot) else { break };
-                    let read = self.target_read(&call, target, &progress[index]);
-                    let handle: AbortHandle = running.spawn(
-                        async move {
-                            let _slot = slot;
-                            read.run().await
-                        }
-                        .in_current_span(),
-                    );
-                    index_of.insert(handle.id(), index);
-                    next = waiting.next();
-                    continue;
-                }
-                Some(joined) = running.join_next_with_id(), if !running.is_empty() => joined,
+                biased;
                 _ = sleep_until_opt(query.deadline), if busy => {
                     out_of_time = true;
                     break;
                 }
+                Some(joined) = running.join_next_with_id(), if !running.is_empty() => joined,
+                slot = Arc::clone(&target_slots).acquire_owned(), if next.is_some() => {
+                    let (Some((index, target)), Ok(slot)) = (next, slot) else { break };
+                    let read = self.target_read(&call, target, &progress[index]);
+                    let handle: AbortHandle = running.spawn(read.run().in_current_span());
+                    reading.insert(handle.id(), Reading { index, _slot: slot });
+                    next = waiting.next();
+                    continue;
+                }
                 else => break,
             };
-            let (index, result) = outcome(joined, &mut index_of, &targets, &progress);
-            finished[index] = true;
+            let (ended, result) = outcome(joined, &mut reading, &targets, &progress);
+            finished[ended.index] = true;
             if !self
-                .report(&targets[index], result, &query, &mut tally, &tx)
+                .report(&targets[ended.index], result, &query, &mut tally, &tx)
                 .await
             {
                 return;
             }
+            // Its slot is free only now: a target's task is freed when joined, and while ended
+            // ones waited to be joined, new ones started (4,000 piled up over 10,000 targets).
+            drop(ended);
         }
         if out_of_time {
             let results = ran_out_of_time(
                 &mut running,
                 &mut finished,
-                &mut index_of,
+                &mut reading,
                 &targets,
                 &progress,
             );
@@ -239,26 +237,33 @@ struct CallShares {
     tx: mpsc::Sender<Result<Event, InventoryError>>,
 }
 
+/// A target being read: which one, and the slot it holds until its result is reported.
+struct Reading {
+    index: usize,
+    _slot: OwnedSemaphorePermit,
+}
+
 /// What a finished (or crashed) target read says about its target, and which target it was.
 fn outcome(
     joined: Joined,
-    index_of: &mut HashMap<tokio::task::Id, usize>,
+    reading: &mut HashMap<tokio::task::Id, Reading>,
     targets: &[Arc<Target>],
     progress: &[Arc<TargetProgress>],
-) -> (usize, TargetResult) {
+) -> (Reading, TargetResult) {
     // Entries go as their tasks end: a call over 100,000 targets holds the running ones only.
-    let mut index = |id| index_of.remove(&id).expect("every spawned read is indexed");
+    let mut ended = |id| reading.remove(&id).expect("every spawned read is indexed");
     match joined {
-        Ok((id, result)) => (index(id), result),
+        Ok((id, result)) => (ended(id), result),
         Err(e) => {
-            let index = index(e.id());
+            let ended = ended(e.id());
+            let index = ended.index;
             tracing::error!(project = &*targets[index].project_id, error = %e, "target read crashed");
             let error = TargetError {
                 kind: "internal".into(),
                 message: "the gateway failed while reading this target".into(),
                 ..Default::default()
             };
-            (index, progress[index].result(&targets[index], Some(error)))
+            (ended, progress[index].result(&targets[index], Some(error)))
         }
     }
 }
@@ -268,15 +273,15 @@ fn outcome(
 fn ran_out_of_time(
     running: &mut JoinSet<TargetResult>,
     finished: &mut [bool],
-    index_of: &mut HashMap<tokio::task::Id, usize>,
+    reading: &mut HashMap<tokio::task::Id, Reading>,
     targets: &[Arc<Target>],
     progress: &[Arc<TargetProgress>],
 ) -> Vec<(usize, TargetResult)> {
     let mut results = Vec::new();
     while let Some(joined) = running.try_join_next_with_id() {
-        let (index, result) = outcome(joined, index_of, targets, progress);
-        finished[index] = true;
-        results.push((index, result));
+        let (ended, result) = outcome(joined, reading, targets, progress);
+        finished[ended.index] = true;
+        results.push((ended.index, result));
     }
     running.abort_all();
     for (index, done) in finished.iter().enumerate() {

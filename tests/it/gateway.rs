@@ -1,10 +1,13 @@
 //! The gateway end to end: inventory, selection, failures in-stream, cache, bad requests.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
-use backupgw::inventory::Limits;
+use backupgw::inventory::{Event, Inventory, Limits, Query};
 use backupgw::pb;
+use backupgw::sim::DataSpec;
 use backupgw::sim::data::SimProject;
+use futures_util::StreamExt as _;
 use tonic_types::StatusExt as _;
 
 use crate::common::*;
@@ -319,6 +322,51 @@ async fn the_second_call_is_served_from_the_cache() {
     .await;
     assert_eq!(fresh.summary.unwrap().upstream_requests, 9 * 3);
     assert_eq!(sim.stats().list_requests, after_first * 2);
+}
+
+/// A target holds its slot until its result is reported: a call over many quick targets then
+/// holds as many as it may read at once, not a pile of ended ones waiting to be reported
+/// (their tasks are freed only then; 4,000 piled up over 10,000 targets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_targets_are_reported_before_new_ones_start() {
+    // One backup per target: a target's backup comes before its result.
+    let spec = DataSpec {
+        regions: 1,
+        projects_per_region: 2000,
+        instances_per_project: 1,
+        backups_per_instance: 1,
+        ..DataSpec::default()
+    };
+    let sim = start_sim(&spec, sim_options()).await;
+    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    let at_once = 4;
+    let limits = Limits {
+        max_concurrent_targets: at_once,
+        ..Limits::default()
+    };
+    let gw = start_gateway(targets, limits, test_client_options()).await;
+    // Warm: every target then ends as soon as it starts, from the cache.
+    unreported_targets(&gw.inventory).await;
+    let unreported = unreported_targets(&gw.inventory).await;
+    let most = *unreported.iter().max().unwrap();
+    assert!(most <= at_once, "{most} targets unreported at once");
+}
+
+/// Reads a whole call; after each event, how many targets have sent their backups but not yet
+/// their result.
+async fn unreported_targets(inventory: &Arc<Inventory>) -> Vec<usize> {
+    let mut events = inventory.list(Query::default()).unwrap();
+    let (mut backups, mut results, mut unreported) = (0usize, 0usize, Vec::new());
+    while let Some(event) = events.next().await {
+        match event.unwrap() {
+            Event::Backups(batch) => backups += batch.count,
+            Event::TargetDone(_) => results += 1,
+            Event::Finished(_) => {}
+        }
+        unreported.push(backups.saturating_sub(results));
+    }
+    assert_eq!((backups, results), (2000, 2000));
+    unreported
 }
 
 #[tokio::test]
