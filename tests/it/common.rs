@@ -381,3 +381,15 @@ pub async fn list_targets_over_tls(
         .list_targets(pb::ListTargetsRequest::default())
         .await?)
 }
+
+/// Waits (boundedly) for a condition that the system under test must reach by itself.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

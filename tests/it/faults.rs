@@ -281,18 +281,6 @@ async fn a_deadline_with_a_stalled_region_returns_everything_else_in_time() {
     assert_eq!((s.targets_ok, s.targets_failed), (6, 3));
 }
 
-/// Waits (boundedly) for a condition that the system under test must reach by itself.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "never happened: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_caller_that_leaves_stops_all_its_upstream_work() {
     let (_, sim, targets) = with_a_stalled_region().await;
