@@ -213,9 +213,14 @@ pub async fn start_gateway_with(targets: Vec<Target>, setup: GatewaySetup) -> Ga
 
 /// A simulator and a gateway over all its projects, with the right token.
 pub async fn start_pair(spec: &DataSpec) -> (Simulator, Gateway) {
+    start_pair_with(spec, Limits::default()).await
+}
+
+/// The same, with these limits.
+pub async fn start_pair_with(spec: &DataSpec, limits: Limits) -> (Simulator, Gateway) {
     let sim = start_sim(spec, sim_options()).await;
     let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
-    let gw = start_gateway(targets, Limits::default(), test_client_options()).await;
+    let gw = start_gateway(targets, limits, test_client_options()).await;
     (sim, gw)
 }
 

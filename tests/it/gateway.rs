@@ -336,15 +336,13 @@ async fn the_rest_of_a_list_is_asked_for_before_its_first_page_is_sent() {
         backups_per_instance: 100,
         ..DataSpec::default()
     };
-    let sim = start_sim(&spec, sim_options()).await;
-    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
     // Room for one batch: one target's first page fills it, and nothing is read, so the other
     // target's first page cannot be sent.
     let limits = Limits {
         stream_buffer: 1,
         ..Limits::default()
     };
-    let gw = start_gateway(targets, limits, test_client_options()).await;
+    let (sim, gw) = start_pair_with(&spec, limits).await;
     let unread = gw.inventory.list(Query::default()).unwrap();
     eventually("every page of both targets is asked for", || {
         sim.stats().list_requests == 6
@@ -365,14 +363,12 @@ async fn a_target_holds_at_most_its_pages_bound_for_a_caller_that_does_not_read(
         backups_per_instance: 100,
         ..DataSpec::default()
     };
-    let sim = start_sim(&spec, sim_options()).await;
-    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
     let limits = Limits {
         stream_buffer: 1,
         max_pages_per_target: 2,
         ..Limits::default()
     };
-    let gw = start_gateway(targets, limits, test_client_options()).await;
+    let (sim, gw) = start_pair_with(&spec, limits).await;
     let mut events = gw.inventory.list(Query::default()).unwrap();
     let requests = || sim.stats().list_requests;
     // The first page goes into the stream's one slot; two more are held.
@@ -404,14 +400,12 @@ async fn ended_targets_are_reported_before_new_ones_start() {
         backups_per_instance: 1,
         ..DataSpec::default()
     };
-    let sim = start_sim(&spec, sim_options()).await;
-    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
     let at_once = 4;
     let limits = Limits {
         max_concurrent_targets: at_once,
         ..Limits::default()
     };
-    let gw = start_gateway(targets, limits, test_client_options()).await;
+    let (_sim, gw) = start_pair_with(&spec, limits).await;
     // Warm: every target then ends as soon as it starts, from the cache.
     unreported_targets(&gw.inventory).await;
     let unreported = unreported_targets(&gw.inventory).await;
