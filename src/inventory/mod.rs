@@ -43,7 +43,7 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     /// Targets one query reads at once.
     pub max_concurrent_targets: usize,
-    /// Pages one target holds at once: in flight or waiting to be sent.
+    /// Pages of one target in flight at once.
     pub max_pages_per_target: usize,
     /// Batches buffered between the fan-out and a caller.
     pub stream_buffer: usize,

@@ -192,11 +192,8 @@ impl TargetRead {
     /// A failed page ends the read with its error, after the other pages have been emitted.
     ///
     /// Pages in flight are polled while a batch waits for room in the caller's stream, so a
-    /// caller that does not read never holds an upstream slot or another caller's shared fetch.
-    /// A target holds at most `max_pages_per_target` pages, in flight or waiting to be sent; the
-    /// next is asked for as soon as one is sent, and the rest of the list as soon as the first
-    /// page tells `total`, before that page is sent (sending waits for the caller; the upstream's
-    /// round trips need not).
+    /// caller that does not read never holds an upstream slot or another caller's shared fetch;
+    /// and no new page is asked for while a fetched one waits to be sent.
     async fn read_concurrently(&self, merge: &mut Merge) -> Result<bool, DdmError> {
         // Boxed, here and below: a page's read is a large future (the fetch, its retries, the
         // cache), needed only while it runs; inline, it would make this task and every slot
@@ -204,15 +201,15 @@ impl TargetRead {
         let first = Box::pin(self.page(0, self.query.max_age)).await?;
         let total = first.total;
         self.progress.total.store(total, Ordering::Relaxed);
-        let mut consistent = true;
+        let mut consistent = self.emit(&first, 0, 1, merge).await && fits(&first, 0, total);
 
         let mut offsets = (u64::from(MAX_PAGE_SIZE)..total).step_by(MAX_PAGE_SIZE as usize);
         let most = self.inventory.limits.max_pages_per_target.max(1);
         let mut in_flight = FuturesUnordered::new();
-        let mut ready: VecDeque<(u64, Arc<CachedPage>)> = VecDeque::from([(0, first)]);
+        let mut ready: VecDeque<(u64, Arc<CachedPage>)> = VecDeque::new();
         let mut first_error = None;
         loop {
-            while in_flight.len() + ready.len() < most {
+            while ready.is_empty() && in_flight.len() < most {
                 let Some(offset) = offsets.next() else { break };
                 in_flight.push(Box::pin(async move {
                     (offset, self.page(offset, self.query.max_age).await)

@@ -324,69 +324,6 @@ async fn the_second_call_is_served_from_the_cache() {
     assert_eq!(sim.stats().list_requests, after_first * 2);
 }
 
-/// The rest of a target's list is asked for as soon as its first page tells `total`, not once
-/// that page is sent: sending waits for the caller, the upstream's round trips need not.
-#[tokio::test]
-async fn the_rest_of_a_list_is_asked_for_before_its_first_page_is_sent() {
-    // 2 targets × 300 backups: 3 pages each.
-    let spec = DataSpec {
-        regions: 1,
-        projects_per_region: 2,
-        instances_per_project: 3,
-        backups_per_instance: 100,
-        ..DataSpec::default()
-    };
-    // Room for one batch: one target's first page fills it, and nothing is read, so the other
-    // target's first page cannot be sent.
-    let limits = Limits {
-        stream_buffer: 1,
-        ..Limits::default()
-    };
-    let (sim, gw) = start_pair_with(&spec, limits).await;
-    let unread = gw.inventory.list(Query::default()).unwrap();
-    eventually("every page of both targets is asked for", || {
-        sim.stats().list_requests == 6
-    })
-    .await;
-    drop(unread);
-}
-
-/// A target holds at most `max_pages_per_target` pages, in flight or waiting to be sent: for a
-/// caller that does not read, it stops asking; for each batch the caller takes, it asks one more.
-#[tokio::test]
-async fn a_target_holds_at_most_its_pages_bound_for_a_caller_that_does_not_read() {
-    // One target of 600 backups: 5 pages.
-    let spec = DataSpec {
-        regions: 1,
-        projects_per_region: 1,
-        instances_per_project: 6,
-        backups_per_instance: 100,
-        ..DataSpec::default()
-    };
-    let limits = Limits {
-        stream_buffer: 1,
-        max_pages_per_target: 2,
-        ..Limits::default()
-    };
-    let (sim, gw) = start_pair_with(&spec, limits).await;
-    let mut events = gw.inventory.list(Query::default()).unwrap();
-    let requests = || sim.stats().list_requests;
-    // The first page goes into the stream's one slot; two more are held.
-    eventually("three pages asked for", || requests() >= 3).await;
-    assert_eq!(requests(), 3, "more pages asked for than a target may hold");
-    // Each batch taken makes room for one more page.
-    events.next().await.unwrap().unwrap();
-    eventually("a fourth page asked for", || requests() >= 4).await;
-    assert_eq!(requests(), 4, "more pages asked for than a target may hold");
-    let mut backups = 0;
-    while let Some(event) = events.next().await {
-        if let Event::Backups(batch) = event.unwrap() {
-            backups += batch.count;
-        }
-    }
-    assert_eq!((backups + 128, requests()), (600, 5));
-}
-
 /// A target holds its slot until its result is reported: a call over many quick targets then
 /// holds as many as it may read at once, not a pile of ended ones waiting to be reported
 /// (their tasks are freed only then; 4,000 piled up over 10,000 targets).
