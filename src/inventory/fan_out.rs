@@ -85,11 +85,13 @@ impl Inventory {
         let mut tally = Tally::default();
         let mut finished = vec![false; targets.len()];
         let mut out_of_time = false;
+        let deadline = sleep_until_opt(query.deadline);
+        tokio::pin!(deadline);
         loop {
             let busy = next.is_some() || !running.is_empty();
             let joined = tokio::select! {
                 biased;
-                _ = sleep_until_opt(query.deadline), if busy => {
+                () = &mut deadline, if busy => {
                     out_of_time = true;
                     break;
                 }
