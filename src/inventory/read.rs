@@ -97,13 +97,14 @@ impl Merge {
 }
 
 /// The backup ids seen so far, each with the read it was first seen in. Ids are kept one after
-/// the other in one growing string and found through a table of their indexes, compared in
+/// the other in one growing buffer and found through a table of their indexes, compared in
 /// full (a hash collision never hides a backup): no allocation per backup, and ≈ 50 bytes for an
-/// id of 36 characters.
+/// id of 36 characters. Ids are bytes here, as they lie in a page's encoding: equal bytes are
+/// equal ids, and no backup's id is checked as UTF-8 again on its way through.
 struct SeenIds<S = foldhash::fast::RandomState> {
     /// Seeded per target: crafted ids cannot collide on purpose (and a collision only costs time).
     hasher: S,
-    ids: String,
+    ids: Vec<u8>,
     /// For each id in order: where it ends in `ids` (it starts where the one before ends), and
     /// the read it was first seen in.
     seen: Vec<(u32, u32)>,
@@ -115,7 +116,7 @@ impl<S: Default> Default for SeenIds<S> {
     fn default() -> Self {
         SeenIds {
             hasher: S::default(),
-            ids: String::new(),
+            ids: Vec::new(),
             seen: Vec::new(),
             table: HashTable::new(),
         }
@@ -124,7 +125,8 @@ impl<S: Default> Default for SeenIds<S> {
 
 impl<S: BuildHasher> SeenIds<S> {
     /// The read an id was first seen in; records it as seen in `read` if it is new.
-    fn first_seen(&mut self, id: &str, read: u32) -> Option<u32> {
+    fn first_seen(&mut self, id: impl AsRef<[u8]>, read: u32) -> Option<u32> {
+        let id = id.as_ref();
         let hash = self.hasher.hash_one(id);
         let entry = self.table.entry(
             hash,
@@ -134,7 +136,7 @@ impl<S: BuildHasher> SeenIds<S> {
         match entry {
             hash_table::Entry::Occupied(found) => Some(self.seen[*found.get() as usize].1),
             hash_table::Entry::Vacant(slot) => {
-                self.ids.push_str(id);
+                self.ids.extend_from_slice(id);
                 self.seen.push((self.ids.len() as u32, read));
                 slot.insert((self.seen.len() - 1) as u32);
                 None
@@ -147,7 +149,7 @@ impl<S: BuildHasher> SeenIds<S> {
     /// announces: a target read that is cancelled after its first page (a storm of them) then
     /// holds one page's ids, not a whole list's.
     fn reserve_for(&mut self, page: &CachedPage) {
-        let bytes: usize = (0..page.len()).map(|i| page.id(i).len()).sum();
+        let bytes: usize = (0..page.len()).map(|i| page.id_bytes(i).len()).sum();
         self.ids.reserve(bytes);
         self.seen.reserve(page.len());
         self.table.reserve(page.len(), |&i| {
@@ -157,7 +159,7 @@ impl<S: BuildHasher> SeenIds<S> {
 }
 
 /// Id `i` of a `SeenIds`.
-fn id_at<'a>(ids: &'a str, seen: &[(u32, u32)], i: u32) -> &'a str {
+fn id_at<'a>(ids: &'a [u8], seen: &[(u32, u32)], i: u32) -> &'a [u8] {
     let i = i as usize;
     let start = if i == 0 { 0 } else { seen[i - 1].0 as usize };
     &ids[start..seen[i].0 as usize]
@@ -313,7 +315,7 @@ impl TargetRead {
         // at the first one left out, the chosen ones are copied from then on.
         let (mut chosen, mut copied) = (0, None::<BytesMut>);
         for i in 0..page.len() {
-            let keep = match merge.seen.first_seen(page.id(i), read) {
+            let keep = match merge.seen.first_seen(page.id_bytes(i), read) {
                 Some(first_read) => {
                     no_overlap &= first_read != read;
                     false
@@ -469,7 +471,7 @@ mod tests {
         assert!((128..256).contains(&seen.table.capacity()));
         let reserved = (seen.ids.capacity(), seen.table.capacity());
         for i in 0..128 {
-            seen.first_seen(&format!("backup-{i:04}"), 1);
+            seen.first_seen(format!("backup-{i:04}"), 1);
         }
         assert_eq!((seen.ids.capacity(), seen.table.capacity()), reserved);
     }

@@ -63,9 +63,11 @@ impl EncodedPage {
         }
     }
 
-    /// Backup `i`'s id (all that de-duplication needs of it).
-    pub fn id(&self, i: usize) -> &str {
-        self.text(self.metas[i].id)
+    /// Backup `i`'s id as it lies in `encoded` (all that de-duplication needs of it, compared
+    /// as bytes: not checked as UTF-8 again for each backup served).
+    pub fn id_bytes(&self, i: usize) -> &[u8] {
+        let (start, end) = self.metas[i].id;
+        &self.encoded[start as usize..end as usize]
     }
 
     /// A string field in `encoded`: written from a string, or checked when read back
