@@ -385,37 +385,35 @@ mod tests {
         assert_eq!((origin, page.len()), (Origin::Upstream, 3));
     }
 
+    /// The page at `key(0)`, as a caller asking with `max_age` is served it; fetched as a page of
+    /// `len` backups on a miss.
+    async fn read(
+        cache: &PageCache,
+        max_age: Option<Duration>,
+        len: usize,
+    ) -> (Arc<CachedPage>, Origin) {
+        cache
+            .get_or_fetch(key(0), max_age, || async move { Ok(page(len)) })
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn pages_are_served_until_too_old_for_the_caller() {
         let cache = PageCache::new(Duration::from_secs(60), 1 << 20);
-        cache
-            .get_or_fetch(key(0), None, || async { Ok(page(1)) })
-            .await
-            .unwrap();
-        let (p, origin) = cache
-            .get_or_fetch(key(0), None, || async { Ok(page(2)) })
-            .await
-            .unwrap();
+        read(&cache, None, 1).await;
+        let (p, origin) = read(&cache, None, 2).await;
         assert_eq!((origin, p.len()), (Origin::Cache, 1));
-        let (p, origin) = cache
-            .get_or_fetch(key(0), Some(Duration::ZERO), || async { Ok(page(2)) })
-            .await
-            .unwrap();
+        let (p, origin) = read(&cache, Some(Duration::ZERO), 2).await;
         assert_eq!((origin, p.len()), (Origin::Upstream, 2));
-        let (p, _) = cache
-            .get_or_fetch(key(0), None, || async { Ok(page(1)) })
-            .await
-            .unwrap();
+        let (p, _) = read(&cache, None, 1).await;
         assert_eq!(p.encoded_at(1).len(), p.encoded.len() - p.ends[0] as usize);
     }
 
     #[tokio::test]
     async fn a_read_at_max_age_zero_leaves_the_cached_page_to_others_until_its_own_is_in() {
         let cache = PageCache::new(Duration::from_secs(60), 1 << 20);
-        cache
-            .get_or_fetch(key(0), None, || async { Ok(page(1)) })
-            .await
-            .unwrap();
+        read(&cache, None, 1).await;
         let (started, fetching) = tokio::sync::oneshot::channel::<()>();
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let mut once = Some((started, released));
@@ -436,21 +434,14 @@ mod tests {
         });
         fetching.await.unwrap();
         // A guard against a hang (waiting on the fresh read), not a timing assertion.
-        let (p, origin) = tokio::time::timeout(
-            Duration::from_secs(30),
-            cache.get_or_fetch(key(0), None, || async { Ok(page(3)) }),
-        )
-        .await
-        .expect("a cached page is served while a fresh read runs")
-        .unwrap();
+        let (p, origin) = tokio::time::timeout(Duration::from_secs(30), read(&cache, None, 3))
+            .await
+            .expect("a cached page is served while a fresh read runs");
         assert_eq!((origin, p.len()), (Origin::Cache, 1));
         release.send(()).unwrap();
         let (p, origin) = fresh.await.unwrap().unwrap();
         assert_eq!((origin, p.len()), (Origin::Upstream, 2));
-        let (p, origin) = cache
-            .get_or_fetch(key(0), None, || async { Ok(page(3)) })
-            .await
-            .unwrap();
+        let (p, origin) = read(&cache, None, 3).await;
         assert_eq!((origin, p.len()), (Origin::Cache, 2));
     }
 }
