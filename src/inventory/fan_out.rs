@@ -73,6 +73,7 @@ impl Inventory {
             query: Arc::clone(&query),
             stats: Arc::default(),
             tx: tx.clone(),
+            page_budget: Arc::new(Semaphore::new(self.limits.max_concurrent_requests.max(1))),
         };
         let target_slots = Arc::new(Semaphore::new(self.limits.max_concurrent_targets.max(1)));
         let progress: Vec<Arc<TargetProgress>> = targets.iter().map(|_| Arc::default()).collect();
@@ -155,6 +156,7 @@ impl Inventory {
             stats: Arc::clone(&call.stats),
             progress: Arc::clone(progress),
             tx: call.tx.clone(),
+            page_budget: Arc::clone(&call.page_budget),
         }
     }
 
@@ -237,6 +239,8 @@ struct CallShares {
     pushdown: Arc<Pushdown>,
     stats: Arc<QueryStats>,
     tx: mpsc::Sender<Result<Event, InventoryError>>,
+    /// Pages past the targets' first ones that the call holds at once (`TargetRead::page_budget`).
+    page_budget: Arc<Semaphore>,
 }
 
 /// A target being read: which one, and the slot it holds until its result is reported.

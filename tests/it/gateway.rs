@@ -367,6 +367,62 @@ async fn unreported_targets(inventory: &Arc<Inventory>) -> Vec<usize> {
     unreported
 }
 
+/// What waits for a slow caller is bounded by the call: past each target's first page, a call
+/// holds at most as many pages (asked for, or fetched and not yet sent) as the gateway makes
+/// upstream requests at once, whatever `max_pages_per_target` allows each target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_holds_no_more_pages_than_it_may_ask_for_at_once() {
+    // 4 targets of 40 pages each.
+    let spec = DataSpec {
+        regions: 1,
+        projects_per_region: 4,
+        instances_per_project: 10,
+        backups_per_instance: 512,
+        ..DataSpec::default()
+    };
+    let (at_once, buffered) = (4, 1);
+    let limits = Limits {
+        max_concurrent_requests: at_once,
+        max_concurrent_targets: at_once,
+        max_pages_per_target: 8,
+        stream_buffer: buffered,
+        ..Limits::default()
+    };
+    let (sim, gw) = start_pair_with(&spec, limits).await;
+    let mut events = gw.inventory.list(Query::default()).unwrap();
+    // Each page is one request here (no retries, no filter): what was asked for and not yet
+    // read is held by the call. Its first pages aside, it holds at most `at_once` pages, and
+    // the stream's buffer one more.
+    let pages = 4 * 40;
+    let most_held = (at_once + at_once + buffered) as u64;
+    // Unread, the call fills up: the targets' first pages (one in the stream's buffer) and, for
+    // the target whose page got there, pages past it.
+    eventually("the call holds what it may", || {
+        sim.stats().list_requests >= (at_once + at_once) as u64
+    })
+    .await;
+    let (mut pages_read, mut backups) = (0u64, 0usize);
+    loop {
+        // A slow caller (the bound holds at any speed; slowly, a call without it exceeds it).
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        let asked = sim.stats().list_requests;
+        assert!(
+            asked <= pages_read + most_held,
+            "{asked} pages asked for, {pages_read} read: {} held",
+            asked - pages_read
+        );
+        let Some(event) = events.next().await else {
+            break;
+        };
+        if let Event::Backups(batch) = event.unwrap() {
+            pages_read += 1;
+            backups += batch.count;
+        }
+    }
+    assert_eq!((backups, pages_read), (4 * 5120, pages));
+    assert_eq!(sim.stats().list_requests, pages);
+}
+
 #[tokio::test]
 async fn concurrent_identical_calls_share_upstream_pages() {
     let spec = small_spec();
