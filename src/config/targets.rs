@@ -11,6 +11,10 @@ use crate::ddm::{ClientOptions, Credential, RetryPolicy};
 use crate::discovery::Discovery;
 use crate::inventory::{Limits, RegionLimits, Target, TargetSource};
 
+/// The most of anything at once a limit may allow: more is no bound at all (and a semaphore of
+/// more than 2^61 permits would not start).
+const MAX_AT_ONCE: usize = 1_000_000;
+
 pub(super) fn limits(raw: &RawConfig, p: &mut Problems) -> (Limits, ClientOptions) {
     let l = &raw.limits;
     for (key, value) in [
@@ -23,6 +27,15 @@ pub(super) fn limits(raw: &RawConfig, p: &mut Problems) -> (Limits, ClientOption
     ] {
         if value == 0 {
             p.push(key, "must be at least 1");
+        }
+    }
+    for (key, value) in [
+        ("limits.max_concurrent_requests", l.max_concurrent_requests),
+        ("limits.max_concurrent_targets", l.max_concurrent_targets),
+        ("limits.max_pages_per_target", l.max_pages_per_target),
+    ] {
+        if value > MAX_AT_ONCE {
+            p.push(key, format!("must be at most {MAX_AT_ONCE}"));
         }
     }
     let region_default = p
@@ -165,6 +178,12 @@ pub(super) fn region_limits(
         return Err(ConfigError::new(
             format!("{prefix}max_concurrent_requests"),
             "must be at least 1",
+        ));
+    }
+    if max_concurrent_requests.is_some_and(|n| n > MAX_AT_ONCE) {
+        return Err(ConfigError::new(
+            format!("{prefix}max_concurrent_requests"),
+            format!("must be at most {MAX_AT_ONCE}"),
         ));
     }
     if let Some(rps) = requests_per_second

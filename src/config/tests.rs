@@ -71,6 +71,20 @@ fn problems_name_their_key() {
             "limits.max_concurrent_requests",
         ),
         (
+            format!(
+                "[limits]\nmax_concurrent_targets = 4611686018427387904\n{}",
+                with_project("")
+            ),
+            "limits.max_concurrent_targets",
+        ),
+        (
+            format!(
+                "[regions.cn-north-4]\nmax_concurrent_requests = 4611686018427387904\n{}",
+                with_project("")
+            ),
+            "regions.cn-north-4.max_concurrent_requests",
+        ),
+        (
             format!("[regions.x]\nendpoint = \"ftp://a\"\n{}", with_project("")),
             "regions.x.endpoint",
         ),
