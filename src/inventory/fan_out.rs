@@ -58,6 +58,7 @@ impl Inventory {
         EventStream {
             events: rx,
             driver: Some(driver.abort_handle()),
+            concluded: false,
         }
     }
 

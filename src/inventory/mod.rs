@@ -245,6 +245,8 @@ pub type Events = Pin<Box<dyn Stream<Item = Result<Event, InventoryError>> + Sen
 pub struct EventStream {
     events: mpsc::Receiver<Result<Event, InventoryError>>,
     driver: Option<AbortHandle>,
+    /// The summary (or an error) was seen: the stream may end.
+    concluded: bool,
 }
 
 impl EventStream {
@@ -254,6 +256,7 @@ impl EventStream {
         EventStream {
             events,
             driver: None,
+            concluded: false,
         }
     }
 }
@@ -261,8 +264,22 @@ impl EventStream {
 impl Stream for EventStream {
     type Item = Result<Event, InventoryError>;
 
+    /// A fan-out that stops before its summary (it crashed) ends the stream with an error, so
+    /// that no caller takes a cut-short answer for a whole one.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.events.poll_recv(cx)
+        let event = std::task::ready!(self.events.poll_recv(cx));
+        match &event {
+            Some(Ok(Event::Finished(_)) | Err(_)) => self.concluded = true,
+            Some(Ok(_)) => {}
+            None if !self.concluded => {
+                self.concluded = true;
+                return Poll::Ready(Some(Err(InventoryError::Internal(
+                    "the call stopped before its summary; what it sent may be incomplete".into(),
+                ))));
+            }
+            None => {}
+        }
+        Poll::Ready(event)
     }
 }
 
@@ -271,5 +288,46 @@ impl Drop for EventStream {
         if let Some(driver) = &self.driver {
             driver.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt as _;
+
+    use super::*;
+
+    fn events(sent: Vec<Result<Event, InventoryError>>) -> EventStream {
+        let (tx, rx) = mpsc::channel(sent.len().max(1));
+        for event in sent {
+            tx.try_send(event).unwrap();
+        }
+        EventStream::detached(rx)
+    }
+
+    fn backups() -> Result<Event, InventoryError> {
+        Ok(Event::Backups(EncodedBatch {
+            encoded: bytes::Bytes::from_static(b"\x0a\x00"),
+            count: 1,
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_fan_out_that_stops_before_its_summary_ends_the_stream_with_an_error() {
+        let mut stream = events(vec![backups()]);
+        assert!(matches!(stream.next().await, Some(Ok(Event::Backups(_)))));
+        let Some(Err(InventoryError::Internal(why))) = stream.next().await else {
+            panic!("a cut-short stream ended as if whole");
+        };
+        assert!(why.contains("before its summary"), "{why}");
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_quietly_after_its_summary_or_an_error() {
+        let mut stream = events(vec![backups(), Ok(Event::Finished(Summary::default()))]);
+        assert_eq!(stream.by_ref().count().await, 2);
+        let failed = Err(InventoryError::Internal("x".into()));
+        assert_eq!(events(vec![failed]).count().await, 1);
     }
 }
