@@ -62,7 +62,8 @@ impl TokenBucket {
             if state.tokens >= 0.0 {
                 Duration::ZERO
             } else {
-                Duration::from_secs_f64(-state.tokens / self.rate)
+                // A wait too long to represent is a wait for ever, not a panic.
+                Duration::try_from_secs_f64(-state.tokens / self.rate).unwrap_or(Duration::MAX)
             }
         };
         if !wait.is_zero() {
@@ -143,6 +144,14 @@ mod tests {
         let start = Instant::now();
         bucket.take().await;
         assert_eq!(start.elapsed(), Duration::from_secs(1), "not 6 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_too_long_to_represent_is_a_wait_for_ever() {
+        use futures_util::FutureExt as _;
+        let bucket = TokenBucket::new(f64::MIN_POSITIVE, 1);
+        bucket.take().await;
+        assert!(bucket.take().now_or_never().is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,6 +15,10 @@ use crate::inventory::{Limits, RegionLimits, Target, TargetSource};
 /// more than 2^61 permits would not start).
 const MAX_AT_ONCE: usize = 1_000_000;
 
+/// The slowest pace a region may be given: slower is no pace at all (a wait of 10^300 seconds
+/// cannot be slept).
+const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
+
 pub(super) fn limits(raw: &RawConfig, p: &mut Problems) -> (Limits, ClientOptions) {
     let l = &raw.limits;
     for (key, value) in [
@@ -192,6 +196,12 @@ pub(super) fn region_limits(
         return Err(ConfigError::new(
             format!("{prefix}requests_per_second"),
             "must be a positive number",
+        ));
+    }
+    if requests_per_second.is_some_and(|rps| rps < MIN_REQUESTS_PER_SECOND) {
+        return Err(ConfigError::new(
+            format!("{prefix}requests_per_second"),
+            format!("must be at least {MIN_REQUESTS_PER_SECOND} (a request every 1,000 seconds)"),
         ));
     }
     if burst == Some(0) {

@@ -85,6 +85,24 @@ fn problems_name_their_key() {
             "regions.cn-north-4.max_concurrent_requests",
         ),
         (
+            format!("[cache]\nttl_seconds = 4611686018427387904\n{}", with_project("")),
+            "cache.ttl_seconds",
+        ),
+        (
+            format!(
+                "[regions.cn-north-4]\nrequests_per_second = 1e-300\n{}",
+                with_project("")
+            ),
+            "regions.cn-north-4.requests_per_second",
+        ),
+        (
+            format!(
+                "[limits]\nthrottle_delay_ms = 4611686018427387904\n{}",
+                with_project("")
+            ),
+            "limits.throttle_delay_ms",
+        ),
+        (
             format!("[regions.x]\nendpoint = \"ftp://a\"\n{}", with_project("")),
             "regions.x.endpoint",
         ),
