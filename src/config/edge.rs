@@ -48,6 +48,12 @@ pub(super) fn server(raw: &RawServer, p: &mut Problems) -> ServerOptions {
             p.push(key, "must be at least 1");
         }
     }
+    if raw.max_connections > super::MAX_AT_ONCE {
+        p.push(
+            "server.max_connections",
+            format!("must be at most {}", super::MAX_AT_ONCE),
+        );
+    }
     if raw.max_request_bytes < 1024 {
         p.push(
             "server.max_request_bytes",

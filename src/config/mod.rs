@@ -9,6 +9,10 @@ mod edge;
 mod raw;
 mod secrets;
 mod targets;
+/// The most of anything at once a limit may allow: more is no bound at all (and a semaphore of
+/// more than 2^61 permits would not start).
+const MAX_AT_ONCE: usize = 1_000_000;
+
 /// The longest time a setting may name, in seconds: a year. Longer is no bound at all, and
 /// some would not start (the cache refuses a TTL of over 1,000 years; an instant that far
 /// ahead cannot be represented).

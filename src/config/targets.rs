@@ -5,15 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::raw::RawConfig;
-use super::{ConfigError, Problems, default_endpoint, is_project_id};
+use super::{ConfigError, MAX_AT_ONCE, Problems, default_endpoint, is_project_id};
 use crate::callers::Patterns;
 use crate::ddm::{ClientOptions, Credential, RetryPolicy};
 use crate::discovery::Discovery;
 use crate::inventory::{Limits, RegionLimits, Target, TargetSource};
-
-/// The most of anything at once a limit may allow: more is no bound at all (and a semaphore of
-/// more than 2^61 permits would not start).
-const MAX_AT_ONCE: usize = 1_000_000;
 
 /// The slowest pace a region may be given: slower is no pace at all (a wait of 10^300 seconds
 /// cannot be slept).

@@ -90,6 +90,20 @@ fn problems_name_their_key() {
         ),
         (
             format!(
+                "[server]\nmax_connections = 4611686018427387904\n{}",
+                with_project("")
+            ),
+            "server.max_connections",
+        ),
+        (
+            format!(
+                "[limits]\nregion_requests_per_second = 1e-300\n{}",
+                with_project("")
+            ),
+            "limits.region_requests_per_second",
+        ),
+        (
+            format!(
                 "[regions.cn-north-4]\nrequests_per_second = 1e-300\n{}",
                 with_project("")
             ),
