@@ -24,35 +24,40 @@ pub struct LogOptions {
 }
 
 pub(super) fn server(raw: &RawServer, p: &mut Problems) -> ServerOptions {
-    for (key, value) in [
-        ("server.max_request_bytes", raw.max_request_bytes as u64),
+    let any = u64::MAX;
+    for (key, value, most) in [
+        (
+            "server.max_request_bytes",
+            raw.max_request_bytes as u64,
+            any,
+        ),
         (
             "server.default_deadline_seconds",
             raw.default_deadline_seconds,
+            any,
         ),
         (
             "server.handshake_timeout_seconds",
             raw.handshake_timeout_seconds,
+            any,
         ),
-        ("server.max_connections", raw.max_connections as u64),
+        (
+            "server.max_connections",
+            raw.max_connections as u64,
+            super::MAX_AT_ONCE,
+        ),
         (
             "server.max_concurrent_streams_per_connection",
             u64::from(raw.max_concurrent_streams_per_connection),
+            any,
         ),
         (
             "server.http2_keepalive_interval_seconds",
             raw.http2_keepalive_interval_seconds,
+            any,
         ),
     ] {
-        if value == 0 {
-            p.push(key, "must be at least 1");
-        }
-    }
-    if raw.max_connections > super::MAX_AT_ONCE {
-        p.push(
-            "server.max_connections",
-            format!("must be at most {}", super::MAX_AT_ONCE),
-        );
+        p.count(key, value, most);
     }
     if raw.max_request_bytes < 1024 {
         p.push(

@@ -9,71 +9,6 @@ mod edge;
 mod raw;
 mod secrets;
 mod targets;
-/// The most of anything at once a limit may allow: more is no bound at all (and a semaphore of
-/// more than 2^61 permits would not start).
-const MAX_AT_ONCE: usize = 1_000_000;
-
-/// The longest time a setting may name, in seconds: a year. Longer is no bound at all, and
-/// some would not start (the cache refuses a TTL of over 1,000 years; an instant that far
-/// ahead cannot be represented).
-const MAX_SECONDS: u64 = 365 * 24 * 3600;
-
-/// Every time-valued setting, checked against `MAX_SECONDS`.
-fn times_at_most_a_year(raw: &RawConfig, p: &mut Problems) {
-    let (server, limits) = (&raw.server, &raw.limits);
-    let mut seconds = vec![
-        ("cache.ttl_seconds", raw.cache.ttl_seconds),
-        ("discovery.interval_seconds", raw.discovery.interval_seconds),
-        (
-            "limits.auth_failure_cooldown_seconds",
-            limits.auth_failure_cooldown_seconds,
-        ),
-        (
-            "server.default_deadline_seconds",
-            server.default_deadline_seconds,
-        ),
-        (
-            "server.handshake_timeout_seconds",
-            server.handshake_timeout_seconds,
-        ),
-        (
-            "server.http2_keepalive_interval_seconds",
-            server.http2_keepalive_interval_seconds,
-        ),
-        (
-            "server.shutdown_grace_seconds",
-            server.shutdown_grace_seconds,
-        ),
-    ];
-    let mut millis = vec![
-        ("limits.request_timeout_ms", limits.request_timeout_ms),
-        ("limits.retry_base_delay_ms", limits.retry_base_delay_ms),
-        ("limits.retry_max_delay_ms", limits.retry_max_delay_ms),
-        ("limits.throttle_delay_ms", limits.throttle_delay_ms),
-    ];
-    if let Some(org) = &raw.organization {
-        seconds.push(("organization.refresh_seconds", org.refresh_seconds));
-    }
-    if let Some(shared) = &raw.shared {
-        millis.push(("shared.timeout_ms", shared.timeout_ms));
-        millis.push(("shared.retry_after_ms", shared.retry_after_ms));
-        millis.push(("shared.lease_ms", shared.lease_ms));
-    }
-    for (key, value) in seconds {
-        if value > MAX_SECONDS {
-            p.push(key, format!("must be at most {MAX_SECONDS} (a year)"));
-        }
-    }
-    for (key, value) in millis {
-        if value > MAX_SECONDS * 1000 {
-            p.push(
-                key,
-                format!("must be at most {} (a year)", MAX_SECONDS * 1000),
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests;
 
@@ -205,6 +140,87 @@ impl Problems {
 
     fn keep<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
         r.map_err(|e| self.add(e)).ok()
+    }
+
+    /// A count of things that must lie in `1..=most`.
+    fn count(&mut self, key: &str, value: u64, most: u64) {
+        if let Some(problem) = out_of_count(value, most) {
+            self.push(key, problem);
+        }
+    }
+}
+
+/// Why `value` is no count in `1..=most`, if it is not.
+fn out_of_count(value: u64, most: u64) -> Option<String> {
+    match value {
+        0 => Some("must be at least 1".into()),
+        v if v > most => Some(format!("must be at most {most}")),
+        _ => None,
+    }
+}
+
+/// The most of anything at once a limit may allow: more is no bound at all (and a semaphore of
+/// more than 2^61 permits would not start).
+const MAX_AT_ONCE: u64 = 1_000_000;
+
+/// The longest time a setting may name, in seconds: a year. Longer is no bound at all, and
+/// some would not start (the cache refuses a TTL of over 1,000 years; an instant that far
+/// ahead cannot be represented).
+const MAX_SECONDS: u64 = 365 * 24 * 3600;
+
+/// Every time-valued setting, checked against `MAX_SECONDS`.
+fn times_at_most_a_year(raw: &RawConfig, p: &mut Problems) {
+    let (server, limits) = (&raw.server, &raw.limits);
+    let mut seconds = vec![
+        ("cache.ttl_seconds", raw.cache.ttl_seconds),
+        ("discovery.interval_seconds", raw.discovery.interval_seconds),
+        (
+            "limits.auth_failure_cooldown_seconds",
+            limits.auth_failure_cooldown_seconds,
+        ),
+        (
+            "server.default_deadline_seconds",
+            server.default_deadline_seconds,
+        ),
+        (
+            "server.handshake_timeout_seconds",
+            server.handshake_timeout_seconds,
+        ),
+        (
+            "server.http2_keepalive_interval_seconds",
+            server.http2_keepalive_interval_seconds,
+        ),
+        (
+            "server.shutdown_grace_seconds",
+            server.shutdown_grace_seconds,
+        ),
+    ];
+    let mut millis = vec![
+        ("limits.request_timeout_ms", limits.request_timeout_ms),
+        ("limits.retry_base_delay_ms", limits.retry_base_delay_ms),
+        ("limits.retry_max_delay_ms", limits.retry_max_delay_ms),
+        ("limits.throttle_delay_ms", limits.throttle_delay_ms),
+    ];
+    if let Some(org) = &raw.organization {
+        seconds.push(("organization.refresh_seconds", org.refresh_seconds));
+    }
+    if let Some(shared) = &raw.shared {
+        millis.push(("shared.timeout_ms", shared.timeout_ms));
+        millis.push(("shared.retry_after_ms", shared.retry_after_ms));
+        millis.push(("shared.lease_ms", shared.lease_ms));
+    }
+    for (key, value) in seconds {
+        if value > MAX_SECONDS {
+            p.push(key, format!("must be at most {MAX_SECONDS} (a year)"));
+        }
+    }
+    for (key, value) in millis {
+        if value > MAX_SECONDS * 1000 {
+            p.push(
+                key,
+                format!("must be at most {} (a year)", MAX_SECONDS * 1000),
+            );
+        }
     }
 }
 

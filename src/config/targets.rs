@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::raw::RawConfig;
-use super::{ConfigError, MAX_AT_ONCE, Problems, default_endpoint, is_project_id};
+use super::{ConfigError, MAX_AT_ONCE, Problems, default_endpoint, is_project_id, out_of_count};
 use crate::callers::Patterns;
 use crate::ddm::{ClientOptions, Credential, RetryPolicy};
 use crate::discovery::Discovery;
@@ -17,26 +17,28 @@ const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
 
 pub(super) fn limits(raw: &RawConfig, p: &mut Problems) -> (Limits, ClientOptions) {
     let l = &raw.limits;
-    for (key, value) in [
-        ("limits.max_concurrent_requests", l.max_concurrent_requests),
-        ("limits.max_concurrent_targets", l.max_concurrent_targets),
-        ("limits.max_pages_per_target", l.max_pages_per_target),
-        ("limits.max_attempts", l.max_attempts as usize),
-        ("limits.request_timeout_ms", l.request_timeout_ms as usize),
-        ("limits.max_body_bytes", l.max_body_bytes),
+    let any = u64::MAX;
+    for (key, value, most) in [
+        (
+            "limits.max_concurrent_requests",
+            l.max_concurrent_requests as u64,
+            MAX_AT_ONCE,
+        ),
+        (
+            "limits.max_concurrent_targets",
+            l.max_concurrent_targets as u64,
+            MAX_AT_ONCE,
+        ),
+        (
+            "limits.max_pages_per_target",
+            l.max_pages_per_target as u64,
+            MAX_AT_ONCE,
+        ),
+        ("limits.max_attempts", u64::from(l.max_attempts), any),
+        ("limits.request_timeout_ms", l.request_timeout_ms, any),
+        ("limits.max_body_bytes", l.max_body_bytes as u64, any),
     ] {
-        if value == 0 {
-            p.push(key, "must be at least 1");
-        }
-    }
-    for (key, value) in [
-        ("limits.max_concurrent_requests", l.max_concurrent_requests),
-        ("limits.max_concurrent_targets", l.max_concurrent_targets),
-        ("limits.max_pages_per_target", l.max_pages_per_target),
-    ] {
-        if value > MAX_AT_ONCE {
-            p.push(key, format!("must be at most {MAX_AT_ONCE}"));
-        }
+        p.count(key, value, most);
     }
     let region_default = p
         .keep(region_limits(
@@ -174,16 +176,11 @@ pub(super) fn region_limits(
     burst: Option<u32>,
     defaults: &RegionLimits,
 ) -> Result<RegionLimits, ConfigError> {
-    if max_concurrent_requests == Some(0) {
+    if let Some(problem) = max_concurrent_requests.and_then(|n| out_of_count(n as u64, MAX_AT_ONCE))
+    {
         return Err(ConfigError::new(
             format!("{prefix}max_concurrent_requests"),
-            "must be at least 1",
-        ));
-    }
-    if max_concurrent_requests.is_some_and(|n| n > MAX_AT_ONCE) {
-        return Err(ConfigError::new(
-            format!("{prefix}max_concurrent_requests"),
-            format!("must be at most {MAX_AT_ONCE}"),
+            problem,
         ));
     }
     if let Some(rps) = requests_per_second
