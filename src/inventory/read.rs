@@ -206,8 +206,9 @@ impl TargetRead {
     /// Each page past the first takes one of the call's `page_budget` (as many as the upstream
     /// requests the gateway makes at once) until it is sent: the upstream cannot be asked for
     /// more at once anyway, and when the caller's stream is the slower side, what waits for it
-    /// is bounded by the call, not by its targets × `max_pages_per_target` (measured, a million
-    /// backups at the default limits: 112–113 MiB peak with the budget, 114–120 MiB without).
+    /// is bounded by the call, not by its targets × `max_pages_per_target` (measured side by
+    /// side, a million backups at the default limits: 108–112 MiB peak with the budget, 114–122
+    /// MiB without).
     async fn read_concurrently(&self, merge: &mut Merge) -> Result<bool, DdmError> {
         // Boxed, here and below: a page's read is a large future (the fetch, its retries, the
         // cache), needed only while it runs; inline, it would make this task and every slot
