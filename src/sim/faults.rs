@@ -47,6 +47,9 @@ pub struct Faults {
     pub fail_with: Option<FailWith>,
     /// Only the first N requests of each project fail (unset: every one).
     pub fail_count: Option<u64>,
+    /// Each project's first N requests are answered normally; failures start after them (a
+    /// region that goes bad during the day).
+    pub fail_after: u64,
     /// Of the requests that may fail, this fraction does.
     pub fail_rate: f64,
     /// Answers 429 `APIGW.0308` above this many requests a second (per scope).
@@ -77,6 +80,7 @@ impl Default for Faults {
             jitter_ms: 0,
             fail_with: None,
             fail_count: None,
+            fail_after: 0,
             fail_rate: 1.0,
             throttle_rps: None,
             throttle_burst: 1,
@@ -141,6 +145,7 @@ impl Faults {
     /// Whether request number `n` (from 0) of a project fails.
     pub fn fails(&self, n: u64) -> Option<FailWith> {
         let kind = self.fail_with?;
+        let n = n.checked_sub(self.fail_after)?;
         let in_count = self.fail_count.is_none_or(|count| n < count);
         (in_count && fastrand::f64() < self.fail_rate).then_some(kind)
     }
@@ -346,5 +351,18 @@ mod tests {
         assert_eq!(f.fails(1), Some(FailWith::ServerError));
         assert_eq!(f.fails(2), None);
         assert_eq!(Faults::default().fails(0), None);
+    }
+
+    #[test]
+    fn fail_after_spares_the_first_requests() {
+        let f = Faults {
+            fail_with: Some(FailWith::ServerError),
+            fail_after: 3,
+            fail_count: Some(1),
+            ..Faults::default()
+        };
+        assert_eq!(f.fails(2), None);
+        assert_eq!(f.fails(3), Some(FailWith::ServerError));
+        assert_eq!(f.fails(4), None);
     }
 }

@@ -108,7 +108,7 @@ struct SimState {
     options: SimOptions,
     stats: SimStats,
     auth: auth::AuthState,
-    /// ListBackups requests per project (by index), for `fail_count`.
+    /// ListBackups requests per project (by index), for `fail_count` and `fail_after`.
     project_requests: Vec<AtomicU64>,
     /// A project's backups once churn has changed them (newest first); `None`: as generated.
     live: Vec<Mutex<Option<Vec<data::SimBackup>>>>,
