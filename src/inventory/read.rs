@@ -196,8 +196,13 @@ impl TargetRead {
         result
     }
 
-    /// Reads every page at once, after the first. `Ok(false)`: the list shifted meanwhile.
-    /// A failed page ends the read with its error, after the other pages have been emitted.
+    /// Reads every page at once. `Ok(false)`: the list shifted meanwhile. A failed page ends
+    /// the read with its error, after the other pages have been emitted.
+    ///
+    /// The first page tells `total`; the pages the target's whole list had when it was last
+    /// read are asked for beside it, not one round trip after it (a list seldom changes between
+    /// two queries). Pages the list no longer has come back empty and are checked like any
+    /// other; the first page is sent before them.
     ///
     /// Pages in flight are polled while a batch waits for room in the caller's stream, so a
     /// caller that does not read never holds an upstream slot or another caller's shared fetch;
@@ -213,29 +218,44 @@ impl TargetRead {
         // Boxed, here and below: a page's read is a large future (the fetch, its retries, the
         // cache), needed only while it runs; inline, it would make this task and every slot
         // of `in_flight` as large for the whole read (and moving them costs copies).
-        let first = Box::pin(self.page(0, self.query.max_age)).await?;
-        let total = first.total;
-        self.progress.total.store(total, Ordering::Relaxed);
-        let fits_first = fits(&first, 0, total);
-        let mut consistent = self.emit(first, 0, 1, merge).await && fits_first;
-
-        let mut offsets = (u64::from(MAX_PAGE_SIZE)..total).step_by(MAX_PAGE_SIZE as usize);
+        let mut first = Some(Box::pin(self.page(0, self.query.max_age)));
+        // Only the whole list's total is kept: a filtered one says nothing of another filter.
+        let whole_list = *self.pushdown == Pushdown::default();
+        let page_size = u64::from(MAX_PAGE_SIZE);
+        let (mut next, mut end) = (page_size, 0);
+        if whole_list {
+            end = self.health.listed_total();
+        }
+        let mut total = None;
         let most = self.inventory.limits.max_pages_per_target.max(1);
         let mut in_flight = FuturesUnordered::new();
         let mut ready: VecDeque<(u64, Arc<CachedPage>, Held<'_>)> = VecDeque::new();
         let mut first_error = None;
+        let mut consistent = true;
         loop {
-            while ready.is_empty() && in_flight.len() < most {
-                let Some(offset) = offsets.next() else { break };
+            while ready.is_empty() && in_flight.len() < most && next < end {
+                let offset = next;
+                next += page_size;
                 in_flight.push(Box::pin(async move {
                     let held = self.page_budget.acquire().await.ok();
                     (offset, self.page(offset, self.query.max_age).await, held)
                 }));
             }
-            if in_flight.is_empty() && ready.is_empty() {
+            if first.is_none() && in_flight.is_empty() && ready.is_empty() {
                 break;
             }
             tokio::select! {
+                page = async { first.as_mut().expect("checked").await }, if first.is_some() => {
+                    first = None;
+                    let page = page?;
+                    total = Some(page.total);
+                    end = page.total;
+                    self.progress.total.store(page.total, Ordering::Relaxed);
+                    if whole_list {
+                        self.health.note_listed_total(page.total);
+                    }
+                    ready.push_front((0, page, None));
+                }
                 Some((offset, page, held)) = in_flight.next(), if !in_flight.is_empty() => match page {
                     Ok(page) => ready.push_back((offset, page, held)),
                     Err(e) => {
@@ -243,11 +263,12 @@ impl TargetRead {
                         first_error.get_or_insert(e);
                     }
                 },
-                room = self.tx.reserve(), if !ready.is_empty() => {
+                room = self.tx.reserve(), if total.is_some() && !ready.is_empty() => {
                     // The caller has gone: this task is being aborted.
                     let Ok(room) = room else { return Ok(consistent) };
                     // Its share of the budget is given back once the batch is sent.
                     let (offset, page, _held) = ready.pop_front().expect("a page is ready");
+                    let total = total.expect("checked");
                     let (batch, no_overlap) = self.select(&page, offset, 1, merge);
                     if let Some(batch) = batch {
                         self.count_sent(batch.count as u64);

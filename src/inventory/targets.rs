@@ -194,6 +194,8 @@ pub struct TargetHealth {
     last_error: Mutex<Option<Box<(SystemTime, TargetError)>>>,
     /// While a retry waits: when it ends, in Unix milliseconds (0: not backing off).
     pub(super) backoff_until_ms: AtomicU64,
+    /// The `total` of the target's whole list when it was last read (0: not read yet).
+    listed_total: AtomicU64,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -209,6 +211,15 @@ impl TargetHealth {
                 .store(unix_ms(SystemTime::now()).max(1), Ordering::Relaxed),
             Some(e) => self.record_failure(e.clone()),
         }
+    }
+
+    /// How many backups the target's whole list had when it was last read (0: not read yet).
+    pub(super) fn listed_total(&self) -> u64 {
+        self.listed_total.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn note_listed_total(&self, total: u64) {
+        self.listed_total.store(total, Ordering::Relaxed);
     }
 
     /// A failure, from a read or found outside one (an agency IAM refused).

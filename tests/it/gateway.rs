@@ -291,6 +291,33 @@ async fn when_nothing_answers_the_call_fails_after_reporting_why() {
     );
 }
 
+/// What a target's whole list had when last read pages its next read; a filtered read asks
+/// only for its own pages.
+#[tokio::test]
+async fn a_filtered_read_is_not_paged_by_the_whole_lists_last_total() {
+    let (sim, mut gw) = start_pair(&small_spec()).await;
+    let project = &sim.data().projects[4];
+    let whole = pb::ListBackupsRequest {
+        project_ids: vec![project.id.clone()],
+        ..Default::default()
+    };
+    let got = list(&mut gw.client, whole).await;
+    assert_eq!(got.summary.unwrap().upstream_requests, 3);
+    let got = list(
+        &mut gw.client,
+        pb::ListBackupsRequest {
+            project_ids: vec![project.id.clone()],
+            instance_id: project.instances[1].id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    // One instance's 100 backups: one page, not the whole list's three.
+    assert_eq!(got.targets[0].upstream_total, 100);
+    assert_eq!(got.backups.len(), 100);
+    assert_eq!(got.summary.unwrap().upstream_requests, 1);
+}
+
 #[tokio::test]
 async fn the_second_call_is_served_from_the_cache() {
     let spec = small_spec();
