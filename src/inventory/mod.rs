@@ -9,6 +9,7 @@ mod order;
 mod outcome;
 mod query;
 mod read;
+mod seen;
 mod select;
 mod targets;
 
