@@ -130,8 +130,8 @@ impl TargetRead {
     /// the read with its error, after the other pages have been emitted.
     ///
     /// The first page tells `total`; the pages the target's whole list had when it was last
-    /// read are asked for beside it, not one round trip after it (a list seldom changes between
-    /// two queries). Pages the list no longer has come back empty and are checked like any
+    /// read whole are asked for beside it, not one round trip after it (a list seldom changes
+    /// between two queries). Pages the list no longer has come back empty and are checked like any
     /// other; the first page is sent before them.
     ///
     /// Pages in flight are polled while a batch waits for room in the caller's stream, so a
@@ -181,9 +181,6 @@ impl TargetRead {
                     total = Some(page.total);
                     end = page.total;
                     self.progress.total.store(page.total, Ordering::Relaxed);
-                    if whole_list {
-                        self.health.note_listed_total(page.total);
-                    }
                     ready.push_front((0, page, None));
                 }
                 Some((offset, page, held)) = in_flight.next(), if !in_flight.is_empty() => match page {
@@ -210,7 +207,14 @@ impl TargetRead {
         }
         match first_error {
             Some(e) => Err(e),
-            None => Ok(consistent),
+            None => {
+                // Only a list read whole is a guess for the next read: reads cancelled after
+                // their first pages (a storm of them) would otherwise each ask for whole lists.
+                if let (true, true, Some(total)) = (whole_list, consistent, total) {
+                    self.health.note_listed_total(total);
+                }
+                Ok(consistent)
+            }
         }
     }
 

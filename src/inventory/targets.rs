@@ -194,7 +194,7 @@ pub struct TargetHealth {
     last_error: Mutex<Option<Box<(SystemTime, TargetError)>>>,
     /// While a retry waits: when it ends, in Unix milliseconds (0: not backing off).
     pub(super) backoff_until_ms: AtomicU64,
-    /// The `total` of the target's whole list when it was last read (0: not read yet).
+    /// The `total` of the target's whole list when it was last read whole (0: not yet).
     listed_total: AtomicU64,
 }
 
@@ -213,7 +213,7 @@ impl TargetHealth {
         }
     }
 
-    /// How many backups the target's whole list had when it was last read (0: not read yet).
+    /// How many backups the target's whole list had when it was last read whole (0: not yet).
     pub(super) fn listed_total(&self) -> u64 {
         self.listed_total.load(Ordering::Relaxed)
     }

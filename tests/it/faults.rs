@@ -366,6 +366,52 @@ async fn a_target_read_before_has_all_its_pages_asked_for_at_once() {
     .await;
 }
 
+/// Only a list read whole guides the next read: a read that was cancelled after its first page
+/// teaches nothing (callers that leave early would otherwise each ask for whole lists).
+#[tokio::test]
+async fn a_read_cut_short_does_not_guide_the_next() {
+    let spec = backupgw::sim::DataSpec {
+        regions: 1,
+        projects_per_region: 1,
+        ..small_spec()
+    };
+    let probe = backupgw::sim::DataSet::generate(&spec).unwrap();
+    let project = probe.projects[0].id.clone();
+    let mut options = sim_options();
+    // The first page is answered; every later request stalls.
+    let stall_later = Faults {
+        stall_ms: 600_000,
+        fail_after: 1,
+        ..failing(FailWith::Stall, None)
+    };
+    options.faults = FaultPlan {
+        projects: BTreeMap::from([(project.clone(), stall_later)]),
+        ..FaultPlan::default()
+    };
+    let sim = start_sim(&spec, options).await;
+    let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
+    let mut gw = start_gateway(targets, Limits::default(), test_client_options()).await;
+    let deadline = |max_age: Option<prost_types::Duration>| {
+        let mut request = tonic::Request::new(pb::ListBackupsRequest {
+            max_age,
+            ..Default::default()
+        });
+        request.set_timeout(Duration::from_secs(1));
+        request
+    };
+    // Its first page and the two after it (which stall until the deadline).
+    try_list(&mut gw.client, deadline(None)).await.unwrap();
+    assert_eq!(sim.stats().list_requests, 3);
+    // Read again: the first page only, as for a list never read whole.
+    try_list(
+        &mut gw.client,
+        deadline(Some(prost_types::Duration::default())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sim.stats().list_requests, 4);
+}
+
 #[tokio::test]
 async fn churn_loses_nothing_and_emits_nothing_twice() {
     let spec = backupgw::sim::DataSpec {
