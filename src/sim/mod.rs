@@ -373,6 +373,25 @@ impl Simulator {
             .collect()
     }
 
+    /// Changes a project's list now, as churn does at a request: `add` new backups at the front,
+    /// the `expire` oldest gone.
+    pub fn churn_now(&self, project_id: &str, add: u32, expire: u32) {
+        let Some(index) = self.state.data.project_index(project_id) else {
+            return;
+        };
+        let project = &self.state.data.projects[index];
+        let mut live = self.state.live[index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let backups = live.get_or_insert_with(|| project.backups.clone());
+        let change = Faults {
+            churn_add: add,
+            churn_expire: expire,
+            ..Faults::default()
+        };
+        churn(project, backups, &change);
+    }
+
     /// IAM tokens issued for a project (`""`: domain-scoped tokens).
     pub fn tokens_issued(&self, scope: &str) -> u64 {
         self.state.auth.tokens_issued(scope)

@@ -291,6 +291,34 @@ async fn when_nothing_answers_the_call_fails_after_reporting_why() {
     );
 }
 
+/// A list that shrank or grew by pages since it was last read whole is read whole again: the
+/// pages it no longer has come back empty, those it gained are asked for once its first page
+/// tells.
+#[tokio::test]
+async fn a_list_that_changed_since_its_last_read_is_read_whole() {
+    let (sim, mut gw) = start_pair(&small_spec()).await;
+    let project = sim.data().projects[4].id.clone();
+    let fresh = pb::ListBackupsRequest {
+        project_ids: vec![project.clone()],
+        max_age: Some(prost_types::Duration::default()),
+        ..Default::default()
+    };
+    let got = list(&mut gw.client, fresh.clone()).await;
+    assert_eq!(got.backups.len(), 300);
+    // (added, expired) → backups then, and the requests the read takes.
+    for ((add, expire), backups, requests) in [((0, 200), 100, 3), ((300, 0), 400, 4)] {
+        sim.churn_now(&project, add, expire);
+        let got = list(&mut gw.client, fresh.clone()).await;
+        let ids: HashSet<String> = got.backups.iter().map(|b| b.id.clone()).collect();
+        let now: HashSet<String> = sim.current_backup_ids(&project).into_iter().collect();
+        assert_eq!(ids.len(), backups);
+        assert!(ids == now, "the backups the upstream has now");
+        let t = got.target(&project);
+        assert!(t.ok && t.warnings.is_empty(), "{t:?}");
+        assert_eq!(got.summary.unwrap().upstream_requests, requests);
+    }
+}
+
 /// What a target's whole list had when last read pages its next read; a filtered read asks
 /// only for its own pages.
 #[tokio::test]
