@@ -146,8 +146,7 @@ impl SimState {
         let project = &self.data.projects[index];
         let mut live = self.live[index].lock().unwrap_or_else(|e| e.into_inner());
         if faults.churn_add > 0 || faults.churn_expire > 0 {
-            let backups = live.get_or_insert_with(|| project.backups.clone());
-            churn(project, backups, faults);
+            churn(project, &mut live, faults);
         }
         // Churned projects are rendered as they are now; the others were rendered once.
         let (backups, rendered): (&[data::SimBackup], Option<&[Box<str>]>) = match live.as_deref() {
@@ -201,8 +200,10 @@ impl SimState {
     }
 }
 
-/// New backups appear at the front, the oldest expire at the end.
-fn churn(project: &data::SimProject, backups: &mut Vec<data::SimBackup>, faults: &Faults) {
+/// New backups appear at the front, the oldest expire at the end (of the project's live list,
+/// its generated one the first time).
+fn churn(project: &data::SimProject, live: &mut Option<Vec<data::SimBackup>>, faults: &Faults) {
+    let backups = live.get_or_insert_with(|| project.backups.clone());
     let newest = backups
         .first()
         .map_or(project.backups.first().map_or(0, |b| b.created), |b| {
@@ -383,13 +384,12 @@ impl Simulator {
         let mut live = self.state.live[index]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let backups = live.get_or_insert_with(|| project.backups.clone());
         let change = Faults {
             churn_add: add,
             churn_expire: expire,
             ..Faults::default()
         };
-        churn(project, backups, &change);
+        churn(project, &mut live, &change);
     }
 
     /// IAM tokens issued for a project (`""`: domain-scoped tokens).
