@@ -171,55 +171,55 @@ const MAX_SECONDS: u64 = 365 * 24 * 3600;
 /// Every time-valued setting, checked against `MAX_SECONDS`.
 fn times_at_most_a_year(raw: &RawConfig, p: &mut Problems) {
     let (server, limits) = (&raw.server, &raw.limits);
-    let mut seconds = vec![
-        ("cache.ttl_seconds", raw.cache.ttl_seconds),
-        ("discovery.interval_seconds", raw.discovery.interval_seconds),
+    let (s, ms) = (MAX_SECONDS, MAX_SECONDS * 1000);
+    let mut times = vec![
+        ("cache.ttl_seconds", raw.cache.ttl_seconds, s),
+        (
+            "discovery.interval_seconds",
+            raw.discovery.interval_seconds,
+            s,
+        ),
         (
             "limits.auth_failure_cooldown_seconds",
             limits.auth_failure_cooldown_seconds,
+            s,
         ),
         (
             "server.default_deadline_seconds",
             server.default_deadline_seconds,
+            s,
         ),
         (
             "server.handshake_timeout_seconds",
             server.handshake_timeout_seconds,
+            s,
         ),
         (
             "server.http2_keepalive_interval_seconds",
             server.http2_keepalive_interval_seconds,
+            s,
         ),
         (
             "server.shutdown_grace_seconds",
             server.shutdown_grace_seconds,
+            s,
         ),
-    ];
-    let mut millis = vec![
-        ("limits.request_timeout_ms", limits.request_timeout_ms),
-        ("limits.retry_base_delay_ms", limits.retry_base_delay_ms),
-        ("limits.retry_max_delay_ms", limits.retry_max_delay_ms),
-        ("limits.throttle_delay_ms", limits.throttle_delay_ms),
+        ("limits.request_timeout_ms", limits.request_timeout_ms, ms),
+        ("limits.retry_base_delay_ms", limits.retry_base_delay_ms, ms),
+        ("limits.retry_max_delay_ms", limits.retry_max_delay_ms, ms),
+        ("limits.throttle_delay_ms", limits.throttle_delay_ms, ms),
     ];
     if let Some(org) = &raw.organization {
-        seconds.push(("organization.refresh_seconds", org.refresh_seconds));
+        times.push(("organization.refresh_seconds", org.refresh_seconds, s));
     }
     if let Some(shared) = &raw.shared {
-        millis.push(("shared.timeout_ms", shared.timeout_ms));
-        millis.push(("shared.retry_after_ms", shared.retry_after_ms));
-        millis.push(("shared.lease_ms", shared.lease_ms));
+        times.push(("shared.timeout_ms", shared.timeout_ms, ms));
+        times.push(("shared.retry_after_ms", shared.retry_after_ms, ms));
+        times.push(("shared.lease_ms", shared.lease_ms, ms));
     }
-    for (key, value) in seconds {
-        if value > MAX_SECONDS {
-            p.push(key, format!("must be at most {MAX_SECONDS} (a year)"));
-        }
-    }
-    for (key, value) in millis {
-        if value > MAX_SECONDS * 1000 {
-            p.push(
-                key,
-                format!("must be at most {} (a year)", MAX_SECONDS * 1000),
-            );
+    for (key, value, most) in times {
+        if value > most {
+            p.push(key, format!("must be at most {most} (a year)"));
         }
     }
 }
