@@ -298,6 +298,14 @@ pub fn region_faults(region: &str, faults: Faults) -> FaultPlan {
     }
 }
 
+/// A fault plan with `faults` for one project.
+pub fn project_faults(project: &str, faults: Faults) -> FaultPlan {
+    FaultPlan {
+        projects: BTreeMap::from([(project.to_owned(), faults)]),
+        ..FaultPlan::default()
+    }
+}
+
 /// The small data set, with `faults` in one region, and a target for each of its projects.
 pub async fn with_region_faults(
     region: &str,

@@ -23,10 +23,7 @@ async fn run_one_faulty_project(faults: Faults, options: ClientOptions) -> Run {
     let probe = backupgw::sim::DataSet::generate(&spec).unwrap();
     let faulty = probe.projects[4].id.clone();
     let mut sim_options = sim_options();
-    sim_options.faults = FaultPlan {
-        projects: BTreeMap::from([(faulty.clone(), faults)]),
-        ..FaultPlan::default()
-    };
+    sim_options.faults = project_faults(&faulty, faults);
     let sim = start_sim(&spec, sim_options).await;
     let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
     let mut gw = start_gateway(targets, Limits::default(), options).await;
@@ -336,10 +333,7 @@ async fn one_project_stalling_after(answered: u64) -> (String, Simulator, Gatewa
         ..failing(FailWith::Stall, None)
     };
     let mut options = sim_options();
-    options.faults = FaultPlan {
-        projects: BTreeMap::from([(project.clone(), stall_later)]),
-        ..FaultPlan::default()
-    };
+    options.faults = project_faults(&project, stall_later);
     let sim = start_sim(&spec, options).await;
     let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
     let gw = start_gateway(targets, Limits::default(), test_client_options()).await;
@@ -417,10 +411,7 @@ async fn churn_loses_nothing_and_emits_nothing_twice() {
         jitter_ms: 40,
         ..Faults::default()
     };
-    options.faults = FaultPlan {
-        projects: BTreeMap::from([(churning.clone(), churn)]),
-        ..FaultPlan::default()
-    };
+    options.faults = project_faults(&churning, churn);
     let sim = start_sim(&spec, options).await;
     let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
     let mut gw = start_gateway(targets, Limits::default(), test_client_options()).await;

@@ -2,7 +2,7 @@
 //! a credential that keeps failing, an upstream that asks for an hour's wait, connections that
 //! never speak. None of them may cost anyone else their answer.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -228,17 +228,14 @@ async fn an_hour_of_retry_after_is_reported_not_waited_for() {
     let probe = backupgw::sim::DataSet::generate(&spec).unwrap();
     let throttled = probe.projects[3].id.clone();
     let mut options = sim_options();
-    options.faults = FaultPlan {
-        projects: BTreeMap::from([(
-            throttled.clone(),
-            Faults {
-                fail_with: Some(FailWith::Throttled),
-                retry_after_s: Some(3600),
-                ..Faults::default()
-            },
-        )]),
-        ..FaultPlan::default()
-    };
+    options.faults = project_faults(
+        &throttled,
+        Faults {
+            fail_with: Some(FailWith::Throttled),
+            retry_after_s: Some(3600),
+            ..Faults::default()
+        },
+    );
     let sim = start_sim(&spec, options).await;
     let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
     // Production retry settings; the caller sets no deadline.

@@ -1,7 +1,7 @@
 //! The instance list: the simulator serves it as the contract says, under either reading of
 //! `offset`, and the client reads every instance under either, through the real HTTP path.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 
 use backupgw::ddm::{DdmClient, InstancesRequest};
@@ -152,16 +152,13 @@ async fn the_simulator_pages_as_the_contract_says() {
 async fn a_failing_instance_list_is_a_typed_error_after_its_retries() {
     let probe = backupgw::sim::DataSet::generate(&many_instances()).unwrap();
     let failing = probe.projects[1].id.clone();
-    let faults = FaultPlan {
-        projects: BTreeMap::from([(
-            failing,
-            Faults {
-                fail_instances: true,
-                ..Faults::default()
-            },
-        )]),
-        ..FaultPlan::default()
-    };
+    let faults = project_faults(
+        &failing,
+        Faults {
+            fail_instances: true,
+            ..Faults::default()
+        },
+    );
     let sim = sim_in(OffsetMode::Item, faults).await;
     assert!(
         read(&sim, 0).await.unwrap().complete,

@@ -163,16 +163,13 @@ async fn every_class_is_answered_as_the_data_set_has_it_under_either_offset_read
 async fn a_failed_instance_list_makes_its_rows_unknown_and_nothing_is_guessed() {
     let probe = backupgw::sim::DataSet::generate(&spec()).unwrap();
     let failing = probe.projects[2].id.clone();
-    let faults = FaultPlan {
-        projects: BTreeMap::from([(
-            failing.clone(),
-            Faults {
-                fail_instances: true,
-                ..Faults::default()
-            },
-        )]),
-        ..FaultPlan::default()
-    };
+    let faults = project_faults(
+        &failing,
+        Faults {
+            fail_instances: true,
+            ..Faults::default()
+        },
+    );
     let sim = sim_in(OffsetMode::Item, faults).await;
     let targets = backupgw::demo::sim_targets(&sim, token_credential("test", TOKEN));
     let mut gw = start_gateway(targets, Default::default(), test_client_options()).await;
