@@ -6,6 +6,7 @@
 mod accounts;
 mod chunked;
 mod edge;
+mod problems;
 mod raw;
 mod secrets;
 mod targets;
@@ -25,7 +26,9 @@ use crate::inventory::{Limits, Target};
 use crate::server::ServerOptions;
 use crate::tls::TlsFiles;
 pub use edge::LogOptions;
-use raw::RawConfig;
+pub use problems::{ConfigError, ConfigErrors};
+use problems::{Problems, out_of_count};
+use raw::{RawConfig, parse_raw};
 use secrets::SecretFiles;
 
 /// DDM's regions (the official SDK's region table).
@@ -54,107 +57,6 @@ pub fn default_endpoint(region: &str) -> Option<String> {
     match region {
         "eu-west-101" => Some("https://ddm.eu-west-101.myhuaweicloud.eu".into()),
         r if DDM_REGIONS.contains(&r) => Some(format!("https://ddm.{r}.myhuaweicloud.com")),
-        _ => None,
-    }
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{key}: {problem}")]
-pub struct ConfigError {
-    pub key: String,
-    pub problem: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
-        ConfigError {
-            key: key.into(),
-            problem: problem.into(),
-        }
-    }
-}
-
-/// Every problem of a configuration file.
-#[derive(Debug, Clone)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl ConfigErrors {
-    pub fn first(&self) -> &ConfigError {
-        &self.0[0]
-    }
-
-    pub fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|e| e.key.as_str()).collect()
-    }
-}
-
-impl std::fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0.as_slice() {
-            [one] => write!(f, "{one}"),
-            all => {
-                write!(f, "{} problems:", all.len())?;
-                for e in all {
-                    write!(f, "\n  {e}")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-impl From<ConfigError> for ConfigErrors {
-    fn from(e: ConfigError) -> Self {
-        ConfigErrors(vec![e])
-    }
-}
-
-/// Problems found so far, and warnings (worth saying, not worth refusing the file).
-#[derive(Default)]
-pub(crate) struct Problems {
-    errors: Vec<ConfigError>,
-    warnings: Vec<String>,
-}
-
-impl Problems {
-    pub(crate) fn push(&mut self, key: impl Into<String>, problem: impl Into<String>) {
-        self.errors.push(ConfigError::new(key, problem));
-    }
-
-    fn add(&mut self, e: ConfigError) {
-        self.errors.push(e);
-    }
-
-    /// The value, or `None` with the problem recorded under `key`.
-    pub(crate) fn take<T>(&mut self, r: Result<T, String>, key: impl Into<String>) -> Option<T> {
-        match r {
-            Ok(v) => Some(v),
-            Err(problem) => {
-                self.push(key, problem);
-                None
-            }
-        }
-    }
-
-    fn keep<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
-        r.map_err(|e| self.add(e)).ok()
-    }
-
-    /// A count of things that must lie in `1..=most`.
-    fn count(&mut self, key: &str, value: u64, most: u64) {
-        if let Some(problem) = out_of_count(value, most) {
-            self.push(key, problem);
-        }
-    }
-}
-
-/// Why `value` is no count in `1..=most`, if it is not.
-fn out_of_count(value: u64, most: u64) -> Option<String> {
-    match value {
-        0 => Some("must be at least 1".into()),
-        v if v > most => Some(format!("must be at most {most}")),
         _ => None,
     }
 }
@@ -317,88 +219,6 @@ impl Settings {
         }
         Ok(())
     }
-}
-
-/// The file's shapes. A wrong type or an unknown key is reported by its key, and the parse goes
-/// on without that line, so that every such problem is reported at once.
-fn parse_raw(text: &str, problems: &mut Problems) -> Option<RawConfig> {
-    let mut text = text.to_owned();
-    for _ in 0..50 {
-        match toml::from_str::<RawConfig>(&text) {
-            Ok(raw) => return Some(raw),
-            Err(e) => {
-                let line = e.span().map(|s| line_of(&text, s.start));
-                let key = line.and_then(|l| key_of_line(&text, l));
-                match (line, key) {
-                    (Some(line), Some((key, true))) => {
-                        problems.push(key, e.message().to_owned());
-                        // Leave the line out and look for more.
-                        text = text
-                            .lines()
-                            .enumerate()
-                            .map(|(i, l)| if i == line { "" } else { l })
-                            .collect::<Vec<_>>()
-                            .join("\n");
-                    }
-                    (line, key) => {
-                        let key = key
-                            .map(|(k, _)| k)
-                            .or(line.map(|l| format!("line {}", l + 1)))
-                            .unwrap_or_else(|| "config".to_owned());
-                        problems.push(key, e.message().to_owned());
-                        return None;
-                    }
-                }
-            }
-        }
-    }
-    None
-}
-
-/// The (0-based) line of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count()
-}
-
-/// The dotted key a line sets (`limits.max_attempts`, `projects[2].region`), and whether it is
-/// a `key = value` line (else a table header).
-fn key_of_line(text: &str, line: usize) -> Option<(String, bool)> {
-    let mut table = String::new();
-    let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, l) in text.lines().enumerate() {
-        let t = l.trim();
-        let header = if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
-            let name = name.trim().to_owned();
-            let n = arrays
-                .entry(name.clone())
-                .and_modify(|n| *n += 1)
-                .or_insert(0);
-            Some(format!("{name}[{n}]"))
-        } else {
-            t.strip_prefix('[')
-                .and_then(|r| r.split(']').next())
-                .map(|name| name.trim().to_owned())
-        };
-        if i == line {
-            if let Some(h) = header {
-                return Some((h, false));
-            }
-            let key = t.split('=').next()?.trim().trim_matches('"');
-            if key.is_empty() || !t.contains('=') {
-                return None;
-            }
-            let full = if table.is_empty() {
-                key.to_owned()
-            } else {
-                format!("{table}.{key}")
-            };
-            return Some((full, true));
-        }
-        if let Some(h) = header {
-            table = h;
-        }
-    }
-    None
 }
 
 fn validate(raw: RawConfig, base: &Path, read_secrets: bool, p: &mut Problems) -> Option<Settings> {

@@ -1,4 +1,4 @@
-//! The configuration file's shapes, as written. `deny_unknown_fields` everywhere: a misspelt
+//! The configuration file's shapes, as written, and how a file is read into them. `deny_unknown_fields` everywhere: a misspelt
 //! key is an error, not a silently ignored setting.
 
 use std::collections::BTreeMap;
@@ -6,9 +6,93 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::problems::Problems;
+
 use crate::ddm::ClientOptions;
 use crate::inventory::Limits;
 use crate::server::ServerOptions;
+
+/// The file's shapes. A wrong type or an unknown key is reported by its key, and the parse goes
+/// on without that line, so that every such problem is reported at once.
+pub(super) fn parse_raw(text: &str, problems: &mut Problems) -> Option<RawConfig> {
+    let mut text = text.to_owned();
+    for _ in 0..50 {
+        match toml::from_str::<RawConfig>(&text) {
+            Ok(raw) => return Some(raw),
+            Err(e) => {
+                let line = e.span().map(|s| line_of(&text, s.start));
+                let key = line.and_then(|l| key_of_line(&text, l));
+                match (line, key) {
+                    (Some(line), Some((key, true))) => {
+                        problems.push(key, e.message().to_owned());
+                        // Leave the line out and look for more.
+                        text = text
+                            .lines()
+                            .enumerate()
+                            .map(|(i, l)| if i == line { "" } else { l })
+                            .collect::<Vec<_>>()
+                            .join("\n");
+                    }
+                    (line, key) => {
+                        let key = key
+                            .map(|(k, _)| k)
+                            .or(line.map(|l| format!("line {}", l + 1)))
+                            .unwrap_or_else(|| "config".to_owned());
+                        problems.push(key, e.message().to_owned());
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The (0-based) line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count()
+}
+
+/// The dotted key a line sets (`limits.max_attempts`, `projects[2].region`), and whether it is
+/// a `key = value` line (else a table header).
+fn key_of_line(text: &str, line: usize) -> Option<(String, bool)> {
+    let mut table = String::new();
+    let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        let header = if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_owned();
+            let n = arrays
+                .entry(name.clone())
+                .and_modify(|n| *n += 1)
+                .or_insert(0);
+            Some(format!("{name}[{n}]"))
+        } else {
+            t.strip_prefix('[')
+                .and_then(|r| r.split(']').next())
+                .map(|name| name.trim().to_owned())
+        };
+        if i == line {
+            if let Some(h) = header {
+                return Some((h, false));
+            }
+            let key = t.split('=').next()?.trim().trim_matches('"');
+            if key.is_empty() || !t.contains('=') {
+                return None;
+            }
+            let full = if table.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{table}.{key}")
+            };
+            return Some((full, true));
+        }
+        if let Some(h) = header {
+            table = h;
+        }
+    }
+    None
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
