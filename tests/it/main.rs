@@ -14,6 +14,7 @@ mod hostile;
 mod instances;
 mod operations;
 mod report;
+mod selection;
 mod shared;
 mod shell;
 mod simulator;
