@@ -1,7 +1,8 @@
 //! Reading one target for one query: its pages, fast, without emitting a backup twice or
 //! silently losing one when the list shifts under us.
 //!
-//! The first page tells `total`, so the other pages are read concurrently. If the list changed
+//! The first page tells `total`, so the other pages are read concurrently (for a list read whole
+//! before, beside the first page, up to the total that read ended with). If the list changed
 //! meanwhile (a page disagrees on `total`, a page is shorter than it should be, or a backup shows
 //! up on two pages), the list is read again front to back, fresh from the upstream, until a short
 //! page. Under DDM's churn — new backups at the front, old ones expiring at the end — reading front
