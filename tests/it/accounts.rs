@@ -15,7 +15,7 @@ use tonic::Code;
 
 use crate::cli::scratch_dir;
 use crate::common::{
-    Collected, Gateway, GatewaySetup, list, start_gateway_with, start_sim, try_list,
+    Collected, Gateway, GatewaySetup, fresh_request, list, start_gateway_with, start_sim, try_list,
 };
 
 pub const CENTRAL_PASSWORD: &str = "central-password-0123";
@@ -213,10 +213,7 @@ async fn agency_tokens_are_cached_per_account_and_project_and_renewed_once_expir
     assert_eq!(sim.tokens_issued(""), 1);
 
     // Cached: another query and another refresh ask IAM for nothing new.
-    let fresh = pb::ListBackupsRequest {
-        max_age: Some(prost_types::Duration::default()),
-        ..Default::default()
-    };
+    let fresh = fresh_request();
     list(&mut gw.client, fresh.clone()).await;
     source.refresh(&gw.inventory).await.unwrap();
     for t in &ok {
@@ -302,10 +299,7 @@ async fn an_account_without_the_agency_fails_exactly_its_targets_and_is_not_aske
     let (sim, mut gw, source) = org_pair("org-noagency", "").await;
     assert_eq!(sim.assume_requests("legacy-erp"), 2, "once per region");
     let requests = sim.stats().list_requests;
-    let fresh = pb::ListBackupsRequest {
-        max_age: Some(prost_types::Duration::default()),
-        ..Default::default()
-    };
+    let fresh = fresh_request();
     for _ in 0..2 {
         let got = list(&mut gw.client, fresh.clone()).await;
         let failed: Vec<_> = got.targets.iter().filter(|t| !t.ok).collect();

@@ -120,10 +120,7 @@ async fn token_expiry_is_survived_with_exactly_one_refresh_per_project() {
     assert!(first.targets.iter().all(|t| t.ok));
 
     sim.expire_tokens();
-    let fresh = pb::ListBackupsRequest {
-        max_age: Some(prost_types::Duration::default()),
-        ..Default::default()
-    };
+    let fresh = fresh_request();
     let second = list(&mut gw.client, fresh).await;
     assert!(second.targets.iter().all(|t| t.ok), "{:?}", second.targets);
     assert_eq!(second.by_key(), first.by_key());
@@ -280,13 +277,6 @@ async fn discovery_finds_the_simulators_projects_and_regions() {
     assert_eq!(got.targets.len(), 12);
     assert!(got.targets.iter().all(|t| t.ok), "{:?}", got.targets);
     assert_eq!(got.by_key().len(), spec.total_backups());
-}
-
-fn fresh_request() -> pb::ListBackupsRequest {
-    pb::ListBackupsRequest {
-        max_age: Some(prost_types::Duration::default()),
-        ..Default::default()
-    }
 }
 
 /// Collects everything written to the log.

@@ -298,6 +298,14 @@ pub fn region_faults(region: &str, faults: Faults) -> FaultPlan {
     }
 }
 
+/// Everything, every page read again from the upstream (`max_age` 0).
+pub fn fresh_request() -> pb::ListBackupsRequest {
+    pb::ListBackupsRequest {
+        max_age: Some(prost_types::Duration::default()),
+        ..Default::default()
+    }
+}
+
 /// A fault plan with `faults` for one project.
 pub fn project_faults(project: &str, faults: Faults) -> FaultPlan {
     FaultPlan {

@@ -350,10 +350,7 @@ async fn a_target_read_before_has_all_its_pages_asked_for_at_once() {
     assert_eq!(got.target(&project).backups, 300);
     assert_eq!(sim.stats().list_requests, 3);
 
-    let again = pb::ListBackupsRequest {
-        max_age: Some(prost_types::Duration::default()),
-        ..Default::default()
-    };
+    let again = fresh_request();
     let stream = gw.client.list_backups(again).await.unwrap().into_inner();
     // The first page has not come back (it never will), yet all three are upstream.
     eventually("the three pages are in flight upstream at once", || {

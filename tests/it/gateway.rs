@@ -181,8 +181,7 @@ async fn a_list_that_changed_since_its_last_read_is_read_whole() {
     let project = sim.data().projects[4].id.clone();
     let fresh = pb::ListBackupsRequest {
         project_ids: vec![project.clone()],
-        max_age: Some(prost_types::Duration::default()),
-        ..Default::default()
+        ..fresh_request()
     };
     let got = list(&mut gw.client, fresh.clone()).await;
     assert_eq!(got.backups.len(), 300);

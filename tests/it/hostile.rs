@@ -47,8 +47,7 @@ async fn a_caller_that_does_not_read_costs_only_its_own_stream() {
     let before = sim.stats().list_requests;
     let mut request = tonic::Request::new(pb::ListBackupsRequest {
         project_ids: vec![project.clone()],
-        max_age: Some(prost_types::Duration::default()),
-        ..Default::default()
+        ..fresh_request()
     });
     request.set_timeout(Duration::from_secs(30));
     let mut other = gw.client.clone();

@@ -168,13 +168,6 @@ async fn replica(sim: &backupgw::sim::Simulator, shared: Option<SharedOptions>) 
     .await
 }
 
-fn fresh() -> pb::ListBackupsRequest {
-    pb::ListBackupsRequest {
-        max_age: Some(prost_types::Duration::default()),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn a_replica_answers_what_another_just_read_without_asking_the_upstream() {
     if !Redis::available() {
@@ -212,7 +205,7 @@ async fn a_replica_answers_what_another_just_read_without_asking_the_upstream() 
         .unwrap();
     assert!((1..=300_000).contains(&ttl), "{ttl}");
     // max_age holds across replicas: a page fetched by A is too old for B at max_age 0…
-    list(&mut b.client, fresh()).await;
+    list(&mut b.client, fresh_request()).await;
     assert_eq!(sim.stats().list_requests, 2 * PAGES);
     // …and a replica without Redis reads everything itself.
     let mut alone = replica(&sim, None).await;
@@ -428,7 +421,10 @@ async fn two_replicas_together_keep_to_a_regions_rate() {
     };
     let mut a = start(Some(redis.options())).await;
     let mut b = start(Some(redis.options())).await;
-    let (x, y) = tokio::join!(list(&mut a.client, fresh()), list(&mut b.client, fresh()));
+    let (x, y) = tokio::join!(
+        list(&mut a.client, fresh_request()),
+        list(&mut b.client, fresh_request())
+    );
     assert!(x.targets.iter().chain(&y.targets).all(|t| t.ok));
     assert_eq!(sim.stats().list_requests, 2 * 4 * 5);
     assert_eq!(
@@ -440,7 +436,10 @@ async fn two_replicas_together_keep_to_a_regions_rate() {
     // Each on its own pace, the two replicas ask twice the rate: the upstream throttles.
     let mut a = start(None).await;
     let mut b = start(None).await;
-    tokio::join!(list(&mut a.client, fresh()), list(&mut b.client, fresh()));
+    tokio::join!(
+        list(&mut a.client, fresh_request()),
+        list(&mut b.client, fresh_request())
+    );
     assert!(sim.stats().throttled > 0, "the test can tell");
 }
 
@@ -459,7 +458,12 @@ async fn redis_going_away_fails_no_query_and_sharing_resumes_when_it_is_back() {
     let mut a = replica(&sim, Some(redis.options())).await;
     let mut b = replica(&sim, Some(redis.options())).await;
     // Killed mid-query: the answer completes from the upstream.
-    let mut stream = a.client.list_backups(fresh()).await.unwrap().into_inner();
+    let mut stream = a
+        .client
+        .list_backups(fresh_request())
+        .await
+        .unwrap()
+        .into_inner();
     let mut got = Collected::default();
     let first = stream.message().await.unwrap().unwrap();
     got.backups.extend(first.backups);
@@ -480,7 +484,7 @@ async fn redis_going_away_fails_no_query_and_sharing_resumes_when_it_is_back() {
 
     // Back: A's next read is shared again, and B answers it without the upstream.
     let _redis = crate::shared::Redis::start_on(port);
-    list(&mut a.client, fresh()).await;
+    list(&mut a.client, fresh_request()).await;
     let asked = sim.stats().list_requests;
     let mut c = replica(&sim, Some(_redis.options())).await;
     let shared = list(&mut c.client, pb::ListBackupsRequest::default()).await;
