@@ -153,10 +153,13 @@ impl TargetRead {
         // Only the whole list's total is kept: a filtered one says nothing of another filter.
         let whole_list = *self.pushdown == Pushdown::default();
         let page_size = u64::from(MAX_PAGE_SIZE);
-        let (mut next, mut end) = (page_size, 0);
-        if whole_list {
-            end = self.health.listed_total();
-        }
+        let mut next = page_size;
+        // Until the first page tells: the total of the list's last whole read (0: none).
+        let mut end = if whole_list {
+            self.health.listed_total()
+        } else {
+            0
+        };
         let mut total = None;
         let most = self.inventory.limits.max_pages_per_target.max(1);
         let mut in_flight = FuturesUnordered::new();
