@@ -183,15 +183,10 @@ pub(super) fn region_limits(
             problem,
         ));
     }
+    // Not `rps < MIN`: NaN compares false.
     if let Some(rps) = requests_per_second
-        && !(rps.is_finite() && rps > 0.0)
+        && !(rps.is_finite() && rps >= MIN_REQUESTS_PER_SECOND)
     {
-        return Err(ConfigError::new(
-            format!("{prefix}requests_per_second"),
-            "must be a positive number",
-        ));
-    }
-    if requests_per_second.is_some_and(|rps| rps < MIN_REQUESTS_PER_SECOND) {
         return Err(ConfigError::new(
             format!("{prefix}requests_per_second"),
             format!("must be at least {MIN_REQUESTS_PER_SECOND} (a request every 1,000 seconds)"),
