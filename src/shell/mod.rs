@@ -5,6 +5,7 @@
 //! any other error.
 
 mod output;
+mod rows;
 mod when;
 
 use std::io::IsTerminal as _;
@@ -16,9 +17,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::pb;
 use crate::pb::backup_gateway_client::BackupGatewayClient;
-pub use output::{
-    BACKUP_COLUMNS, BackupRow, Format, REPORT_COLUMNS, ReportRow, TARGET_COLUMNS, TargetRow,
-};
+pub use output::Format;
+pub use rows::{BACKUP_COLUMNS, BackupRow, REPORT_COLUMNS, ReportRow, TARGET_COLUMNS, TargetRow};
 
 /// Exit status when some targets failed (what arrived was still written).
 pub const EXIT_SOME_FAILED: u8 = 2;
@@ -279,7 +279,7 @@ pub async fn ls(args: LsArgs) -> Result<u8, ShellError> {
     let mut out = output::Writer::new(
         format_of(args.format),
         std::io::stdout().lock(),
-        &output::BACKUP_COLUMNS,
+        &BACKUP_COLUMNS,
     )?;
     let mut failed = Vec::new();
     let outcome = drain(&mut stream, |message: pb::ListBackupsResponse| {
@@ -420,11 +420,11 @@ pub async fn report(args: ReportArgs) -> Result<u8, ShellError> {
         .summarize_backups(args.connection.request(request, key.as_deref())?)
         .await?
         .into_inner();
-    let mut out = output::Writer::new(format, std::io::stdout().lock(), &output::REPORT_COLUMNS)?;
+    let mut out = output::Writer::new(format, std::io::stdout().lock(), &REPORT_COLUMNS)?;
     let (mut failed, mut totals) = (Vec::new(), Vec::new());
     let outcome = drain(&mut stream, |message: pb::SummarizeBackupsResponse| {
         for r in &message.instances {
-            out.instance(&output::ReportRow::from(r))?;
+            out.instance(&ReportRow::from(r))?;
         }
         if let Some(p) = &progress {
             let backups = message.targets.iter().map(|t| t.backups).sum();
@@ -474,7 +474,7 @@ pub async fn targets(args: TargetsArgs) -> Result<u8, ShellError> {
     let mut out = output::Writer::new(
         format_of(args.format),
         std::io::stdout().lock(),
-        &output::TARGET_COLUMNS,
+        &TARGET_COLUMNS,
     )?;
     for t in &listed.targets {
         out.target(&TargetRow::from(t))?;
