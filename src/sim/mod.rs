@@ -7,6 +7,7 @@ pub mod data;
 pub mod faults;
 mod generate;
 mod http;
+mod iam;
 pub mod instances;
 mod org;
 

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use super::SimState;
 use super::auth::Caller;
 use super::data::{SimAccount, SimAgency, SimProject};
-use super::http::{RegionState, SimRequest, iam_error, iam_time};
+use super::http::{RegionState, SimRequest};
+use super::iam::{iam_error, iam_time};
 
 /// Why IAM or Organizations refused, answered in IAM's other error shape (`error_msg`,
 /// `error_code`), as its agency pages show it.
