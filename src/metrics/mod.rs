@@ -68,6 +68,7 @@ struct Inner {
     target_up: Family<TargetLabels, Gauge>,
     shared_up: Gauge,
     shared_hits: Counter,
+    shared_refusals: Counter,
 }
 
 impl Inner {
@@ -134,6 +135,11 @@ impl Inner {
             "Pages and instance lists another replica fetched, read from the shared cache",
             self.shared_hits.clone(),
         );
+        self.registry.register(
+            "backupgw_shared_refusals",
+            "Operations the shared state (Redis) refused while answering (full, read-only, not permitted): each skipped, Redis still in use",
+            self.shared_refusals.clone(),
+        );
     }
 }
 
@@ -174,6 +180,7 @@ impl Metrics {
             target_up: Family::default(),
             shared_up: Gauge::default(),
             shared_hits: Counter::default(),
+            shared_refusals: Counter::default(),
         };
         inner.register();
         Metrics(Arc::new(inner))
@@ -213,6 +220,10 @@ impl Metrics {
 
     pub fn shared_hit(&self) {
         self.0.shared_hits.inc();
+    }
+
+    pub fn shared_refusal(&self) {
+        self.0.shared_refusals.inc();
     }
 
     pub fn cache_hit(&self) {

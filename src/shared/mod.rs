@@ -6,6 +6,9 @@
 //! timeout; when one fails, the replica serves from its own cache and the upstream under its own
 //! limits, says so once in the log and in `backupgw_shared_up 0`, leaves Redis alone for
 //! `retry_after`, then tries again, and recovers by itself. No query fails because of Redis.
+//! Redis refusing one operation (full under `noeviction`, a replica that takes no writes, an
+//! ACL) is not Redis failing: that operation is skipped, said once and counted, and the others
+//! still go to Redis — a full Redis still serves what it holds.
 
 mod news;
 mod pace;
@@ -16,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo as _, RedisResult};
+use redis::{IntoConnectionInfo as _, RedisError, RedisResult};
 use secrecy::{ExposeSecret as _, SecretString};
 use tokio::time::Instant;
 
@@ -90,6 +93,7 @@ pub struct Shared {
     options: SharedOptions,
     /// While Redis is failing: since when, and when to try it again.
     down: Mutex<Option<Instant>>,
+    refusals_said: Mutex<RefusalsSaid>,
     metrics: Option<Metrics>,
     /// This replica, as the holder of a lease.
     replica: String,
@@ -137,6 +141,7 @@ impl Shared {
             news: Arc::new(news::News::new()),
             options,
             down: Mutex::default(),
+            refusals_said: Mutex::default(),
             metrics,
             replica: format!("{:032x}", fastrand::u128(..)),
         })
@@ -202,6 +207,10 @@ impl Shared {
                 Ok(Err(e)) if again && (e.is_connection_dropped() || e.is_io_error()) => {
                     again = false;
                 }
+                Ok(Err(e)) if is_refusal(&e) => {
+                    self.refused(&e);
+                    return None;
+                }
                 Ok(Err(e)) => {
                     self.mark(false, Some(e.category().to_owned()));
                     return None;
@@ -215,6 +224,29 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Redis answered, and refused this one operation: it stays in use for the others.
+    fn refused(&self, e: &RedisError) {
+        self.mark(true, None);
+        if let Some(m) = &self.metrics {
+            m.shared_refusal();
+        }
+        let code = e.code().unwrap_or_else(|| e.category());
+        let said = self
+            .refusals_said
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_to_be_said(code, Instant::now());
+        if !said {
+            return;
+        }
+        let detail: String = e.detail().unwrap_or_default().chars().take(200).collect();
+        tracing::warn!(
+            code,
+            detail,
+            "shared state (Redis) refuses an operation: it is skipped (a page is fetched or not stored, a rate kept locally), and Redis stays in use for the others"
+        );
     }
 
     /// Records whether Redis answered; says so once when that changes.
@@ -239,5 +271,77 @@ impl Shared {
         if let Some(m) = &self.metrics {
             m.shared_up(up);
         }
+    }
+}
+
+/// How long a kind of refusal is not said again while it keeps happening.
+const SAY_REFUSAL_AGAIN_AFTER: Duration = Duration::from_secs(600);
+
+/// The refusals said in the log, by Redis' error code, and when: each is said once, and again
+/// if it still happens `SAY_REFUSAL_AGAIN_AFTER` later.
+#[derive(Default)]
+struct RefusalsSaid(Vec<(String, Instant)>);
+
+impl RefusalsSaid {
+    /// Whether a refusal with `code` at `now` is to be said (and notes it if so).
+    fn is_to_be_said(&mut self, code: &str, now: Instant) -> bool {
+        match self.0.iter_mut().find(|(c, _)| c == code) {
+            Some((_, at)) if now.duration_since(*at) < SAY_REFUSAL_AGAIN_AFTER => false,
+            Some((_, at)) => {
+                *at = now;
+                true
+            }
+            None => {
+                // Codes come from Redis: only the latest few are remembered.
+                if self.0.len() >= 16 {
+                    self.0.remove(0);
+                }
+                self.0.push((code.to_owned(), now));
+                true
+            }
+        }
+    }
+}
+
+/// Whether Redis answered and refused this one operation — full under `noeviction` (`OOM`), a
+/// replica that takes no writes, an ACL that forbids the command, a key of another type — rather
+/// than being out of reach or not serving at all (loading, cluster down), which is failing.
+fn is_refusal(e: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as Server};
+    match e.kind() {
+        ErrorKind::Extension | ErrorKind::UnexpectedReturnType => true,
+        ErrorKind::Server(kind) => matches!(
+            kind,
+            Server::ResponseError
+                | Server::ExecAbort
+                | Server::NoScript
+                | Server::ReadOnly
+                | Server::NoPerm
+                | Server::CrossSlot
+                | Server::NoSub
+                | Server::NotBusy
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_said_once_for_its_code_and_again_after_a_while() {
+        let mut said = RefusalsSaid::default();
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        assert!(said.is_to_be_said("OOM", at(0)));
+        assert!(!said.is_to_be_said("OOM", at(1)));
+        assert!(said.is_to_be_said("NOPERM", at(2)), "another code is said");
+        assert!(!said.is_to_be_said("OOM", at(599)));
+        assert!(
+            said.is_to_be_said("OOM", at(600)),
+            "still refused ten minutes on"
+        );
+        assert!(!said.is_to_be_said("OOM", at(601)));
     }
 }

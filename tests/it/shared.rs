@@ -6,6 +6,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use backupgw::cache::Origin;
 use backupgw::inventory::{Limits, RegionLimits};
 use backupgw::pb;
 use backupgw::shared::{SharedOptions, Subscription};
@@ -565,7 +566,7 @@ async fn a_redis_that_is_not_there_is_said_once_and_fails_nothing() {
             )
             .await
             .unwrap();
-        assert_eq!(origin, backupgw::cache::Origin::Upstream);
+        assert_eq!(origin, Origin::Upstream);
     }
     assert!(!shared.is_up());
     assert!(metrics.render().contains("backupgw_shared_up 0"));
@@ -575,6 +576,102 @@ async fn a_redis_that_is_not_there_is_said_once_and_fails_nothing() {
         1,
         "{logs}"
     );
+}
+
+/// A full Redis (`maxmemory` reached under `noeviction`) refuses every write but still answers:
+/// what it holds is still served, the replica is not cut off from it (`backupgw_shared_up` stays
+/// 1, nothing is "unreachable"), and the refusal is said once and counted.
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_redis_refuses_writes_and_still_serves_what_it_holds() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let _ = tracing_subscriber::registry().try_init();
+    let captured = crate::auth::Captured::default();
+    let writer = captured.clone();
+    let _guard = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .set_default();
+    let metrics = backupgw::metrics::Metrics::new();
+    // Once Redis has failed it is left alone for ten minutes: a refusal must not count as that.
+    let options = SharedOptions {
+        retry_after: Duration::from_secs(600),
+        ..redis.options()
+    };
+    let shared = backupgw::shared::Shared::new(options, Some(metrics.clone())).unwrap();
+    let minute = Duration::from_secs(60);
+    let page = |total| {
+        move || async move {
+            let mut page = backupgw::wire::EncodedPage::default();
+            page.total = total;
+            Ok(page)
+        }
+    };
+    let read = |name: &'static str, total| {
+        let shared = &shared;
+        async move {
+            let (page, _, origin) = shared
+                .stored_or_fetch::<backupgw::wire::EncodedPage, _>(
+                    name,
+                    minute,
+                    minute,
+                    page(total),
+                )
+                .await
+                .unwrap();
+            (page.total, origin)
+        }
+    };
+    assert_eq!(read("held", 7).await, (7, Origin::Upstream));
+
+    // Full: from now on every write is refused.
+    let mut c = redis.connect().await;
+    for (key, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(key)
+            .arg(value)
+            .query_async::<()>(&mut c)
+            .await
+            .unwrap();
+    }
+    let refused = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("OOM"), "the test can tell");
+
+    for _ in 0..3 {
+        assert_eq!(read("new", 8).await, (8, Origin::Upstream));
+    }
+    assert_eq!(
+        read("held", 9).await,
+        (7, Origin::Cache),
+        "still served from Redis"
+    );
+    assert!(shared.is_up());
+    let rendered = metrics.render();
+    assert!(rendered.contains("backupgw_shared_up 1"), "{rendered}");
+    let refusals: u64 = rendered
+        .lines()
+        .find_map(|l| l.strip_prefix("backupgw_shared_refusals_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    assert!(
+        refusals >= 3,
+        "a refused store for each new page: {rendered}"
+    );
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(!logs.contains("unreachable"), "{logs}");
+    assert_eq!(
+        logs.matches("(Redis) refuses an operation").count(),
+        1,
+        "{logs}"
+    );
+    assert!(logs.contains("OOM"), "{logs}");
 }
 
 #[tokio::test(flavor = "current_thread")]
