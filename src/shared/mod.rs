@@ -212,7 +212,12 @@ impl Shared {
                     return None;
                 }
                 Ok(Err(e)) => {
-                    self.mark(false, Some(e.category().to_owned()));
+                    // Redis' own words when it answered (`NOAUTH Authentication required.`).
+                    let why = match e.code() {
+                        Some(code) => format!("{code} {}", e.detail().unwrap_or_default()),
+                        None => e.category().to_owned(),
+                    };
+                    self.mark(false, Some(why));
                     return None;
                 }
                 Err(_) => {
@@ -305,11 +310,13 @@ impl RefusalsSaid {
 
 /// Whether Redis answered and refused this one operation — full under `noeviction` (`OOM`), a
 /// replica that takes no writes, an ACL that forbids the command, a key of another type — rather
-/// than being out of reach or not serving at all (loading, cluster down), which is failing.
+/// than being out of reach or refusing everything (no or a wrong password, loading, a script
+/// that blocks it, cluster down), which is failing.
 fn is_refusal(e: &RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind as Server};
     match e.kind() {
-        ErrorKind::Extension | ErrorKind::UnexpectedReturnType => true,
+        ErrorKind::Extension => !matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "BUSY")),
+        ErrorKind::UnexpectedReturnType => true,
         ErrorKind::Server(kind) => matches!(
             kind,
             Server::ResponseError

@@ -109,6 +109,15 @@ impl Redis {
         Redis { child, port }
     }
 
+    /// Asking every client for this password (`requirepass`).
+    pub fn start_with_password(password: &str) -> Self {
+        let port = free_port();
+        Redis::start_with(
+            port,
+            &["--port", &port.to_string(), "--requirepass", password],
+        )
+    }
+
     pub fn options(&self) -> SharedOptions {
         SharedOptions {
             // Tests try Redis again at once: recovery needs no waiting.
@@ -672,6 +681,68 @@ async fn a_full_redis_refuses_writes_and_still_serves_what_it_holds() {
         "{logs}"
     );
     assert!(logs.contains("OOM"), "{logs}");
+}
+
+/// Where page "p" comes from when `shared` is asked for it (an empty page, if fetched).
+async fn origin_of_page(shared: &backupgw::shared::Shared) -> Origin {
+    let minute = Duration::from_secs(60);
+    let (_, _, origin) = shared
+        .stored_or_fetch::<backupgw::wire::EncodedPage, _>("p", minute, minute, || async {
+            Ok(backupgw::wire::EncodedPage::default())
+        })
+        .await
+        .unwrap();
+    origin
+}
+
+/// A Redis that asks for a password: with it, replicas share; without it, or with a wrong one,
+/// nothing is shared (Redis is as good as unreachable, and said to be), nothing fails, and the
+/// password is never written.
+#[tokio::test(flavor = "current_thread")]
+async fn a_redis_that_wants_a_password_is_used_with_it_and_said_unreachable_without() {
+    if !Redis::available() {
+        return;
+    }
+    const PASSWORD: &str = "redis-test-password-7f3a";
+    let redis = Redis::start_with_password(PASSWORD);
+    let _ = tracing_subscriber::registry().try_init();
+    let captured = crate::auth::Captured::default();
+    let writer = captured.clone();
+    let _guard = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .set_default();
+    let with = |password: Option<&str>| {
+        let options = SharedOptions {
+            password: password.map(|p| p.to_owned().into()),
+            ..redis.options()
+        };
+        let metrics = backupgw::metrics::Metrics::new();
+        let shared = backupgw::shared::Shared::new(options, Some(metrics.clone())).unwrap();
+        (shared, metrics)
+    };
+
+    let (a, _) = with(Some(PASSWORD));
+    let (b, _) = with(Some(PASSWORD));
+    assert_eq!(origin_of_page(&a).await, Origin::Upstream);
+    assert_eq!(origin_of_page(&b).await, Origin::Cache, "B shares A's page");
+
+    for password in [None, Some("not-the-password")] {
+        let (c, metrics) = with(password);
+        assert_eq!(origin_of_page(&c).await, Origin::Upstream, "{password:?}");
+        assert!(!c.is_up(), "{password:?}");
+        let rendered = metrics.render();
+        assert!(rendered.contains("backupgw_shared_up 0"), "{rendered}");
+    }
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(logs.matches("(Redis) unreachable").count(), 2, "{logs}");
+    assert!(
+        logs.contains("NOAUTH"),
+        "Redis' own reason is given: {logs}"
+    );
+    assert!(
+        !logs.contains(PASSWORD) && !logs.contains("not-the-password"),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
