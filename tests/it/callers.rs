@@ -131,9 +131,9 @@ async fn without_a_known_key_no_call_is_answered_but_health_is() {
     );
 }
 
-#[tokio::test]
-async fn a_caller_sees_and_queries_only_its_own_targets() {
-    let (sim, mut gw) = two_callers().await;
+/// What the billing caller of `two_callers` may see (its projects' ids), one of them, and a
+/// project of another region that it may not.
+fn billing_scope(sim: &Simulator) -> (HashSet<String>, String, backupgw::sim::data::SimProject) {
     let data = sim.data();
     let billing_ids: HashSet<String> = data
         .projects
@@ -146,10 +146,16 @@ async fn a_caller_sees_and_queries_only_its_own_targets() {
         .projects
         .iter()
         .find(|p| p.region == data.regions[1])
-        .unwrap();
+        .unwrap()
+        .clone();
     let ours = billing_ids.iter().next().unwrap().clone();
+    (billing_ids, ours, theirs)
+}
 
-    // An empty selection is everything it may see, never more.
+#[tokio::test]
+async fn a_caller_that_selects_nothing_sees_everything_it_may_and_never_more() {
+    let (sim, mut gw) = two_callers().await;
+    let (billing_ids, _, _) = billing_scope(&sim);
     let targets = gw
         .client
         .list_targets(with_key(pb::ListTargetsRequest::default(), BILLING_KEY))
@@ -168,9 +174,14 @@ async fn a_caller_sees_and_queries_only_its_own_targets() {
     let seen: HashSet<_> = got.backups.iter().map(|b| b.project_id.clone()).collect();
     assert_eq!(seen, billing_ids);
     assert_eq!(got.backups.len(), billing_ids.len() * 300);
+}
 
-    // Naming what is outside its scope, in any field of either RPC, is refused by field name,
-    // whether or not the target exists.
+/// Naming what is outside its scope, in any field of either RPC, is refused by field name,
+/// whether or not the target exists.
+#[tokio::test]
+async fn a_caller_naming_what_it_may_not_see_is_refused_by_field() {
+    let (sim, mut gw) = two_callers().await;
+    let (_, ours, theirs) = billing_scope(&sim);
     let nowhere = "f".repeat(32);
     let cases = [
         (
@@ -212,7 +223,15 @@ async fn a_caller_sees_and_queries_only_its_own_targets() {
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
         assert!(status.message().starts_with(field), "{status:?}");
     }
-    // Globs select within the scope, never beyond it; a name outside it is refused.
+}
+
+/// Globs select within the scope, never beyond it (a name outside it is refused), and the
+/// fields passed down to the upstream only ever reach the caller's own targets.
+#[tokio::test]
+async fn a_callers_globs_and_upstream_filters_stay_within_its_scope() {
+    let (sim, mut gw) = two_callers().await;
+    let (billing_ids, _, theirs) = billing_scope(&sim);
+    let data = sim.data();
     let got = try_list(
         &mut gw.client,
         with_key(
@@ -241,7 +260,6 @@ async fn a_caller_sees_and_queries_only_its_own_targets() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 
-    // The fields passed down to the upstream only ever reach its own targets.
     let their_instance = &theirs.instances[0];
     let got = try_list(
         &mut gw.client,
