@@ -683,6 +683,57 @@ async fn a_full_redis_refuses_writes_and_still_serves_what_it_holds() {
     assert!(logs.contains("OOM"), "{logs}");
 }
 
+/// A replica took the lease on fetching a page and died: another that asks for the page waits
+/// for it while the lease stands, then fetches it itself, once.
+#[tokio::test]
+async fn a_waiter_whose_lease_holder_died_fetches_the_page_itself_once_the_lease_ends() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let mut c = redis.connect().await;
+    let lease = "backupgw:page-lease:p";
+    redis::cmd("SET")
+        .arg(lease)
+        .arg("a-replica-that-died")
+        .arg("PX")
+        .arg(300)
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    let shared = backupgw::shared::Shared::new(redis.options(), None).unwrap();
+    let fetches = std::sync::atomic::AtomicUsize::new(0);
+    let minute = Duration::from_secs(60);
+    let fetch = || async {
+        fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let holder: Option<String> = redis::cmd("GET")
+            .arg(lease)
+            .query_async(&mut redis.connect().await)
+            .await
+            .unwrap();
+        assert_ne!(
+            holder.as_deref(),
+            Some("a-replica-that-died"),
+            "fetched while the dead replica's lease stood"
+        );
+        Ok(backupgw::wire::EncodedPage::default())
+    };
+    let (_, _, origin) = tokio::time::timeout(
+        Duration::from_secs(30),
+        shared.stored_or_fetch::<backupgw::wire::EncodedPage, _>("p", minute, minute, fetch),
+    )
+    .await
+    .expect("the waiter gave up waiting")
+    .unwrap();
+    assert_eq!(origin, Origin::Upstream);
+    assert_eq!(fetches.into_inner(), 1);
+    assert_eq!(
+        redis.keys("backupgw:page:*").await.len(),
+        1,
+        "and stored it"
+    );
+}
+
 /// Where page "p" comes from when `shared` is asked for it (an empty page, if fetched).
 async fn origin_of_page(shared: &backupgw::shared::Shared) -> Origin {
     let minute = Duration::from_secs(60);
