@@ -734,6 +734,59 @@ async fn a_waiter_whose_lease_holder_died_fetches_the_page_itself_once_the_lease
     );
 }
 
+/// `max_age` holds across replicas: a stored page's age is counted from when its replica fetched
+/// it, not from when this one read it from Redis.
+#[tokio::test]
+async fn a_stored_pages_age_counts_from_its_fetch_by_another_replica() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    // Stored by a replica that fetched it ten minutes ago (fetch time, then the page).
+    let fetched = std::time::SystemTime::now() - Duration::from_secs(600);
+    let fetched_ms = fetched
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut page = backupgw::wire::EncodedPage::default();
+    page.total = 7;
+    let mut value = fetched_ms.to_le_bytes().to_vec();
+    value.extend_from_slice(&page.to_stored());
+    redis::cmd("SET")
+        .arg("backupgw:page:p")
+        .arg(value)
+        .arg("PX")
+        .arg(3_600_000)
+        .query_async::<()>(&mut redis.connect().await)
+        .await
+        .unwrap();
+    let shared = backupgw::shared::Shared::new(redis.options(), None).unwrap();
+    let (hour, five_minutes) = (Duration::from_secs(3600), Duration::from_secs(300));
+    let fetch = |total| {
+        move || async move {
+            let mut page = backupgw::wire::EncodedPage::default();
+            page.total = total;
+            Ok(page)
+        }
+    };
+    let (page, age, origin) = shared
+        .stored_or_fetch::<backupgw::wire::EncodedPage, _>("p", hour, hour, fetch(8))
+        .await
+        .unwrap();
+    assert_eq!((page.total, origin), (7, Origin::Cache));
+    assert!(age >= Duration::from_secs(600), "{age:?}");
+    assert!(age < Duration::from_secs(660), "{age:?}");
+    // Too old for five minutes, though it has just been read from Redis.
+    let (page, age, origin) = shared
+        .stored_or_fetch::<backupgw::wire::EncodedPage, _>("p", five_minutes, hour, fetch(9))
+        .await
+        .unwrap();
+    assert_eq!(
+        (page.total, origin, age),
+        (9, Origin::Upstream, Duration::ZERO)
+    );
+}
+
 /// Where page "p" comes from when `shared` is asked for it (an empty page, if fetched).
 async fn origin_of_page(shared: &backupgw::shared::Shared) -> Origin {
     let minute = Duration::from_secs(60);
