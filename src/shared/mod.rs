@@ -215,6 +215,10 @@ impl Shared {
                     // Redis' own words when it answered (`NOAUTH Authentication required.`).
                     let why = match e.code() {
                         Some(code) => format!("{code} {}", e.detail().unwrap_or_default()),
+                        // The connection's own response timeout, the same as the one above.
+                        None if e.is_timeout() => {
+                            format!("no answer within {:?}", self.options.timeout)
+                        }
                         None => e.category().to_owned(),
                     };
                     self.mark(false, Some(why));

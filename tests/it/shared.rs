@@ -787,6 +787,49 @@ async fn a_stored_pages_age_counts_from_its_fetch_by_another_replica() {
     );
 }
 
+/// A Redis that hangs (every client paused) answers nothing within the timeout: the page is
+/// fetched from the upstream, Redis is said unreachable and left alone, and nothing waits for it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_redis_that_hangs_is_left_alone_after_one_timeout() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let _ = tracing_subscriber::registry().try_init();
+    let captured = crate::auth::Captured::default();
+    let writer = captured.clone();
+    let _guard = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .set_default();
+    let metrics = backupgw::metrics::Metrics::new();
+    let options = SharedOptions {
+        retry_after: Duration::from_secs(600),
+        ..redis.options()
+    };
+    let shared = backupgw::shared::Shared::new(options, Some(metrics.clone())).unwrap();
+    assert_eq!(origin_of_page(&shared).await, Origin::Upstream);
+    assert_eq!(origin_of_page(&shared).await, Origin::Cache, "Redis in use");
+    // From now on Redis answers no one for a minute.
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(60_000)
+        .arg("ALL")
+        .query_async::<()>(&mut redis.connect().await)
+        .await
+        .unwrap();
+    let fetched = tokio::time::timeout(Duration::from_secs(30), async {
+        (origin_of_page(&shared).await, origin_of_page(&shared).await)
+    })
+    .await
+    .expect("a paused Redis held the query");
+    assert_eq!(fetched, (Origin::Upstream, Origin::Upstream));
+    assert!(!shared.is_up());
+    assert!(metrics.render().contains("backupgw_shared_up 0"));
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(logs.matches("(Redis) unreachable").count(), 1, "{logs}");
+    assert!(logs.contains("no answer within"), "{logs}");
+}
+
 /// Where page "p" comes from when `shared` is asked for it (an empty page, if fetched).
 async fn origin_of_page(shared: &backupgw::shared::Shared) -> Origin {
     let minute = Duration::from_secs(60);
