@@ -28,6 +28,7 @@ fn free_port() -> u16 {
 pub struct Redis {
     child: Child,
     pub port: u16,
+    dir: std::path::PathBuf,
 }
 
 impl Redis {
@@ -92,9 +93,14 @@ impl Redis {
     }
 
     fn start_with(port: u16, args: &[&str]) -> Self {
+        // A directory of its own: a replica's full sync writes an RDB file there, which another
+        // server started in the same directory would load.
+        let dir = crate::cli::scratch_dir(&format!("redis-{port}"));
         let mut child = Command::new("redis-server")
             .args(args)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -106,7 +112,38 @@ impl Redis {
             .any(|l| l.contains("Ready to accept connections"));
         assert!(ready, "redis-server on {port} did not start");
         std::thread::spawn(move || lines.for_each(drop));
-        Redis { child, port }
+        Redis { child, port, dir }
+    }
+
+    /// With an ACL that gives its user every key and command but the scripts (`EVALSHA`).
+    pub fn start_without_scripts() -> Self {
+        let port = free_port();
+        let user = [
+            "--user",
+            "default",
+            "on",
+            "nopass",
+            "~*",
+            "&*",
+            "+@all",
+            "-@scripting",
+        ];
+        Redis::start_with(port, &[&["--port", &port.to_string()], &user[..]].concat())
+    }
+
+    /// A read-only replica of `primary` (what a replica's address gives after a failover).
+    pub fn start_replica_of(primary: &Redis) -> Self {
+        let port = free_port();
+        Redis::start_with(
+            port,
+            &[
+                "--port",
+                &port.to_string(),
+                "--replicaof",
+                "127.0.0.1",
+                &primary.port.to_string(),
+            ],
+        )
     }
 
     /// Asking every client for this password (`requirepass`).
@@ -150,6 +187,7 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -830,11 +868,83 @@ async fn a_redis_that_hangs_is_left_alone_after_one_timeout() {
     assert!(logs.contains("no answer within"), "{logs}");
 }
 
+/// Redis refusing some commands only (an ACL without scripts: no lease, no shared rate) still
+/// shares pages through the commands it allows, and stays up.
+#[tokio::test]
+async fn a_redis_whose_acl_forbids_scripts_still_shares_pages() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start_without_scripts();
+    let options = SharedOptions {
+        retry_after: Duration::from_secs(600),
+        ..redis.options()
+    };
+    let a = backupgw::shared::Shared::new(options.clone(), None).unwrap();
+    let b = backupgw::shared::Shared::new(options, None).unwrap();
+    assert_eq!(origin_of_page(&a).await, Origin::Upstream);
+    assert_eq!(
+        origin_of_page(&b).await,
+        Origin::Cache,
+        "stored by A without a lease"
+    );
+    assert!(a.is_up() && b.is_up());
+}
+
+/// Pointed at a read-only replica (as after a failover), a replica still reads what the
+/// primary holds, and Redis stays in use though every write is refused (`READONLY`).
+#[tokio::test]
+async fn a_read_only_redis_replica_still_serves_what_it_holds() {
+    if !Redis::available() {
+        return;
+    }
+    let primary = Redis::start();
+    let replica = Redis::start_replica_of(&primary);
+    let options = |redis: &Redis| SharedOptions {
+        retry_after: Duration::from_secs(600),
+        ..redis.options()
+    };
+    let a = backupgw::shared::Shared::new(options(&primary), None).unwrap();
+    assert_eq!(origin_of_page(&a).await, Origin::Upstream);
+    // Until the replica has it (WAIT answers once it does).
+    let mut waiting = primary.connect().await;
+    waiting.set_response_timeout(Duration::from_secs(30));
+    let synced: i64 = tokio::time::timeout(
+        Duration::from_secs(30),
+        redis::cmd("WAIT").arg(1).arg(0).query_async(&mut waiting),
+    )
+    .await
+    .expect("the replica never caught up")
+    .unwrap();
+    assert_eq!(synced, 1);
+    let b = backupgw::shared::Shared::new(options(&replica), None).unwrap();
+    assert_eq!(origin_of_page(&b).await, Origin::Cache);
+    let refused = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query_async::<()>(&mut replica.connect().await)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("READONLY"), "the test can tell");
+    assert_eq!(origin_of_other_page(&b).await, Origin::Upstream);
+    assert_eq!(origin_of_page(&b).await, Origin::Cache, "still read");
+    assert!(b.is_up());
+}
+
 /// Where page "p" comes from when `shared` is asked for it (an empty page, if fetched).
 async fn origin_of_page(shared: &backupgw::shared::Shared) -> Origin {
+    origin_of(shared, "p").await
+}
+
+/// The same for page "q".
+async fn origin_of_other_page(shared: &backupgw::shared::Shared) -> Origin {
+    origin_of(shared, "q").await
+}
+
+async fn origin_of(shared: &backupgw::shared::Shared, name: &str) -> Origin {
     let minute = Duration::from_secs(60);
     let (_, _, origin) = shared
-        .stored_or_fetch::<backupgw::wire::EncodedPage, _>("p", minute, minute, || async {
+        .stored_or_fetch::<backupgw::wire::EncodedPage, _>(name, minute, minute, || async {
             Ok(backupgw::wire::EncodedPage::default())
         })
         .await
