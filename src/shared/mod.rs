@@ -212,16 +212,7 @@ impl Shared {
                     return None;
                 }
                 Ok(Err(e)) => {
-                    // Redis' own words when it answered (`NOAUTH Authentication required.`).
-                    let why = match e.code() {
-                        Some(code) => format!("{code} {}", e.detail().unwrap_or_default()),
-                        // The connection's own response timeout, the same as the one above.
-                        None if e.is_timeout() => {
-                            format!("no answer within {:?}", self.options.timeout)
-                        }
-                        None => e.category().to_owned(),
-                    };
-                    self.mark(false, Some(why));
+                    self.mark(false, Some(failure_reason(&e, self.options.timeout)));
                     return None;
                 }
                 Err(_) => {
@@ -280,6 +271,21 @@ impl Shared {
         if let Some(m) = &self.metrics {
             m.shared_up(up);
         }
+    }
+}
+
+/// What to say of Redis failing: its own words when it answered (`NOAUTH Authentication
+/// required.`), and what to do about a cluster, which `[shared]` does not speak to.
+fn failure_reason(e: &RedisError, timeout: Duration) -> String {
+    let detail = e.detail().unwrap_or_default();
+    match e.code() {
+        Some(code @ ("MOVED" | "ASK" | "CROSSSLOT" | "CLUSTERDOWN")) => format!(
+            "{code} {detail} (a Redis Cluster node: [shared] needs a standalone Redis, or a proxy in front of the cluster)"
+        ),
+        Some(code) => format!("{code} {detail}"),
+        // The connection's own response timeout, the same as the operation's.
+        None if e.is_timeout() => format!("no answer within {timeout:?}"),
+        None => e.category().to_owned(),
     }
 }
 

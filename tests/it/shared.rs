@@ -146,6 +146,15 @@ impl Redis {
         )
     }
 
+    /// A Redis Cluster node that serves no hash slot yet.
+    pub fn start_cluster_node() -> Self {
+        let port = free_port();
+        Redis::start_with(
+            port,
+            &["--port", &port.to_string(), "--cluster-enabled", "yes"],
+        )
+    }
+
     /// Asking every client for this password (`requirepass`).
     pub fn start_with_password(password: &str) -> Self {
         let port = free_port();
@@ -929,6 +938,30 @@ async fn a_read_only_redis_replica_still_serves_what_it_holds() {
     assert_eq!(origin_of_other_page(&b).await, Origin::Upstream);
     assert_eq!(origin_of_page(&b).await, Origin::Cache, "still read");
     assert!(b.is_up());
+}
+
+/// `[shared]` pointed at a Redis Cluster node (not supported): nothing is shared, nothing
+/// fails, and the log says what to point it at instead.
+#[tokio::test(flavor = "current_thread")]
+async fn a_redis_cluster_node_is_said_to_need_a_standalone_redis() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start_cluster_node();
+    let _ = tracing_subscriber::registry().try_init();
+    let captured = crate::auth::Captured::default();
+    let writer = captured.clone();
+    let _guard = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .set_default();
+    let shared = backupgw::shared::Shared::new(redis.options(), None).unwrap();
+    assert_eq!(origin_of_page(&shared).await, Origin::Upstream);
+    assert!(!shared.is_up());
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("CLUSTERDOWN") && logs.contains("needs a standalone Redis"),
+        "{logs}"
+    );
 }
 
 /// Where page "p" comes from when `shared` is asked for it (an empty page, if fetched).
