@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::io::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use backupgw::ddm::auth::{AccessKey, IamPassword};
 use backupgw::ddm::{Credential, CredentialKind};
@@ -12,7 +12,6 @@ use backupgw::inventory::{Limits, Target};
 use backupgw::pb;
 use backupgw::sim::{AuthOptions, SimKey, SimOptions, SimUser, Simulator};
 use secrecy::SecretString;
-use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::accounts;
 use crate::common::*;
@@ -279,33 +278,9 @@ async fn discovery_finds_the_simulators_projects_and_regions() {
     assert_eq!(got.by_key().len(), spec.total_backups());
 }
 
-/// Collects everything written to the log.
-#[derive(Clone, Default)]
-pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn no_secret_appears_in_logs_errors_or_debug_output() {
-    // tracing caches each log line's interest process-wide, decided by the first thread that
-    // reaches it: a parallel test thread without a subscriber would switch lines off for this
-    // capture too. A global subscriber that takes everything (and writes nothing) prevents that.
-    let _ = tracing_subscriber::registry().try_init();
-    let captured = Captured::default();
-    let writer = captured.clone();
-    // Also takes the `log` records of reqwest and hyper.
-    let _guard = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .set_default();
+    let log = LogCapture::everything();
 
     let sim = start_sim(&small_spec(), auth_sim_options()).await;
     let mut outputs = Vec::new();
@@ -344,7 +319,7 @@ async fn no_secret_appears_in_logs_errors_or_debug_output() {
     settings.accounts[0].refresh(&gw.inventory).await.unwrap();
     outputs.push(format!("{:?} {settings:?}", gw.targets().await));
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = log.text();
     assert!(logs.contains("call finished"), "the log was captured");
     assert!(
         logs.contains("refreshed the member accounts") && logs.contains("agency refused"),

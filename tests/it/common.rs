@@ -414,3 +414,56 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The log as it is written on this thread while the capture lives (the tests that read it run
+/// on a current-thread runtime).
+pub struct LogCapture {
+    written: Arc<std::sync::Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl LogCapture {
+    /// Lines of level INFO and above.
+    pub fn start() -> Self {
+        LogCapture::at_most(tracing::Level::INFO)
+    }
+
+    /// Every line, TRACE included (and the `log` records of reqwest and hyper).
+    pub fn everything() -> Self {
+        LogCapture::at_most(tracing::Level::TRACE)
+    }
+
+    fn at_most(level: tracing::Level) -> Self {
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        // tracing caches each log line's interest process-wide, decided by the first thread that
+        // reaches it: a parallel test thread without a subscriber would switch lines off for this
+        // capture too. A global subscriber that takes everything (and writes nothing) prevents
+        // that.
+        let _ = tracing_subscriber::registry().try_init();
+        let written = Arc::<std::sync::Mutex<Vec<u8>>>::default();
+        let writer = Written(written.clone());
+        let _guard = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_writer(move || writer.clone())
+            .set_default();
+        LogCapture { written, _guard }
+    }
+
+    /// What has been written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.written.lock().unwrap()).into_owned()
+    }
+}
+
+#[derive(Clone)]
+struct Written(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Written {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -11,7 +11,6 @@ use backupgw::inventory::{Limits, RegionLimits};
 use backupgw::pb;
 use backupgw::shared::{SharedOptions, Subscription};
 use backupgw::sim::{DataSpec, FaultPlan, Faults, SimOptions};
-use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::common::*;
 
@@ -600,12 +599,7 @@ async fn replicas_share_through_a_redis_that_speaks_tls() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_redis_that_is_not_there_is_said_once_and_fails_nothing() {
     // As the leak test does: a global subscriber keeps every line's interest on.
-    let _ = tracing_subscriber::registry().try_init();
-    let captured = crate::auth::Captured::default();
-    let writer = captured.clone();
-    let _guard = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .set_default();
+    let log = LogCapture::start();
     let metrics = backupgw::metrics::Metrics::new();
     let options = SharedOptions {
         retry_after: Duration::ZERO,
@@ -626,7 +620,7 @@ async fn a_redis_that_is_not_there_is_said_once_and_fails_nothing() {
     }
     assert!(!shared.is_up());
     assert!(metrics.render().contains("backupgw_shared_up 0"));
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = log.text();
     assert_eq!(
         logs.matches("shared state (Redis) unreachable").count(),
         1,
@@ -643,19 +637,9 @@ async fn a_full_redis_refuses_writes_and_still_serves_what_it_holds() {
         return;
     }
     let redis = Redis::start();
-    let _ = tracing_subscriber::registry().try_init();
-    let captured = crate::auth::Captured::default();
-    let writer = captured.clone();
-    let _guard = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .set_default();
-    let metrics = backupgw::metrics::Metrics::new();
-    // Once Redis has failed it is left alone for ten minutes: a refusal must not count as that.
-    let options = SharedOptions {
-        retry_after: Duration::from_secs(600),
-        ..redis.options()
-    };
-    let shared = backupgw::shared::Shared::new(options, Some(metrics.clone())).unwrap();
+    let log = LogCapture::start();
+    // A refusal must not count as failing (which would leave Redis alone for ten minutes).
+    let (shared, metrics) = shared_on(&redis);
     let minute = Duration::from_secs(60);
     let page = |total| {
         move || async move {
@@ -720,7 +704,7 @@ async fn a_full_redis_refuses_writes_and_still_serves_what_it_holds() {
         refusals >= 3,
         "a refused store for each new page: {rendered}"
     );
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = log.text();
     assert!(!logs.contains("unreachable"), "{logs}");
     assert_eq!(
         logs.matches("(Redis) refuses an operation").count(),
@@ -842,18 +826,8 @@ async fn a_redis_that_hangs_is_left_alone_after_one_timeout() {
         return;
     }
     let redis = Redis::start();
-    let _ = tracing_subscriber::registry().try_init();
-    let captured = crate::auth::Captured::default();
-    let writer = captured.clone();
-    let _guard = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .set_default();
-    let metrics = backupgw::metrics::Metrics::new();
-    let options = SharedOptions {
-        retry_after: Duration::from_secs(600),
-        ..redis.options()
-    };
-    let shared = backupgw::shared::Shared::new(options, Some(metrics.clone())).unwrap();
+    let log = LogCapture::start();
+    let (shared, metrics) = shared_on(&redis);
     assert_eq!(origin_of_page(&shared).await, Origin::Upstream);
     assert_eq!(origin_of_page(&shared).await, Origin::Cache, "Redis in use");
     // From now on Redis answers no one for a minute.
@@ -872,7 +846,7 @@ async fn a_redis_that_hangs_is_left_alone_after_one_timeout() {
     assert_eq!(fetched, (Origin::Upstream, Origin::Upstream));
     assert!(!shared.is_up());
     assert!(metrics.render().contains("backupgw_shared_up 0"));
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = log.text();
     assert_eq!(logs.matches("(Redis) unreachable").count(), 1, "{logs}");
     assert!(logs.contains("no answer within"), "{logs}");
 }
@@ -885,12 +859,7 @@ async fn a_redis_whose_acl_forbids_scripts_still_shares_pages() {
         return;
     }
     let redis = Redis::start_without_scripts();
-    let options = SharedOptions {
-        retry_after: Duration::from_secs(600),
-        ..redis.options()
-    };
-    let a = backupgw::shared::Shared::new(options.clone(), None).unwrap();
-    let b = backupgw::shared::Shared::new(options, None).unwrap();
+    let ((a, _), (b, _)) = (shared_on(&redis), shared_on(&redis));
     assert_eq!(origin_of_page(&a).await, Origin::Upstream);
     assert_eq!(
         origin_of_page(&b).await,
@@ -909,11 +878,7 @@ async fn a_read_only_redis_replica_still_serves_what_it_holds() {
     }
     let primary = Redis::start();
     let replica = Redis::start_replica_of(&primary);
-    let options = |redis: &Redis| SharedOptions {
-        retry_after: Duration::from_secs(600),
-        ..redis.options()
-    };
-    let a = backupgw::shared::Shared::new(options(&primary), None).unwrap();
+    let (a, _) = shared_on(&primary);
     assert_eq!(origin_of_page(&a).await, Origin::Upstream);
     // Until the replica has it (WAIT answers once it does).
     let mut waiting = primary.connect().await;
@@ -926,7 +891,7 @@ async fn a_read_only_redis_replica_still_serves_what_it_holds() {
     .expect("the replica never caught up")
     .unwrap();
     assert_eq!(synced, 1);
-    let b = backupgw::shared::Shared::new(options(&replica), None).unwrap();
+    let (b, _) = shared_on(&replica);
     assert_eq!(origin_of_page(&b).await, Origin::Cache);
     let refused = redis::cmd("SET")
         .arg("k")
@@ -948,20 +913,27 @@ async fn a_redis_cluster_node_is_said_to_need_a_standalone_redis() {
         return;
     }
     let redis = Redis::start_cluster_node();
-    let _ = tracing_subscriber::registry().try_init();
-    let captured = crate::auth::Captured::default();
-    let writer = captured.clone();
-    let _guard = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .set_default();
+    let log = LogCapture::start();
     let shared = backupgw::shared::Shared::new(redis.options(), None).unwrap();
     assert_eq!(origin_of_page(&shared).await, Origin::Upstream);
     assert!(!shared.is_up());
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = log.text();
     assert!(
         logs.contains("CLUSTERDOWN") && logs.contains("needs a standalone Redis"),
         "{logs}"
     );
+}
+
+/// The shared state on `redis`, and its metrics. Once Redis has failed it is left alone for ten
+/// minutes: within a test, a replica that took Redis for failing never uses it again.
+fn shared_on(redis: &Redis) -> (backupgw::shared::Shared, backupgw::metrics::Metrics) {
+    let options = SharedOptions {
+        retry_after: Duration::from_secs(600),
+        ..redis.options()
+    };
+    let metrics = backupgw::metrics::Metrics::new();
+    let shared = backupgw::shared::Shared::new(options, Some(metrics.clone())).unwrap();
+    (shared, metrics)
 }
 
 /// Where page "p" comes from when `shared` is asked for it (an empty page, if fetched).
@@ -995,12 +967,7 @@ async fn a_redis_that_wants_a_password_is_used_with_it_and_said_unreachable_with
     }
     const PASSWORD: &str = "redis-test-password-7f3a";
     let redis = Redis::start_with_password(PASSWORD);
-    let _ = tracing_subscriber::registry().try_init();
-    let captured = crate::auth::Captured::default();
-    let writer = captured.clone();
-    let _guard = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .set_default();
+    let log = LogCapture::start();
     let with = |password: Option<&str>| {
         let options = SharedOptions {
             password: password.map(|p| p.to_owned().into()),
@@ -1023,7 +990,7 @@ async fn a_redis_that_wants_a_password_is_used_with_it_and_said_unreachable_with
         let rendered = metrics.render();
         assert!(rendered.contains("backupgw_shared_up 0"), "{rendered}");
     }
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = log.text();
     assert_eq!(logs.matches("(Redis) unreachable").count(), 2, "{logs}");
     assert!(
         logs.contains("NOAUTH"),
@@ -1041,19 +1008,14 @@ async fn a_redis_that_refuses_the_news_is_said() {
         return;
     }
     let redis = Redis::start_without_channels();
-    let _ = tracing_subscriber::registry().try_init();
-    let captured = crate::auth::Captured::default();
-    let writer = captured.clone();
-    let _guard = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .set_default();
+    let log = LogCapture::start();
     let shared = backupgw::shared::Shared::new(redis.options(), None).unwrap();
     shared
         .subscription()
         .wait_for(|s| *s == Subscription::Refused)
         .await
         .unwrap();
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = log.text();
     assert!(
         logs.contains("Redis refuses this replica the news") && logs.contains("NOPERM"),
         "{logs}"
