@@ -1,10 +1,12 @@
 //! The metrics: one registry, every name in this file. RPC metrics come from a tower layer at
 //! the server (`rpc.rs`), upstream metrics from where the request leaves (`ddm/client.rs`),
 //! cache metrics from the cache. Served as Prometheus text at `/metrics` on a listener of its own.
+//! The shared state's metrics are there only when it is (`[shared]`): a gateway of one replica
+//! does not say that Redis is down.
 
 mod rpc;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
@@ -55,7 +57,8 @@ struct TargetLabels {
 }
 
 struct Inner {
-    registry: Registry,
+    registry: Mutex<Registry>,
+    shared_registered: Once,
     upstream_requests: Family<RegionStatus, Counter>,
     upstream_duration: Family<RegionLabel, Histogram>,
     upstream_retries: Family<RegionReason, Counter>,
@@ -74,68 +77,74 @@ struct Inner {
 impl Inner {
     /// Every metric under its name, with its help text. Counters get their `_total` suffix
     /// from the encoder.
-    fn register(&mut self) {
-        self.registry.register(
+    fn register(&self) {
+        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        registry.register(
             "backupgw_upstream_requests",
             "Upstream HTTP attempts, by region and HTTP status (\"transport\": no answer)",
             self.upstream_requests.clone(),
         );
-        self.registry.register(
+        registry.register(
             "backupgw_upstream_request_duration_seconds",
             "Time of one upstream HTTP attempt, body included",
             self.upstream_duration.clone(),
         );
-        self.registry.register(
+        registry.register(
             "backupgw_upstream_retries",
             "Upstream attempts that are retried, by region and reason",
             self.upstream_retries.clone(),
         );
-        self.registry.register(
+        registry.register(
             "backupgw_cache_hits",
             "Pages served from the cache",
             self.cache_hits.clone(),
         );
-        self.registry.register(
+        registry.register(
             "backupgw_cache_misses",
             "Pages fetched from the upstream",
             self.cache_misses.clone(),
         );
-        self.registry.register(
+        registry.register(
             "backupgw_cache_bytes",
             "Bytes the page cache holds",
             self.cache_bytes.clone(),
         );
-        self.registry.register(
+        registry.register(
             "backupgw_rpc_requests",
             "gRPC calls of backupgw.v1.BackupGateway, by method, final code and caller",
             self.rpc_requests.clone(),
         );
-        self.registry.register(
+        registry.register(
             "backupgw_streams_open",
             "backupgw.v1.BackupGateway calls in progress",
             self.streams_open.clone(),
         );
-        self.registry.register(
+        registry.register(
             "backupgw_target_last_success_timestamp_seconds",
             "When every page of the target was last read (Unix seconds)",
             self.target_last_success.clone(),
         );
-        self.registry.register(
+        registry.register(
             "backupgw_target_up",
             "1 when the target's last read succeeded, else 0",
             self.target_up.clone(),
         );
-        self.registry.register(
+    }
+
+    /// The shared state's metrics.
+    fn register_shared(&self) {
+        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        registry.register(
             "backupgw_shared_up",
             "1 while the shared state (Redis) answers, 0 while replicas fall back to their own",
             self.shared_up.clone(),
         );
-        self.registry.register(
+        registry.register(
             "backupgw_shared_cache_hits",
             "Pages and instance lists another replica fetched, read from the shared cache",
             self.shared_hits.clone(),
         );
-        self.registry.register(
+        registry.register(
             "backupgw_shared_refusals",
             "Operations the shared state (Redis) refused while answering (full, read-only, not permitted): each skipped, Redis still in use",
             self.shared_refusals.clone(),
@@ -166,8 +175,9 @@ fn duration_histogram() -> Histogram {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut inner = Inner {
-            registry: Registry::default(),
+        let inner = Inner {
+            registry: Mutex::default(),
+            shared_registered: Once::new(),
             upstream_requests: Family::default(),
             upstream_duration: Family::new_with_constructor(duration_histogram as fn() -> _),
             upstream_retries: Family::default(),
@@ -212,6 +222,13 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// From now on the shared state's metrics are served too.
+    pub fn with_shared_state(&self) {
+        self.0
+            .shared_registered
+            .call_once(|| self.0.register_shared());
     }
 
     pub fn shared_up(&self, up: bool) {
@@ -276,7 +293,8 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.0.registry);
+        let registry = self.0.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 }
@@ -354,6 +372,23 @@ mod tests {
             "backupgw_upstream_request_duration_seconds_count{region=\"cn-north-4\"} 2",
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_shared_states_metrics_are_served_only_with_it() {
+        let m = Metrics::new();
+        m.shared_up(false);
+        assert!(!m.render().contains("backupgw_shared"), "{}", m.render());
+        m.with_shared_state();
+        m.with_shared_state();
+        let text = m.render();
+        for line in [
+            "backupgw_shared_up 0",
+            "backupgw_shared_cache_hits_total 0",
+            "backupgw_shared_refusals_total 0",
+        ] {
+            assert_eq!(text.matches(line).count(), 1, "{line} once in\n{text}");
         }
     }
 }

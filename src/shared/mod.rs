@@ -133,6 +133,7 @@ impl Shared {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| SharedError(e.to_string()))?;
         if let Some(m) = &metrics {
+            m.with_shared_state();
             m.shared_up(true);
         }
         Ok(Shared {

@@ -506,6 +506,10 @@ async fn metrics_count_calls_upstream_requests_cache_and_target_health() {
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {series} in\n{text}"))
     };
+    assert!(
+        !text.contains("backupgw_shared"),
+        "no shared state, none of its metrics: {text}"
+    );
     let region = &data.regions[0];
     let ok_targets = billing.len() - 1;
     // The first call read every page of the good targets and the failing one's first page
