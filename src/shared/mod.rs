@@ -93,7 +93,9 @@ pub struct Shared {
     options: SharedOptions,
     /// While Redis is failing: since when, and when to try it again.
     down: Mutex<Option<Instant>>,
-    refusals_said: Mutex<RefusalsSaid>,
+    /// What was said in the log of a trouble that may repeat often (refusals, unreadable
+    /// values), to say it once a while.
+    said: Mutex<Said>,
     metrics: Option<Metrics>,
     /// This replica, as the holder of a lease.
     replica: String,
@@ -142,7 +144,7 @@ impl Shared {
             news: Arc::new(news::News::new()),
             options,
             down: Mutex::default(),
-            refusals_said: Mutex::default(),
+            said: Mutex::default(),
             metrics,
             replica: format!("{:032x}", fastrand::u128(..)),
         })
@@ -227,6 +229,14 @@ impl Shared {
         }
     }
 
+    /// Whether a trouble of this kind is to be said in the log now.
+    fn to_say(&self, kind: &str) -> bool {
+        self.said
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_to_be_said(kind, Instant::now())
+    }
+
     /// Redis answered, and refused this one operation: it stays in use for the others.
     fn refused(&self, e: &RedisError) {
         self.mark(true, None);
@@ -234,12 +244,7 @@ impl Shared {
             m.shared_refusal();
         }
         let code = e.code().unwrap_or_else(|| e.category());
-        let said = self
-            .refusals_said
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_to_be_said(code, Instant::now());
-        if !said {
+        if !self.to_say(code) {
             return;
         }
         let detail: String = e.detail().unwrap_or_default().chars().take(200).collect();
@@ -290,19 +295,20 @@ fn failure_reason(e: &RedisError, timeout: Duration) -> String {
     }
 }
 
-/// How long a kind of refusal is not said again while it keeps happening.
-const SAY_REFUSAL_AGAIN_AFTER: Duration = Duration::from_secs(600);
+/// How long a kind of trouble is not said again while it keeps happening.
+const SAY_AGAIN_AFTER: Duration = Duration::from_secs(600);
 
-/// The refusals said in the log, by Redis' error code, and when: each is said once, and again
-/// if it still happens `SAY_REFUSAL_AGAIN_AFTER` later.
+/// Troubles said in the log, by kind (a refusal's code from Redis, an unreadable value's
+/// kind), and when: each kind is said once, and again if it still happens `SAY_AGAIN_AFTER`
+/// later.
 #[derive(Default)]
-struct RefusalsSaid(Vec<(String, Instant)>);
+struct Said(Vec<(String, Instant)>);
 
-impl RefusalsSaid {
-    /// Whether a refusal with `code` at `now` is to be said (and notes it if so).
-    fn is_to_be_said(&mut self, code: &str, now: Instant) -> bool {
-        match self.0.iter_mut().find(|(c, _)| c == code) {
-            Some((_, at)) if now.duration_since(*at) < SAY_REFUSAL_AGAIN_AFTER => false,
+impl Said {
+    /// Whether a trouble of `kind` at `now` is to be said (and notes it if so).
+    fn is_to_be_said(&mut self, kind: &str, now: Instant) -> bool {
+        match self.0.iter_mut().find(|(k, _)| k == kind) {
+            Some((_, at)) if now.duration_since(*at) < SAY_AGAIN_AFTER => false,
             Some((_, at)) => {
                 *at = now;
                 true
@@ -312,7 +318,7 @@ impl RefusalsSaid {
                 if self.0.len() >= 16 {
                     self.0.remove(0);
                 }
-                self.0.push((code.to_owned(), now));
+                self.0.push((kind.to_owned(), now));
                 true
             }
         }
@@ -348,8 +354,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_refusal_is_said_once_for_its_code_and_again_after_a_while() {
-        let mut said = RefusalsSaid::default();
+    fn a_trouble_is_said_once_for_its_kind_and_again_after_a_while() {
+        let mut said = Said::default();
         let start = Instant::now();
         let at = |secs| start + Duration::from_secs(secs);
         assert!(said.is_to_be_said("OOM", at(0)));

@@ -221,8 +221,12 @@ impl Shared {
                 Some((page, age))
             }
             Err(e) => {
+                // Said once a while: in a rolling upgrade that changed how pages are stored,
+                // every page the other version stored is unreadable here.
                 let kind = T::KIND;
-                tracing::warn!(error = %e, kind, "a value in the shared cache is unreadable; fetching it");
+                if self.to_say(&format!("unreadable {kind}")) {
+                    tracing::warn!(error = %e, kind, "a value in the shared cache is unreadable; fetching it (said once in ten minutes)");
+                }
                 None
             }
         }

@@ -924,6 +924,38 @@ async fn a_redis_cluster_node_is_said_to_need_a_standalone_redis() {
     );
 }
 
+/// Values a replica cannot read (another version's, or anything else under our prefix) are
+/// fetched again and replaced, and said once, not once each.
+#[tokio::test(flavor = "current_thread")]
+async fn unreadable_values_in_redis_are_fetched_again_and_said_once() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let log = LogCapture::start();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut unreadable = now_ms.to_le_bytes().to_vec();
+    unreadable.extend_from_slice(b"\x09 a page of a version this replica does not know");
+    let mut c = redis.connect().await;
+    for name in ["p", "q"] {
+        redis::cmd("SET")
+            .arg(format!("backupgw:page:{name}"))
+            .arg(&unreadable)
+            .query_async::<()>(&mut c)
+            .await
+            .unwrap();
+    }
+    let (shared, _) = shared_on(&redis);
+    assert_eq!(origin_of_page(&shared).await, Origin::Upstream);
+    assert_eq!(origin_of_other_page(&shared).await, Origin::Upstream);
+    assert_eq!(origin_of_page(&shared).await, Origin::Cache, "replaced");
+    let logs = log.text();
+    assert_eq!(logs.matches("is unreadable").count(), 1, "{logs}");
+}
+
 /// The shared state on `redis`, and its metrics. Once Redis has failed it is left alone for ten
 /// minutes: within a test, a replica that took Redis for failing never uses it again.
 fn shared_on(redis: &Redis) -> (backupgw::shared::Shared, backupgw::metrics::Metrics) {
