@@ -243,8 +243,14 @@ impl Shared {
         if let Some(m) = &self.metrics {
             m.shared_refusal();
         }
-        let code = e.code().unwrap_or_else(|| e.category());
-        if !self.to_say(code) {
+        // Both come from Redis: kept short.
+        let code: String = e
+            .code()
+            .unwrap_or_else(|| e.category())
+            .chars()
+            .take(32)
+            .collect();
+        if !self.to_say(&code) {
             return;
         }
         let detail: String = e.detail().unwrap_or_default().chars().take(200).collect();
@@ -283,7 +289,7 @@ impl Shared {
 /// What to say of Redis failing: its own words when it answered (`NOAUTH Authentication
 /// required.`), and what to do about a cluster, which `[shared]` does not speak to.
 fn failure_reason(e: &RedisError, timeout: Duration) -> String {
-    let detail = e.detail().unwrap_or_default();
+    let detail: String = e.detail().unwrap_or_default().chars().take(200).collect();
     match e.code() {
         Some(code @ ("MOVED" | "ASK" | "CROSSSLOT" | "CLUSTERDOWN")) => format!(
             "{code} {detail} (a Redis Cluster node: [shared] needs a standalone Redis, or a proxy in front of the cluster)"
