@@ -1,0 +1,193 @@
+//! A real `redis-server` of a test's own, on a free loopback port, in a directory of its own;
+//! killed when dropped.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use backupgw::shared::SharedOptions;
+
+/// redis-server takes a port, not a listener: a free one, handed over.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `redis-server` of its own, on a free loopback port; killed when dropped.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Redis {
+    /// Whether `redis-server` is here; CI (`BACKUPGW_REQUIRE_REDIS`) insists that it is.
+    pub fn available() -> bool {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(
+                std::env::var_os("BACKUPGW_REQUIRE_REDIS").is_none(),
+                "redis-server is required here (apt-get install redis-server)"
+            );
+            eprintln!("redis-server not found: skipping (apt-get install redis-server)");
+        }
+        found
+    }
+
+    pub fn start() -> Self {
+        Redis::start_on(free_port())
+    }
+
+    /// Starts on `port` and returns once it accepts connections (it says so on stdout).
+    pub fn start_on(port: u16) -> Self {
+        Redis::start_with(port, &["--port", &port.to_string()])
+    }
+
+    /// Speaking TLS only, with this certificate and key (PEM files).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        let port = free_port();
+        Redis::start_with(
+            port,
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                cert.to_str().unwrap(),
+                "--tls-key-file",
+                key.to_str().unwrap(),
+                "--tls-auth-clients",
+                "no",
+            ],
+        )
+    }
+
+    /// With an ACL that gives its user every key and command but no pub/sub channel.
+    pub fn start_without_channels() -> Self {
+        let port = free_port();
+        let user = [
+            "--user",
+            "default",
+            "on",
+            "nopass",
+            "~*",
+            "+@all",
+            "resetchannels",
+        ];
+        Redis::start_with(port, &[&["--port", &port.to_string()], &user[..]].concat())
+    }
+
+    fn start_with(port: u16, args: &[&str]) -> Self {
+        // A directory of its own: a replica's full sync writes an RDB file there, which another
+        // server started in the same directory would load.
+        let dir = crate::cli::scratch_dir(&format!("redis-{port}"));
+        let mut child = Command::new("redis-server")
+            .args(args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("Ready to accept connections"));
+        assert!(ready, "redis-server on {port} did not start");
+        std::thread::spawn(move || lines.for_each(drop));
+        Redis { child, port, dir }
+    }
+
+    /// With an ACL that gives its user every key and command but the scripts (`EVALSHA`).
+    pub fn start_without_scripts() -> Self {
+        let port = free_port();
+        let user = [
+            "--user",
+            "default",
+            "on",
+            "nopass",
+            "~*",
+            "&*",
+            "+@all",
+            "-@scripting",
+        ];
+        Redis::start_with(port, &[&["--port", &port.to_string()], &user[..]].concat())
+    }
+
+    /// A read-only replica of `primary` (what a replica's address gives after a failover).
+    pub fn start_replica_of(primary: &Redis) -> Self {
+        let port = free_port();
+        Redis::start_with(
+            port,
+            &[
+                "--port",
+                &port.to_string(),
+                "--replicaof",
+                "127.0.0.1",
+                &primary.port.to_string(),
+            ],
+        )
+    }
+
+    /// A Redis Cluster node that serves no hash slot yet.
+    pub fn start_cluster_node() -> Self {
+        let port = free_port();
+        Redis::start_with(
+            port,
+            &["--port", &port.to_string(), "--cluster-enabled", "yes"],
+        )
+    }
+
+    /// Asking every client for this password (`requirepass`).
+    pub fn start_with_password(password: &str) -> Self {
+        let port = free_port();
+        Redis::start_with(
+            port,
+            &["--port", &port.to_string(), "--requirepass", password],
+        )
+    }
+
+    pub fn options(&self) -> SharedOptions {
+        SharedOptions {
+            // Tests try Redis again at once: recovery needs no waiting.
+            retry_after: Duration::ZERO,
+            ..SharedOptions::new(format!("redis://127.0.0.1:{}/0", self.port))
+        }
+    }
+
+    /// A connection of the test's own, to look at what the gateways stored.
+    pub async fn connect(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.options().url).unwrap();
+        client.get_multiplexed_async_connection().await.unwrap()
+    }
+
+    /// The keys that match `pattern`.
+    pub async fn keys(&self, pattern: &str) -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query_async(&mut self.connect().await)
+            .await
+            .unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
