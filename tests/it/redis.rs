@@ -41,7 +41,7 @@ impl Redis {
     }
 
     pub fn start() -> Self {
-        Redis::start_on(free_port())
+        Redis::started(&[])
     }
 
     /// Starts on `port` and returns once it accepts connections (it says so on stdout).
@@ -71,17 +71,39 @@ impl Redis {
 
     /// With an ACL that gives its user every key and command but no pub/sub channel.
     pub fn start_without_channels() -> Self {
+        Redis::start_with_acl(&["+@all", "resetchannels"])
+    }
+
+    /// With an ACL that gives its user every key and command but the scripts (`EVALSHA`).
+    pub fn start_without_scripts() -> Self {
+        Redis::start_with_acl(&["&*", "+@all", "-@scripting"])
+    }
+
+    /// A read-only replica of `primary` (what a replica's address gives after a failover).
+    pub fn start_replica_of(primary: &Redis) -> Self {
+        Redis::started(&["--replicaof", "127.0.0.1", &primary.port.to_string()])
+    }
+
+    /// A Redis Cluster node that serves no hash slot yet.
+    pub fn start_cluster_node() -> Self {
+        Redis::started(&["--cluster-enabled", "yes"])
+    }
+
+    /// Asking every client for this password (`requirepass`).
+    pub fn start_with_password(password: &str) -> Self {
+        Redis::started(&["--requirepass", password])
+    }
+
+    /// Its default user given every key, without a password, and these `rules`.
+    fn start_with_acl(rules: &[&str]) -> Self {
+        let user = ["--user", "default", "on", "nopass", "~*"];
+        Redis::started(&[&user[..], rules].concat())
+    }
+
+    /// On a free port, with these arguments besides.
+    fn started(args: &[&str]) -> Self {
         let port = free_port();
-        let user = [
-            "--user",
-            "default",
-            "on",
-            "nopass",
-            "~*",
-            "+@all",
-            "resetchannels",
-        ];
-        Redis::start_with(port, &[&["--port", &port.to_string()], &user[..]].concat())
+        Redis::start_with(port, &[&["--port", &port.to_string()], args].concat())
     }
 
     fn start_with(port: u16, args: &[&str]) -> Self {
@@ -105,55 +127,6 @@ impl Redis {
         assert!(ready, "redis-server on {port} did not start");
         std::thread::spawn(move || lines.for_each(drop));
         Redis { child, port, dir }
-    }
-
-    /// With an ACL that gives its user every key and command but the scripts (`EVALSHA`).
-    pub fn start_without_scripts() -> Self {
-        let port = free_port();
-        let user = [
-            "--user",
-            "default",
-            "on",
-            "nopass",
-            "~*",
-            "&*",
-            "+@all",
-            "-@scripting",
-        ];
-        Redis::start_with(port, &[&["--port", &port.to_string()], &user[..]].concat())
-    }
-
-    /// A read-only replica of `primary` (what a replica's address gives after a failover).
-    pub fn start_replica_of(primary: &Redis) -> Self {
-        let port = free_port();
-        Redis::start_with(
-            port,
-            &[
-                "--port",
-                &port.to_string(),
-                "--replicaof",
-                "127.0.0.1",
-                &primary.port.to_string(),
-            ],
-        )
-    }
-
-    /// A Redis Cluster node that serves no hash slot yet.
-    pub fn start_cluster_node() -> Self {
-        let port = free_port();
-        Redis::start_with(
-            port,
-            &["--port", &port.to_string(), "--cluster-enabled", "yes"],
-        )
-    }
-
-    /// Asking every client for this password (`requirepass`).
-    pub fn start_with_password(password: &str) -> Self {
-        let port = free_port();
-        Redis::start_with(
-            port,
-            &["--port", &port.to_string(), "--requirepass", password],
-        )
     }
 
     pub fn options(&self) -> SharedOptions {
