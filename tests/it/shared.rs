@@ -489,27 +489,32 @@ async fn a_stored_pages_age_counts_from_its_fetch_by_another_replica() {
         .unwrap();
     let shared = backupgw::shared::Shared::new(redis.options(), None).unwrap();
     let (hour, five_minutes) = (Duration::from_secs(3600), Duration::from_secs(300));
-    let fetch = |total| {
-        move || async move {
-            let mut page = backupgw::wire::EncodedPage::default();
-            page.total = total;
-            Ok(page)
-        }
-    };
-    let (page, age, origin) = shared
-        .stored_or_fetch::<backupgw::wire::EncodedPage, _>("p", hour, hour, fetch(8))
-        .await
-        .unwrap();
-    assert_eq!((page.total, origin), (7, Origin::Cache));
+    let (total, age, origin) = read_page(&shared, "p", hour, 8).await;
+    assert_eq!((total, origin), (7, Origin::Cache));
     assert!(age >= Duration::from_secs(600), "{age:?}");
     assert!(age < Duration::from_secs(660), "{age:?}");
     // Too old for five minutes, though it has just been read from Redis.
+    let (total, age, origin) = read_page(&shared, "p", five_minutes, 9).await;
+    assert_eq!((total, origin, age), (9, Origin::Upstream, Duration::ZERO));
+}
+
+/// Page `name` through `shared` at `max_age`, a fetch giving a page that announces
+/// `fetched_total`: the page's total, its age, and where it came from.
+pub async fn read_page(
+    shared: &backupgw::shared::Shared,
+    name: &str,
+    max_age: Duration,
+    fetched_total: u64,
+) -> (u64, Duration, Origin) {
+    let ttl = Duration::from_secs(3600);
+    let fetch = || async move {
+        let mut page = backupgw::wire::EncodedPage::default();
+        page.total = fetched_total;
+        Ok(page)
+    };
     let (page, age, origin) = shared
-        .stored_or_fetch::<backupgw::wire::EncodedPage, _>("p", five_minutes, hour, fetch(9))
+        .stored_or_fetch::<backupgw::wire::EncodedPage, _>(name, max_age, ttl, fetch)
         .await
         .unwrap();
-    assert_eq!(
-        (page.total, origin, age),
-        (9, Origin::Upstream, Duration::ZERO)
-    );
+    (page.total, age, origin)
 }

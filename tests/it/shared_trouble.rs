@@ -9,6 +9,7 @@ use backupgw::shared::{SharedOptions, Subscription};
 
 use crate::common::*;
 use crate::redis::{Redis, free_port};
+use crate::shared::read_page;
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_redis_that_is_not_there_is_said_once_and_fails_nothing() {
@@ -21,16 +22,7 @@ async fn a_redis_that_is_not_there_is_said_once_and_fails_nothing() {
     };
     let shared = backupgw::shared::Shared::new(options, Some(metrics.clone())).unwrap();
     for _ in 0..3 {
-        let (_, _, origin) = shared
-            .stored_or_fetch(
-                "p",
-                Duration::from_secs(60),
-                Duration::from_secs(60),
-                || async { Ok(backupgw::wire::EncodedPage::default()) },
-            )
-            .await
-            .unwrap();
-        assert_eq!(origin, Origin::Upstream);
+        assert_eq!(origin_of_page(&shared).await, Origin::Upstream);
     }
     assert!(!shared.is_up());
     assert!(metrics.render().contains("backupgw_shared_up 0"));
@@ -54,27 +46,11 @@ async fn a_full_redis_refuses_writes_and_still_serves_what_it_holds() {
     let log = LogCapture::start();
     // A refusal must not count as failing (which would leave Redis alone for ten minutes).
     let (shared, metrics) = shared_on(&redis);
-    let minute = Duration::from_secs(60);
-    let page = |total| {
-        move || async move {
-            let mut page = backupgw::wire::EncodedPage::default();
-            page.total = total;
-            Ok(page)
-        }
-    };
     let read = |name: &'static str, total| {
         let shared = &shared;
         async move {
-            let (page, _, origin) = shared
-                .stored_or_fetch::<backupgw::wire::EncodedPage, _>(
-                    name,
-                    minute,
-                    minute,
-                    page(total),
-                )
-                .await
-                .unwrap();
-            (page.total, origin)
+            let (total, _, origin) = read_page(shared, name, MINUTE, total).await;
+            (total, origin)
         }
     };
     assert_eq!(read("held", 7).await, (7, Origin::Upstream));
@@ -280,24 +256,15 @@ fn shared_on(redis: &Redis) -> (backupgw::shared::Shared, backupgw::metrics::Met
 
 /// Where page "p" comes from when `shared` is asked for it (an empty page, if fetched).
 async fn origin_of_page(shared: &backupgw::shared::Shared) -> Origin {
-    origin_of(shared, "p").await
+    read_page(shared, "p", MINUTE, 0).await.2
 }
 
 /// The same for page "q".
 async fn origin_of_other_page(shared: &backupgw::shared::Shared) -> Origin {
-    origin_of(shared, "q").await
+    read_page(shared, "q", MINUTE, 0).await.2
 }
 
-async fn origin_of(shared: &backupgw::shared::Shared, name: &str) -> Origin {
-    let minute = Duration::from_secs(60);
-    let (_, _, origin) = shared
-        .stored_or_fetch::<backupgw::wire::EncodedPage, _>(name, minute, minute, || async {
-            Ok(backupgw::wire::EncodedPage::default())
-        })
-        .await
-        .unwrap();
-    origin
-}
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// A Redis that asks for a password: with it, replicas share; without it, or with a wrong one,
 /// nothing is shared (Redis is as good as unreachable, and said to be), nothing fails, and the
