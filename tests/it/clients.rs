@@ -72,16 +72,13 @@ async fn the_rust_example_lists_a_region() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_example_lists_a_region() {
-    let has_grpc = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_grpc {
-        assert!(
-            std::env::var_os("BACKUPGW_REQUIRE_PYTHON_GRPC").is_none(),
-            "python3 with grpcio and grpcio-tools is required"
-        );
-        eprintln!("skipped: python3 with grpcio and grpcio-tools is not installed");
+    let mut imports = Command::new("python3");
+    imports.args(["-c", "import grpc, grpc_tools"]);
+    if !tool_runs(
+        imports,
+        "BACKUPGW_REQUIRE_PYTHON_GRPC",
+        "python3 with grpcio and grpcio-tools (pip install grpcio grpcio-tools)",
+    ) {
         return;
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

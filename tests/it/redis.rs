@@ -26,18 +26,13 @@ pub struct Redis {
 impl Redis {
     /// Whether `redis-server` is here; CI (`BACKUPGW_REQUIRE_REDIS`) insists that it is.
     pub fn available() -> bool {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(
-                std::env::var_os("BACKUPGW_REQUIRE_REDIS").is_none(),
-                "redis-server is required here (apt-get install redis-server)"
-            );
-            eprintln!("redis-server not found: skipping (apt-get install redis-server)");
-        }
-        found
+        let mut version = Command::new("redis-server");
+        version.arg("--version");
+        crate::common::tool_runs(
+            version,
+            "BACKUPGW_REQUIRE_REDIS",
+            "redis-server (apt-get install redis-server)",
+        )
     }
 
     pub fn start() -> Self {
