@@ -366,24 +366,20 @@ async fn a_target_read_before_has_all_its_pages_asked_for_at_once() {
 async fn a_read_cut_short_does_not_guide_the_next() {
     // The first page is answered; every later request stalls.
     let (_, sim, mut gw) = one_project_stalling_after(1).await;
-    let deadline = |max_age: Option<prost_types::Duration>| {
-        let mut request = tonic::Request::new(pb::ListBackupsRequest {
-            max_age,
-            ..Default::default()
-        });
+    let deadline = |message| {
+        let mut request = tonic::Request::new(message);
         request.set_timeout(Duration::from_secs(1));
         request
     };
     // Its first page and the two after it (which stall until the deadline).
-    try_list(&mut gw.client, deadline(None)).await.unwrap();
+    try_list(&mut gw.client, deadline(pb::ListBackupsRequest::default()))
+        .await
+        .unwrap();
     assert_eq!(sim.stats().list_requests, 3);
     // Read again: the first page only, as for a list never read whole.
-    try_list(
-        &mut gw.client,
-        deadline(Some(prost_types::Duration::default())),
-    )
-    .await
-    .unwrap();
+    try_list(&mut gw.client, deadline(fresh_request()))
+        .await
+        .unwrap();
     assert_eq!(sim.stats().list_requests, 4);
 }
 
