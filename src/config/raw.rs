@@ -1,5 +1,5 @@
-//! The configuration file's shapes, as written, and how a file is read into them. `deny_unknown_fields` everywhere: a misspelt
-//! key is an error, not a silently ignored setting.
+//! The configuration file's shapes, as written, and how a file is read into them.
+//! `deny_unknown_fields` everywhere: a misspelt key is an error, not a silently ignored setting.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
