@@ -1,6 +1,7 @@
 //! Integration tests: the real simulator and the real gateway on 127.0.0.1:0.
 
 mod accounts;
+mod accounts_use;
 mod auth;
 mod callers;
 mod cli;
