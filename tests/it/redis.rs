@@ -79,9 +79,12 @@ impl Redis {
         Redis::started(&["--replicaof", "127.0.0.1", &primary.port.to_string()])
     }
 
-    /// A Redis Cluster node that serves no hash slot yet.
+    /// A Redis Cluster node that serves no hash slot yet. Its cluster bus is on a free port of its
+    /// own: by default it would be the port + 10,000, past 65,535 for a high free port (and the
+    /// node would not start).
     pub fn start_cluster_node() -> Self {
-        Redis::started(&["--cluster-enabled", "yes"])
+        let bus = free_port().to_string();
+        Redis::started(&["--cluster-enabled", "yes", "--cluster-port", &bus])
     }
 
     /// Asking every client for this password (`requirepass`).
