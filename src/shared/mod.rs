@@ -5,7 +5,9 @@
 //! Redis is never a single point of failure. Every Redis operation is bounded by a short
 //! timeout; when one fails, the replica serves from its own cache and the upstream under its own
 //! limits, says so once in the log and in `backupgw_shared_up 0`, leaves Redis alone for
-//! `retry_after`, then tries again, and recovers by itself. No query fails because of Redis.
+//! `retry_after` (ten minutes for a node of a Redis Cluster of several), then tries again, and
+//! recovers by itself. No query fails because of Redis. Keys carry a hash tag, so that where keys
+//! are placed by slot a page and its lease lie in one.
 //! Redis refusing one operation (full under `noeviction`, a replica that takes no writes, an
 //! ACL) is not Redis failing: that operation is skipped, said once and counted, and the others
 //! still go to Redis — a full Redis still serves what it holds.
@@ -91,7 +93,7 @@ pub struct Shared {
     conn: ConnectionManager,
     news: Arc<news::News>,
     options: SharedOptions,
-    /// While Redis is failing: since when, and when to try it again.
+    /// While Redis is failing: when to try it again.
     down: Mutex<Option<Instant>>,
     /// What was said in the log of a trouble that may repeat often (refusals, unreadable
     /// values), to say it once a while.
@@ -176,8 +178,11 @@ impl Shared {
         format!("{}fetched", self.options.key_prefix)
     }
 
+    /// `backupgw:page:{name}`. The braces make `name` the key's hash tag: a page and its lease
+    /// lie in one hash slot, so the script that reads one and takes the other also runs where
+    /// keys are placed by slot (a cluster proxy, a one-node cluster).
     fn key(&self, kind: &str, name: &str) -> String {
-        format!("{}{kind}:{name}", self.options.key_prefix)
+        format!("{}{kind}:{{{name}}}", self.options.key_prefix)
     }
 
     /// Whether Redis answered the last time it was asked (or has not been asked yet).
@@ -195,8 +200,8 @@ impl Shared {
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        if let Some(since) = *self.down.lock().unwrap_or_else(|e| e.into_inner())
-            && since.elapsed() < self.options.retry_after
+        if let Some(again_at) = *self.down.lock().unwrap_or_else(|e| e.into_inner())
+            && Instant::now() < again_at
         {
             return None;
         }
@@ -204,7 +209,7 @@ impl Shared {
         loop {
             match tokio::time::timeout(self.options.timeout, op(self.conn.clone())).await {
                 Ok(Ok(value)) => {
-                    self.mark(true, None);
+                    self.mark_up();
                     return Some(value);
                 }
                 Ok(Err(e)) if again && (e.is_connection_dropped() || e.is_io_error()) => {
@@ -215,14 +220,13 @@ impl Shared {
                     return None;
                 }
                 Ok(Err(e)) => {
-                    self.mark(false, Some(failure_reason(&e, self.options.timeout)));
+                    let pause = left_alone_for(&e, self.options.retry_after);
+                    self.mark_down(&failure_reason(&e, self.options.timeout), pause);
                     return None;
                 }
                 Err(_) => {
-                    self.mark(
-                        false,
-                        Some(format!("no answer within {:?}", self.options.timeout)),
-                    );
+                    let why = format!("no answer within {:?}", self.options.timeout);
+                    self.mark_down(&why, self.options.retry_after);
                     return None;
                 }
             }
@@ -239,7 +243,7 @@ impl Shared {
 
     /// Redis answered, and refused this one operation: it stays in use for the others.
     fn refused(&self, e: &RedisError) {
-        self.mark(true, None);
+        self.mark_up();
         if let Some(m) = &self.metrics {
             m.shared_refusal();
         }
@@ -261,28 +265,45 @@ impl Shared {
         );
     }
 
-    /// Records whether Redis answered; says so once when that changes.
-    fn mark(&self, up: bool, why: Option<String>) {
+    /// Records that Redis answered; says so once if it had failed.
+    fn mark_up(&self) {
         let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
-        match (up, down.is_some()) {
-            (true, true) => {
-                *down = None;
-                tracing::info!("shared state (Redis) answers again; sharing resumes");
-            }
-            (false, false) => {
-                tracing::warn!(
-                    error = why.as_deref().unwrap_or_default(),
-                    "shared state (Redis) unreachable; serving from this replica's cache and limits until it answers"
-                );
-                *down = Some(Instant::now());
-            }
-            // Still down: the next try waits `retry_after` from now.
-            (false, true) => *down = Some(Instant::now()),
-            (true, false) => {}
+        if down.take().is_some() {
+            tracing::info!("shared state (Redis) answers again; sharing resumes");
         }
         if let Some(m) = &self.metrics {
-            m.shared_up(up);
+            m.shared_up(true);
         }
+    }
+
+    /// Records that Redis failed, and leaves it alone for `pause`; says so once when it starts.
+    fn mark_down(&self, why: &str, pause: Duration) {
+        let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        if down.is_none() {
+            tracing::warn!(
+                error = why,
+                "shared state (Redis) unreachable; serving from this replica's cache and limits until it answers"
+            );
+        }
+        *down = Some(Instant::now() + pause);
+        if let Some(m) = &self.metrics {
+            m.shared_up(false);
+        }
+    }
+}
+
+/// How long a node of a Redis Cluster of several is left alone. It answers for the keys of its
+/// own hash slots and `MOVED` for the others': taken back at each answer, it would go up and down
+/// with every key asked; and another Redis takes a restart (`[shared]`).
+const CLUSTER_NODE_LEFT_ALONE: Duration = Duration::from_secs(600);
+
+/// How long Redis is left alone after it failed with `e`: `retry_after`, or ten minutes at least
+/// when it sent the operation's key to another node (a node of a Redis Cluster of several,
+/// which `[shared]` does not speak to).
+fn left_alone_for(e: &RedisError, retry_after: Duration) -> Duration {
+    match e.code() {
+        Some("MOVED" | "ASK") => retry_after.max(CLUSTER_NODE_LEFT_ALONE),
+        _ => retry_after,
     }
 }
 
@@ -291,7 +312,11 @@ impl Shared {
 fn failure_reason(e: &RedisError, timeout: Duration) -> String {
     let detail: String = e.detail().unwrap_or_default().chars().take(200).collect();
     match e.code() {
-        Some(code @ ("MOVED" | "ASK" | "CROSSSLOT" | "CLUSTERDOWN")) => format!(
+        Some(code @ ("MOVED" | "ASK")) => format!(
+            "{code} {detail} (a node of a Redis Cluster: [shared] needs a standalone Redis, or a proxy in front of the cluster; left alone for {} minutes)",
+            CLUSTER_NODE_LEFT_ALONE.as_secs() / 60
+        ),
+        Some(code @ ("CROSSSLOT" | "CLUSTERDOWN")) => format!(
             "{code} {detail} (a Redis Cluster node: [shared] needs a standalone Redis, or a proxy in front of the cluster)"
         ),
         Some(code) => format!("{code} {detail}"),
@@ -358,6 +383,32 @@ fn is_refusal(e: &RedisError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error as Redis answers it (`-MOVED 3999 127.0.0.1:6381`).
+    fn answered(error: &str) -> RedisError {
+        let reply = format!("-{error}\r\n");
+        redis::parse_redis_value(reply.as_bytes())
+            .and_then(redis::Value::extract_error)
+            .unwrap_err()
+    }
+
+    #[test]
+    fn a_node_of_a_cluster_of_several_is_left_alone_ten_minutes_and_other_failures_retry_after() {
+        let second = Duration::from_secs(1);
+        let moved = answered("MOVED 3999 127.0.0.1:6381");
+        assert_eq!(moved.code(), Some("MOVED"), "the test can tell");
+        assert_eq!(left_alone_for(&moved, second), Duration::from_secs(600));
+        let ask = answered("ASK 3999 127.0.0.1:6381");
+        assert_eq!(left_alone_for(&ask, second), Duration::from_secs(600));
+        let longer = Duration::from_secs(3600);
+        assert_eq!(left_alone_for(&moved, longer), longer);
+        for other in [
+            "NOAUTH Authentication required.",
+            "CLUSTERDOWN Hash slot not served",
+        ] {
+            assert_eq!(left_alone_for(&answered(other), second), second, "{other}");
+        }
+    }
 
     #[test]
     fn a_trouble_is_said_once_for_its_kind_and_again_after_a_while() {

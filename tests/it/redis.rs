@@ -20,6 +20,8 @@ pub fn free_port() -> u16 {
 pub struct Redis {
     child: Child,
     pub port: u16,
+    /// A cluster node's bus (what other nodes meet it on).
+    bus_port: Option<u16>,
     dir: std::path::PathBuf,
 }
 
@@ -80,11 +82,72 @@ impl Redis {
     }
 
     /// A Redis Cluster node that serves no hash slot yet. Its cluster bus is on a free port of its
-    /// own: by default it would be the port + 10,000, past 65,535 for a high free port (and the
-    /// node would not start).
+    /// own: by default it would be the port + 10,000, past 65,535 for a high free port.
     pub fn start_cluster_node() -> Self {
-        let bus = free_port().to_string();
-        Redis::started(&["--cluster-enabled", "yes", "--cluster-port", &bus])
+        let bus = free_port();
+        let mut node = Redis::started(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            &bus.to_string(),
+        ]);
+        node.bus_port = Some(bus);
+        node
+    }
+
+    /// A cluster of one node that serves every hash slot: keys are placed by slot, as behind a
+    /// cluster proxy, and a script's keys must share one.
+    pub async fn start_one_node_cluster() -> Self {
+        let node = Redis::start_cluster_node();
+        node.serve_slots(0, 16383).await;
+        node.until_cluster_ok().await;
+        node
+    }
+
+    /// A cluster of two nodes, each serving half the hash slots: a key of the other half asked
+    /// of one node is answered `MOVED`.
+    pub async fn start_two_node_cluster() -> (Self, Self) {
+        let (a, b) = (Redis::start_cluster_node(), Redis::start_cluster_node());
+        a.serve_slots(0, 8191).await;
+        b.serve_slots(8192, 16383).await;
+        redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg("127.0.0.1")
+            .arg(b.port)
+            .arg(b.bus_port.unwrap())
+            .query_async::<()>(&mut a.connect().await)
+            .await
+            .unwrap();
+        a.until_cluster_ok().await;
+        b.until_cluster_ok().await;
+        (a, b)
+    }
+
+    async fn serve_slots(&self, first: u16, last: u16) {
+        redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(first)
+            .arg(last)
+            .query_async::<()>(&mut self.connect().await)
+            .await
+            .unwrap();
+    }
+
+    /// Once this node takes every slot for served (by itself or a node it knows).
+    async fn until_cluster_ok(&self) {
+        let mut c = self.connect().await;
+        for _ in 0..1000 {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            if info.contains("cluster_state:ok") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the cluster node on {} never served every slot", self.port);
     }
 
     /// Asking every client for this password (`requirepass`).
@@ -124,7 +187,12 @@ impl Redis {
             .any(|l| l.contains("Ready to accept connections"));
         assert!(ready, "redis-server on {port} did not start");
         std::thread::spawn(move || lines.for_each(drop));
-        Redis { child, port, dir }
+        Redis {
+            child,
+            port,
+            bus_port: None,
+            dir,
+        }
     }
 
     pub fn options(&self) -> SharedOptions {

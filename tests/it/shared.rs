@@ -232,6 +232,31 @@ async fn a_redis_that_refuses_the_news_still_shares_every_page_once() {
     }
 }
 
+/// A Redis that places keys by hash slot (a cluster proxy; here a cluster of one node serving
+/// every slot) runs a script only over keys of one slot. A page and its lease share theirs, so
+/// replicas still read each page once, and Redis refuses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_through_a_redis_that_places_keys_by_slot() {
+    if !Redis::available() {
+        return;
+    }
+    let redis = Redis::start_one_node_cluster().await;
+    let patient = SharedOptions {
+        retry_after: Duration::from_secs(3600),
+        ..redis.options()
+    };
+    let (sim, mut a, mut b) = two_replicas(patient).await;
+    both_at_once(&sim, &mut a, &mut b).await;
+    for gw in [&a, &b] {
+        let metrics = gw.inventory.metrics().unwrap().render();
+        assert!(metrics.contains("backupgw_shared_up 1"), "{metrics}");
+        assert!(
+            metrics.contains("backupgw_shared_refusals_total 0"),
+            "{metrics}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_together_keep_to_a_regions_rate() {
     if !Redis::available() {
@@ -419,7 +444,7 @@ async fn a_waiter_whose_lease_holder_died_fetches_the_page_itself_once_the_lease
     }
     let redis = Redis::start();
     let mut c = redis.connect().await;
-    let lease = "backupgw:page-lease:p";
+    let lease = "backupgw:page-lease:{p}";
     redis::cmd("SET")
         .arg(lease)
         .arg("a-replica-that-died")
@@ -480,7 +505,7 @@ async fn a_stored_pages_age_counts_from_its_fetch_by_another_replica() {
     let mut value = fetched_ms.to_le_bytes().to_vec();
     value.extend_from_slice(&page.to_stored());
     redis::cmd("SET")
-        .arg("backupgw:page:p")
+        .arg("backupgw:page:{p}")
         .arg(value)
         .arg("PX")
         .arg(3_600_000)

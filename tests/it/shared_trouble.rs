@@ -210,6 +210,34 @@ async fn a_redis_cluster_node_is_said_to_need_a_standalone_redis() {
     );
 }
 
+/// `[shared]` pointed at one node of a cluster of several: the node answers for its own keys and
+/// `MOVED` for the others'. The replica sets it aside at the first `MOVED`, says so once with
+/// what to point it at instead, and is not taken back and forth with each key it asks for.
+#[tokio::test(flavor = "current_thread")]
+async fn a_node_of_a_cluster_of_several_is_set_aside_not_used_key_by_key() {
+    if !Redis::available() {
+        return;
+    }
+    let (node, _other) = Redis::start_two_node_cluster().await;
+    let log = LogCapture::start();
+    let metrics = backupgw::metrics::Metrics::new();
+    // Left alone for no time at all after an ordinary failure.
+    let shared = backupgw::shared::Shared::new(node.options(), Some(metrics.clone())).unwrap();
+    for i in 0..32 {
+        let (_, _, origin) = read_page(&shared, &format!("page {i}"), MINUTE, i).await;
+        assert_eq!(origin, Origin::Upstream);
+    }
+    assert!(!shared.is_up());
+    assert!(metrics.render().contains("backupgw_shared_up 0"));
+    let logs = log.text();
+    assert_eq!(logs.matches("unreachable").count(), 1, "{logs}");
+    assert_eq!(logs.matches("answers again").count(), 0, "{logs}");
+    assert!(
+        logs.contains("MOVED") && logs.contains("needs a standalone Redis"),
+        "{logs}"
+    );
+}
+
 /// Values a replica cannot read (another version's, or anything else under our prefix) are
 /// fetched again and replaced, and said once, not once each.
 #[tokio::test(flavor = "current_thread")]
@@ -228,7 +256,7 @@ async fn unreadable_values_in_redis_are_fetched_again_and_said_once() {
     let mut c = redis.connect().await;
     for name in ["p", "q"] {
         redis::cmd("SET")
-            .arg(format!("backupgw:page:{name}"))
+            .arg(format!("backupgw:page:{{{name}}}"))
             .arg(&unreadable)
             .query_async::<()>(&mut c)
             .await
