@@ -185,6 +185,11 @@ impl Shared {
         format!("{}{kind}:{{{name}}}", self.options.key_prefix)
     }
 
+    /// A region's pace: `backupgw:pace:cn-north-4`, one key alone in its script.
+    fn pace_key(&self, region: &str) -> String {
+        format!("{}pace:{region}", self.options.key_prefix)
+    }
+
     /// Whether Redis answered the last time it was asked (or has not been asked yet).
     pub fn is_up(&self) -> bool {
         self.down

@@ -37,7 +37,7 @@ impl SharedPace {
     pub fn new(shared: Arc<Shared>, region: &str, rate: f64, burst: u32) -> Self {
         let rate = rate.max(f64::MIN_POSITIVE);
         SharedPace {
-            key: shared.key("pace", region),
+            key: shared.pace_key(region),
             shared,
             interval_us: (1e6 / rate).round().max(1.0) as u64,
             burst: burst.max(1),

@@ -327,6 +327,12 @@ async fn two_replicas_together_keep_to_a_regions_rate() {
         0,
         "together within the region's rate"
     );
+    // Where the region's pace is kept: replicas of other versions in a rolling upgrade share
+    // it only under the same name.
+    assert_eq!(
+        redis.keys("backupgw:pace:*").await,
+        [format!("backupgw:pace:{region}")]
+    );
 
     // Each on its own pace, the two replicas ask twice the rate: the upstream throttles.
     let mut a = start(None).await;
