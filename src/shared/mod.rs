@@ -156,6 +156,22 @@ impl Shared {
         &self.options
     }
 
+    /// Asks Redis once, at start-up, so that the log and `backupgw_shared_up` tell whether it
+    /// answers before any query does (a wrong password shows at deploy time); starts listening
+    /// for the news of fetches.
+    pub async fn greet(&self) {
+        self.listen();
+        let pong: Option<String> = self
+            .run(|mut c| async move { redis::cmd("PING").query_async(&mut c).await })
+            .await;
+        if pong.is_some() {
+            tracing::info!(
+                shared = ?self.options,
+                "shared state (Redis) answers: pages and each region's rate are shared with the other replicas"
+            );
+        }
+    }
+
     /// Whether the news of other replicas' fetches reach this one; watch it change. Starts
     /// listening for them if this replica has not yet (call it inside the runtime).
     pub fn subscription(&self) -> tokio::sync::watch::Receiver<Subscription> {

@@ -451,3 +451,54 @@ async fn sighup_reads_the_tls_certificate_again() {
     assert!(trusting(&second).await.is_ok());
     assert!(trusting(&first).await.is_err());
 }
+
+/// `[shared]` is asked at start-up: the log and `backupgw_shared_up` say whether Redis answers
+/// before any query does, so a wrong password shows when a replica is deployed. The password is
+/// never in the log.
+#[tokio::test]
+async fn a_replica_says_at_start_whether_its_redis_answers() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !crate::redis::Redis::available() {
+        return;
+    }
+    let redis = crate::redis::Redis::start_with_password("the-right-one");
+    let dir = scratch_dir("ops-shared");
+    let (_sim, config, written) = simulator(&dir);
+    let password_file = dir.join("redis-password");
+    for (password, said, up) in [
+        ("the-right-one", "shared state (Redis) answers", 1),
+        ("a-wrong-one", "shared state (Redis) unreachable", 0),
+    ] {
+        std::fs::write(&password_file, password).unwrap();
+        std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let shared = format!(
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n[shared]\nredis_url = \"redis://127.0.0.1:{}/0\"\npassword_file = \"redis-password\"\n",
+            redis.port
+        );
+        std::fs::write(&config, format!("{written}\n{shared}")).unwrap();
+        let args = ["serve", "--config", config.to_str().unwrap()];
+        let (_gw, lines) = spawn_lines(&[&args[..], &["--listen", "127.0.0.1:0"]].concat(), &[]);
+        // In whichever order they come: where the metrics are, and what Redis said.
+        let (mut metrics, mut redis_said) = (None, None);
+        while metrics.is_none() || redis_said.is_none() {
+            let line = lines.recv_timeout(HANG).expect("start-up logged both");
+            if line.contains("metrics at /metrics") {
+                let (_, rest) = line.split_once("addr=").unwrap();
+                metrics = Some(rest.split_whitespace().next().unwrap().to_owned());
+            } else if line.contains("shared state (Redis)") {
+                redis_said = Some(line);
+            }
+        }
+        let redis_said = redis_said.unwrap();
+        assert!(redis_said.contains(said), "{redis_said}");
+        assert!(!redis_said.contains(password), "{redis_said}");
+        backupgw::server::install_crypto_provider();
+        let text = reqwest::get(format!("http://{}/metrics", metrics.unwrap()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains(&format!("backupgw_shared_up {up}")), "{text}");
+    }
+}
