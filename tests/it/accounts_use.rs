@@ -9,17 +9,9 @@ use tonic::Code;
 
 use crate::accounts::{org_pair, org_settings, org_sim_options, org_spec};
 use crate::cli::scratch_dir;
-use crate::common::{GatewaySetup, list, start_gateway_with, start_sim, try_list};
+use crate::common::{GatewaySetup, list, start_gateway_with, start_sim, try_list, with_key};
 
 const KEY: &str = "accounts-test-key-7";
-
-fn with_key<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
-    request
-}
 
 #[tokio::test]
 async fn a_caller_allowed_some_accounts_sees_nothing_else_through_any_field() {
@@ -33,16 +25,19 @@ async fn a_caller_allowed_some_accounts_sees_nothing_else_through_any_field() {
     let orders = &sim.data().accounts[1];
     // Everything it may see: payments-prod's projects alone.
     let visible = client
-        .list_targets(with_key(pb::ListTargetsRequest::default()))
+        .list_targets(with_key(pb::ListTargetsRequest::default(), KEY))
         .await
         .unwrap()
         .into_inner()
         .targets;
     assert_eq!(visible.len(), 2);
     assert!(visible.iter().all(|t| t.account_name == payments.name));
-    let got = try_list(&mut client, with_key(pb::ListBackupsRequest::default()))
-        .await
-        .unwrap();
+    let got = try_list(
+        &mut client,
+        with_key(pb::ListBackupsRequest::default(), KEY),
+    )
+    .await
+    .unwrap();
     assert!(!got.backups.is_empty());
     assert!(got.backups.iter().all(|b| b.account_name == payments.name));
     assert!(got.targets.iter().all(|t| t.account_name == payments.name));
@@ -50,10 +45,13 @@ async fn a_caller_allowed_some_accounts_sees_nothing_else_through_any_field() {
     for mine in [payments.id.as_str(), payments.name.as_str(), "pay*"] {
         let got = try_list(
             &mut client,
-            with_key(pb::ListBackupsRequest {
-                accounts: vec![mine.into()],
-                ..Default::default()
-            }),
+            with_key(
+                pb::ListBackupsRequest {
+                    accounts: vec![mine.into()],
+                    ..Default::default()
+                },
+                KEY,
+            ),
         )
         .await
         .unwrap();
@@ -63,29 +61,38 @@ async fn a_caller_allowed_some_accounts_sees_nothing_else_through_any_field() {
     for other in [orders.name.as_str(), orders.id.as_str(), "no-such-account"] {
         let accounts = vec!["payments-prod".to_owned(), other.to_owned()];
         let status = client
-            .list_targets(with_key(pb::ListTargetsRequest {
-                accounts: accounts.clone(),
-                ..Default::default()
-            }))
+            .list_targets(with_key(
+                pb::ListTargetsRequest {
+                    accounts: accounts.clone(),
+                    ..Default::default()
+                },
+                KEY,
+            ))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
         assert!(status.message().starts_with("accounts[1]"), "{status:?}");
         let status = try_list(
             &mut client,
-            with_key(pb::ListBackupsRequest {
-                accounts: accounts.clone(),
-                ..Default::default()
-            }),
+            with_key(
+                pb::ListBackupsRequest {
+                    accounts: accounts.clone(),
+                    ..Default::default()
+                },
+                KEY,
+            ),
         )
         .await
         .unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
         let status = client
-            .summarize_backups(with_key(pb::SummarizeBackupsRequest {
-                accounts,
-                ..Default::default()
-            }))
+            .summarize_backups(with_key(
+                pb::SummarizeBackupsRequest {
+                    accounts,
+                    ..Default::default()
+                },
+                KEY,
+            ))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
@@ -100,10 +107,13 @@ async fn a_caller_allowed_some_accounts_sees_nothing_else_through_any_field() {
     for project in [&*hidden.project_id, "0123456789abcdef0123456789abcdef"] {
         let status = try_list(
             &mut client,
-            with_key(pb::ListBackupsRequest {
-                project_ids: vec![project.into()],
-                ..Default::default()
-            }),
+            with_key(
+                pb::ListBackupsRequest {
+                    project_ids: vec![project.into()],
+                    ..Default::default()
+                },
+                KEY,
+            ),
         )
         .await
         .unwrap_err();
@@ -112,7 +122,7 @@ async fn a_caller_allowed_some_accounts_sees_nothing_else_through_any_field() {
     }
     // The protection report: its own account's instances alone.
     let mut report = client
-        .summarize_backups(with_key(pb::SummarizeBackupsRequest::default()))
+        .summarize_backups(with_key(pb::SummarizeBackupsRequest::default(), KEY))
         .await
         .unwrap()
         .into_inner();

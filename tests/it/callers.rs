@@ -30,14 +30,6 @@ fn scope(projects: &[&str], regions: Option<&[&str]>) -> Scope {
     }
 }
 
-fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    request
-}
-
 /// billing: every sub-project (`*_*`) of the first region; audit: two named projects of the
 /// second region, one call at a time.
 async fn two_callers() -> (Simulator, Gateway) {

@@ -481,3 +481,12 @@ pub fn tool_runs(mut command: std::process::Command, required_by: &str, what: &s
     }
     found
 }
+
+/// A request carrying the API key `key` (`authorization: Bearer …`).
+pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}

@@ -13,6 +13,7 @@ use backupgw::pb::backup_gateway_client::BackupGatewayClient;
 use tonic::transport::Channel;
 
 use crate::cli::{Running, scratch_dir, spawn_lines, spawn_until};
+use crate::common::with_key;
 
 const KEY: &str = "operations-test-key-42";
 const HANG: Duration = Duration::from_secs(60);
@@ -90,14 +91,6 @@ async fn client(addr: &str) -> BackupGatewayClient<Channel> {
         .unwrap()
 }
 
-fn with_key<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
-    request
-}
-
 fn signal(gw: &Running, name: &str) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &gw.pid().to_string()])
@@ -129,7 +122,7 @@ async fn json_logs_carry_the_caller_and_every_line_parses() {
     let (gw, lines, addr) = serve(&config);
     let mut client = client(&addr).await;
     let mut stream = client
-        .list_backups(with_key(pb::ListBackupsRequest::default()))
+        .list_backups(with_key(pb::ListBackupsRequest::default(), KEY))
         .await
         .unwrap()
         .into_inner();
@@ -243,7 +236,7 @@ async fn sighup_keeps_serving_on_a_broken_file_and_applies_a_valid_one() {
     let targets = |c: &mut BackupGatewayClient<Channel>| {
         let mut c = c.clone();
         async move {
-            c.list_targets(with_key(pb::ListTargetsRequest::default()))
+            c.list_targets(with_key(pb::ListTargetsRequest::default(), KEY))
                 .await
                 .map(|r| r.into_inner().targets.len())
         }
@@ -293,7 +286,7 @@ async fn sighup_keeps_serving_on_a_broken_file_and_applies_a_valid_one() {
     wait_for(&lines, "configuration reloaded");
     assert_eq!(targets(&mut client).await.unwrap(), 3);
     let listed = client
-        .list_targets(with_key(pb::ListTargetsRequest::default()))
+        .list_targets(with_key(pb::ListTargetsRequest::default(), KEY))
         .await
         .unwrap()
         .into_inner()
