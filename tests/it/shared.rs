@@ -218,18 +218,24 @@ async fn a_redis_that_refuses_the_news_still_shares_every_page_once() {
     if !Redis::available() {
         return;
     }
-    let redis = Redis::start_without_channels();
-    // A Redis taken for gone would be left alone for the rest of the test.
+    both_share_every_page_once(&Redis::start_without_channels()).await;
+}
+
+/// Two replicas on `redis` asked the same cold inventory at once: each page is read once, and
+/// Redis is never taken for gone (it would be left alone for the rest of the test). Their
+/// metrics.
+async fn both_share_every_page_once(redis: &Redis) -> [String; 2] {
     let patient = SharedOptions {
         retry_after: Duration::from_secs(3600),
         ..redis.options()
     };
     let (sim, mut a, mut b) = two_replicas(patient).await;
     both_at_once(&sim, &mut a, &mut b).await;
-    for gw in [&a, &b] {
+    [a, b].map(|gw| {
         let metrics = gw.inventory.metrics().unwrap().render();
         assert!(metrics.contains("backupgw_shared_up 1"), "{metrics}");
-    }
+        metrics
+    })
 }
 
 /// A Redis that places keys by hash slot (a cluster proxy; here a cluster of one node serving
@@ -241,15 +247,7 @@ async fn replicas_share_through_a_redis_that_places_keys_by_slot() {
         return;
     }
     let redis = Redis::start_one_node_cluster().await;
-    let patient = SharedOptions {
-        retry_after: Duration::from_secs(3600),
-        ..redis.options()
-    };
-    let (sim, mut a, mut b) = two_replicas(patient).await;
-    both_at_once(&sim, &mut a, &mut b).await;
-    for gw in [&a, &b] {
-        let metrics = gw.inventory.metrics().unwrap().render();
-        assert!(metrics.contains("backupgw_shared_up 1"), "{metrics}");
+    for metrics in both_share_every_page_once(&redis).await {
         assert!(
             metrics.contains("backupgw_shared_refusals_total 0"),
             "{metrics}"
