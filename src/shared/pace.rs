@@ -10,7 +10,10 @@ use crate::rate::TokenBucket;
 
 /// Reserves the next request slot of a region: the wait in microseconds before it is due.
 /// KEYS[1]: the region's theoretical arrival time (µs); ARGV: interval (µs), burst.
+/// `replicate_commands` first: Redis before 5 (managed ones still offer 4.0) refuses a write
+/// after `TIME` without it; from 5 on it is what Redis does anyway.
 const GCRA: &str = r"
+redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
