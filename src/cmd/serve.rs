@@ -107,12 +107,7 @@ pub async fn run_serve(config: &Path, listen: Option<SocketAddr>) -> Result<()> 
         None => None,
     };
     if let Some(metrics_addr) = settings.metrics_listen {
-        let metrics_listener = TcpListener::bind(metrics_addr)
-            .await
-            .with_context(|| format!("cannot listen on {metrics_addr} for metrics"))?;
-        let bound = metrics_listener.local_addr()?;
-        tokio::spawn(server::serve_metrics(metrics_listener, Arc::clone(&live)));
-        tracing::info!(addr = %bound, "metrics at /metrics");
+        start_metrics(metrics_addr, &live).await?;
     }
     tracing::info!(
         %addr,
@@ -153,7 +148,17 @@ pub async fn run_serve(config: &Path, listen: Option<SocketAddr>) -> Result<()> 
     }
 }
 
-/// Re-reads the configuration; a file with problems is refused and the running one kept.
+/// Serves `/metrics` on `addr`, in the background.
+async fn start_metrics(addr: SocketAddr, live: &Arc<Live>) -> Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(server::serve_metrics(listener, Arc::clone(live)));
+    tracing::info!(addr = %bound, "metrics at /metrics");
+    Ok(())
+}
+
 /// What a running server keeps from its file until it restarts: its listeners, their settings,
 /// its log.
 #[derive(PartialEq)]
@@ -183,6 +188,7 @@ impl Fixed {
     }
 }
 
+/// Re-reads the configuration; a file with problems is refused and the running one kept.
 fn reload(config: &Path, listen: SocketAddr, fixed: &Fixed, live: &Live) -> Option<Settings> {
     let settings = match Settings::load(config).and_then(|s| {
         s.check_exposure(listen)?;
