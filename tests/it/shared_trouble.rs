@@ -15,12 +15,11 @@ use crate::shared::read_page;
 async fn a_redis_that_is_not_there_is_said_once_and_fails_nothing() {
     // As the leak test does: a global subscriber keeps every line's interest on.
     let log = LogCapture::start();
-    let metrics = backupgw::metrics::Metrics::new();
     let options = SharedOptions {
         retry_after: Duration::ZERO,
         ..SharedOptions::new(format!("redis://127.0.0.1:{}/0", free_port()))
     };
-    let shared = backupgw::shared::Shared::new(options, Some(metrics.clone())).unwrap();
+    let (shared, metrics) = with_metrics(options);
     for _ in 0..3 {
         assert_eq!(origin_of_page(&shared).await, Origin::Upstream);
     }
@@ -220,9 +219,8 @@ async fn a_node_of_a_cluster_of_several_is_set_aside_not_used_key_by_key() {
     }
     let (node, _other) = Redis::start_two_node_cluster().await;
     let log = LogCapture::start();
-    let metrics = backupgw::metrics::Metrics::new();
     // Left alone for no time at all after an ordinary failure.
-    let shared = backupgw::shared::Shared::new(node.options(), Some(metrics.clone())).unwrap();
+    let (shared, metrics) = with_metrics(node.options());
     for i in 0..32 {
         let (_, _, origin) = read_page(&shared, &format!("page {i}"), MINUTE, i).await;
         assert_eq!(origin, Origin::Upstream);
@@ -273,10 +271,14 @@ async fn unreadable_values_in_redis_are_fetched_again_and_said_once() {
 /// The shared state on `redis`, and its metrics. Once Redis has failed it is left alone for ten
 /// minutes: within a test, a replica that took Redis for failing never uses it again.
 fn shared_on(redis: &Redis) -> (backupgw::shared::Shared, backupgw::metrics::Metrics) {
-    let options = SharedOptions {
+    with_metrics(SharedOptions {
         retry_after: Duration::from_secs(600),
         ..redis.options()
-    };
+    })
+}
+
+/// The shared state with `options`, and its metrics.
+fn with_metrics(options: SharedOptions) -> (backupgw::shared::Shared, backupgw::metrics::Metrics) {
     let metrics = backupgw::metrics::Metrics::new();
     let shared = backupgw::shared::Shared::new(options, Some(metrics.clone())).unwrap();
     (shared, metrics)
@@ -306,13 +308,10 @@ async fn a_redis_that_wants_a_password_is_used_with_it_and_said_unreachable_with
     let redis = Redis::start_with_password(PASSWORD);
     let log = LogCapture::start();
     let with = |password: Option<&str>| {
-        let options = SharedOptions {
+        with_metrics(SharedOptions {
             password: password.map(|p| p.to_owned().into()),
             ..redis.options()
-        };
-        let metrics = backupgw::metrics::Metrics::new();
-        let shared = backupgw::shared::Shared::new(options, Some(metrics.clone())).unwrap();
-        (shared, metrics)
+        })
     };
 
     let (a, _) = with(Some(PASSWORD));
