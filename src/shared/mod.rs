@@ -329,17 +329,17 @@ fn left_alone_for(e: &RedisError, retry_after: Duration) -> Duration {
 }
 
 /// What to say of Redis failing: its own words when it answered (`NOAUTH Authentication
-/// required.`), and what to do about a cluster, which `[shared]` does not speak to.
+/// required.`), and what to do about a cluster, which `[shared]` does not speak to. (`CROSSSLOT`
+/// is a refusal of one operation, not failing: `is_refusal`.)
 fn failure_reason(e: &RedisError, timeout: Duration) -> String {
+    const ADVICE: &str = "[shared] needs a standalone Redis, or a proxy in front of the cluster";
     let detail: String = e.detail().unwrap_or_default().chars().take(200).collect();
     match e.code() {
         Some(code @ ("MOVED" | "ASK")) => format!(
-            "{code} {detail} (a node of a Redis Cluster: [shared] needs a standalone Redis, or a proxy in front of the cluster; left alone for {} minutes)",
+            "{code} {detail} (a node of a Redis Cluster: {ADVICE}; left alone for {} minutes)",
             CLUSTER_NODE_LEFT_ALONE.as_secs() / 60
         ),
-        Some(code @ ("CROSSSLOT" | "CLUSTERDOWN")) => format!(
-            "{code} {detail} (a Redis Cluster node: [shared] needs a standalone Redis, or a proxy in front of the cluster)"
-        ),
+        Some(code @ "CLUSTERDOWN") => format!("{code} {detail} (a Redis Cluster node: {ADVICE})"),
         Some(code) => format!("{code} {detail}"),
         // The connection's own response timeout, the same as the operation's.
         None if e.is_timeout() => format!("no answer within {timeout:?}"),
