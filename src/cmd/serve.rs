@@ -84,10 +84,8 @@ pub async fn run_serve(config: &Path, listen: Option<SocketAddr>) -> Result<()> 
     *live.tls.write().unwrap_or_else(|e| e.into_inner()) = settings.tls.clone();
     let mut discovery = server::start_discovery(&live.current().inventory, &settings);
     if let Some(shared) = live.current().inventory.cache().shared() {
-        tokio::spawn({
-            let shared = Arc::clone(shared);
-            async move { shared.greet().await }
-        });
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move { shared.greet().await });
     }
     let listener = TcpListener::bind(listen)
         .await
